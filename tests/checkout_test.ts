@@ -1,0 +1,175 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { waitFor } from "./harness/wait.ts";
+import {
+  AcquireTimeoutError,
+  type Handler,
+  Pool,
+  PoolClosedError,
+  PoolExhaustedError,
+} from "../mod.ts";
+
+let cluster: PgCluster;
+
+before(async () => {
+  cluster = await startCluster({ replicas: 1 });
+}, { timeout: 120_000 });
+
+after(async () => {
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+function pool(name: string, extra: Record<string, unknown> = {}, group: Record<string, unknown> = {}): Pool {
+  return new Pool({
+    db: cluster.endpoints(),
+    groups: { g: { connection_count: 2, ...group } },
+    application_name: name,
+    ...extra,
+  });
+}
+
+describe("checkout", () => {
+  it("opens nothing before the first statement", async () => {
+    await using p = pool("lazy");
+    {
+      using db = p.handler("g");
+      assert.equal(db.group, "g");
+    }
+    assert.equal(await cluster.countConnections({ applicationName: "lazy" }), 0);
+    await p.query("g", "SELECT 1");
+    assert.equal(await cluster.countConnections({ applicationName: "lazy" }), 1);
+  });
+
+  it("alternates endpoints: 100 sequential queries land 50/50", async () => {
+    await using p = pool("alternate", {}, { connection_count: 4 });
+    const ports = new Map<number, number>();
+    for (let i = 0; i < 100; i++) {
+      using db = p.handler("g");
+      const [{ port }] = await db.query<{ port: number }>(
+        "SELECT inet_server_port() AS port",
+      );
+      assert.equal(port, db.endpoint?.port);
+      ports.set(port, (ports.get(port) ?? 0) + 1);
+    }
+    assert.deepEqual(
+      [...ports.entries()].sort(),
+      [[cluster.primary.port, 50], [cluster.replicas[0].port, 50]].sort(),
+    );
+  });
+
+  it("spreads a group's connections evenly over its endpoints", async () => {
+    await using p = pool("spread", {}, { connection_count: 4 });
+    const held: Handler[] = [];
+    for (let i = 0; i < 4; i++) held.push(p.handler("g"));
+    await Promise.all(held.map((db) => db.query("SELECT 1")));
+    const perPort = held.map((db) => db.endpoint!.port).sort();
+    assert.deepEqual(perPort, [cluster.primary.port, cluster.primary.port, cluster.replicas[0].port, cluster.replicas[0].port].sort());
+    held.forEach((db) => db.release());
+  });
+
+  it("narrows a group to the endpoints it lists", async () => {
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { replica: { connection_count: 2, endpoints: [1] } },
+    });
+    for (let i = 0; i < 4; i++) {
+      using db = p.handler("replica");
+      await db.query("SELECT 1");
+      assert.equal(db.endpoint?.index, 1);
+    }
+  });
+
+  it("serves waiters in strict FIFO order when the group is busy", async () => {
+    await using p = pool("fifo", {}, { connection_count: 2 });
+    const first = p.handler("g");
+    const second = p.handler("g");
+    await Promise.all([first.query("SELECT 1"), second.query("SELECT 1")]);
+    const order: number[] = [];
+    const waiters = Array.from({ length: 6 }, (_, i) =>
+      p.acquire("g").then(async (db) => {
+        order.push(i);
+        await db.query("SELECT pg_sleep(0.01)");
+        db.release();
+      }));
+    first.release();
+    second.release();
+    await Promise.all(waiters);
+    assert.deepEqual(order, [0, 1, 2, 3, 4, 5]);
+  });
+
+  it("times out a waiting checkout with AcquireTimeoutError", async () => {
+    await using p = pool("timeout", {}, { connection_count: 1, acquire_timeout_ms: 100 });
+    using held = p.handler("g");
+    await held.query("SELECT 1");
+    const started = performance.now();
+    await assert.rejects(p.acquire("g"), (err: Error) => {
+      assert.ok(err instanceof AcquireTimeoutError);
+      assert.match(err.message, /100 ms .* group "g"/);
+      return true;
+    });
+    assert.ok(performance.now() - started >= 90);
+    // A handler taken with the sync API waits too, and fails on its first statement.
+    using late = p.handler("g", { timeout_ms: 50 });
+    await assert.rejects(late.query("SELECT 1"), AcquireTimeoutError);
+  });
+
+  it("cancels a waiting checkout on abort", async () => {
+    await using p = pool("abort", {}, { connection_count: 1 });
+    using held = p.handler("g");
+    const ctl = new AbortController();
+    const waiting = p.acquire("g", { signal: ctl.signal });
+    ctl.abort(new Error("client went away"));
+    await assert.rejects(waiting, /client went away/);
+    held.release();
+    using next = await p.acquire("g");
+    await next.query("SELECT 1");
+  });
+
+  it("non-threaded mode throws PoolExhaustedError instead of waiting", async () => {
+    await using p = pool("nonthreaded", { type: "non-threaded" }, { connection_count: 2 });
+    using a = p.handler("g");
+    using b = p.handler("g");
+    assert.throws(() => p.handler("g"), (err: Error) => {
+      assert.ok(err instanceof PoolExhaustedError);
+      assert.match(err.message, /All 2 connections of group "g"/);
+      return true;
+    });
+    await Promise.all([a.query("SELECT 1"), b.query("SELECT 1")]);
+    b.release();
+    using c = p.handler("g");
+    await c.query("SELECT 1");
+  });
+
+  it("replaces a dead idle connection before the caller's first statement", async () => {
+    await using p = pool("validate", { validate_after_ms: 0 }, { connection_count: 2 });
+    await Promise.all([p.query("g", "SELECT 1"), p.query("g", "SELECT 1")]);
+    await cluster.primary.query(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'validate'",
+    );
+    await cluster.replicas[0].query(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'validate'",
+    );
+    for (let i = 0; i < 10; i++) {
+      const rows = await p.query("g", "SELECT 1 AS ok");
+      assert.equal(rows[0].ok, 1);
+    }
+  });
+
+  it("close() ends every server connection and later use fails", async () => {
+    const p = pool("closing", {}, { connection_count: 3 });
+    const held = [p.handler("g"), p.handler("g"), p.handler("g")];
+    await Promise.all(held.map((db) => db.query("SELECT 1")));
+    const waiting = assert.rejects(p.acquire("g"), PoolClosedError);
+    assert.equal(await cluster.countConnections({ applicationName: "closing" }), 3);
+    await p.close();
+    await waiting;
+    assert.throws(() => p.handler("g"), PoolClosedError);
+    await assert.rejects(p.query("g", "SELECT 1"), PoolClosedError);
+    held.forEach((db) => db.release());
+    await waitFor(
+      async () => (await cluster.countConnections({ applicationName: "closing" })) === 0,
+      { message: "server connections left after close()" },
+    );
+  });
+});
