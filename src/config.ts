@@ -27,6 +27,8 @@ export interface EndpointConfig {
   pass: string;
   /** TLS mode; default `"disable"` as in the original. */
   ssl?: SslMode | boolean;
+  /** PEM certificate(s) to trust for `verify-full` instead of the system store. */
+  ssl_root_cert?: string;
   /** Seconds allowed for TCP connect, TLS and authentication; default 10. */
   connect_timeout?: number;
   /** Milliseconds, sent as `statement_timeout`; default: the server's. */
@@ -90,6 +92,7 @@ export interface ResolvedEndpoint {
   readonly database: string;
   readonly user: string;
   readonly ssl: SslMode;
+  readonly sslRootCert: string | undefined;
   readonly connectTimeoutS: number;
   readonly queryTimeoutMs: number | undefined;
   readonly tmpBufferMb: number | undefined;
@@ -140,6 +143,7 @@ const endpointKeys = [
   "user",
   "pass",
   "ssl",
+  "ssl_root_cert",
   "connect_timeout",
   "query_timeout",
   "session_tmp_buffer",
@@ -296,6 +300,9 @@ function resolveEndpoint(path: string, raw: unknown, index: number): ResolvedEnd
     database: string(`${path}.name`, value.name),
     user: string(`${path}.user`, value.user),
     ssl: sslMode(`${path}.ssl`, value.ssl),
+    sslRootCert: value.ssl_root_cert === undefined
+      ? undefined
+      : string(`${path}.ssl_root_cert`, value.ssl_root_cert),
     connectTimeoutS: value.connect_timeout === undefined
       ? 10
       : positive(`${path}.connect_timeout`, value.connect_timeout),

@@ -87,7 +87,9 @@ export class Endpoint {
       database: s.database,
       username: s.user,
       password: s.password(),
-      ssl: sslOption[s.ssl],
+      ssl: s.ssl === "verify-full" && s.sslRootCert !== undefined
+        ? { ca: s.sslRootCert, rejectUnauthorized: true }
+        : sslOption[s.ssl],
       max: 1,
       connect_timeout: s.connectTimeoutS,
       idle_timeout: 0,

@@ -64,11 +64,13 @@ describe("cluster harness", () => {
   it("reports version, endpoints and roles", async () => {
     assert.ok(cluster.version >= 15, `version ${cluster.version}`);
     const eps = cluster.endpoints();
-    assert.deepEqual(eps.map((e) => e.name), ["primary", "replica1", "replica2"]);
+    // Config shape of this project: `name` is the database name.
+    assert.deepEqual(eps.map((e) => e.port), cluster.servers.map((s) => s.port));
     assert.equal(new Set(eps.map((e) => e.port)).size, 3);
     for (const e of eps) {
-      assert.deepEqual(e, { host: "127.0.0.1", port: e.port, name: e.name, user: cluster.user, pass: cluster.password });
+      assert.deepEqual(e, { host: "127.0.0.1", port: e.port, name: cluster.database, user: cluster.user, pass: cluster.password });
     }
+    assert.deepEqual(cluster.servers.map((s) => s.name), ["primary", "replica1", "replica2"]);
     const [p] = await cluster.primary.query(
       "select pg_is_in_recovery() as r, current_setting('server_version_num')::int / 10000 as major, current_database() as db",
     );

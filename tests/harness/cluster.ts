@@ -44,7 +44,7 @@ export interface PgCluster {
   readonly dir: string;
   /** PEM certificate of the servers when started with `ssl: true` (CN=localhost, SAN 127.0.0.1). */
   readonly sslCertFile: string | undefined;
-  /** Endpoint objects in this project's config shape, primary first. */
+  /** Endpoint objects in this project's config shape (`name` is the database), primary first. */
   endpoints(): Array<{ host: string; port: number; name: string; user: string; pass: string }>;
   /**
    * Waits (default 10 s) until every running standby has replayed the current WAL position of
