@@ -46,3 +46,5 @@ export {
   TransactionLostError,
   UnconfiguredGroupError,
 } from "./src/errors.ts";
+export { PoolEvent, type PoolEventDetail, type PoolEventType } from "./src/events.ts";
+export type { EndpointStats, GroupStats, PoolStats } from "./src/stats.ts";

@@ -48,6 +48,22 @@ export class Endpoint {
   state: EndpointState = "up";
   /** Connection-level errors seen on this endpoint. */
   errors = 0;
+  /** Consecutive failed probes or connects; drives the back-off. */
+  failures = 0;
+  /** While down: when the next (single, half-open) probe may run. */
+  retryAt = 0;
+  /** `performance.now()` of the last finished probe. */
+  lastProbeAt = -Infinity;
+  /** The probe in flight, so that there is never more than one. */
+  probing: Promise<void> | undefined;
+  /** Replay position (replica) or current WAL position (primary) at the last probe. */
+  lsn: bigint | undefined;
+  /** Replication lag at the last probe, in milliseconds (0 for a primary). */
+  lagMs = 0;
+  /** Smoothed probe round trip, in milliseconds. */
+  latencyMs: number | undefined;
+  /** When this endpoint was last seen to become primary (a promotion), for split-brain ties. */
+  promotedAt = 0;
   /** Options passed with every statement, built once. */
   readonly queryOptions: { prepare: boolean };
   readonly #settings: ResolvedEndpoint;
@@ -58,6 +74,13 @@ export class Endpoint {
     this.#applicationName = applicationName;
     this.info = Object.freeze({ host: settings.host, port: settings.port, index: settings.index });
     this.queryOptions = { prepare: settings.prepare };
+  }
+
+  #ssl(): false | "prefer" | "require" | "verify-full" | { ca: string; rejectUnauthorized: true } {
+    const s = this.#settings;
+    return s.ssl === "verify-full" && s.sslRootCert !== undefined
+      ? { ca: s.sslRootCert, rejectUnauthorized: true }
+      : sslOption[s.ssl];
   }
 
   /** Index in the configuration's `db` list. */
@@ -87,9 +110,7 @@ export class Endpoint {
       database: s.database,
       username: s.user,
       password: s.password(),
-      ssl: s.ssl === "verify-full" && s.sslRootCert !== undefined
-        ? { ca: s.sslRootCert, rejectUnauthorized: true }
-        : sslOption[s.ssl],
+      ssl: this.#ssl(),
       max: 1,
       connect_timeout: s.connectTimeoutS,
       idle_timeout: 0,
@@ -99,6 +120,27 @@ export class Endpoint {
       onclose: hooks.onclose,
       onnotice: hooks.onnotice,
       onparameter: hooks.onparameter,
+    } as postgres.Options<Record<string, postgres.PostgresType>>);
+  }
+
+  /** The same server with `application_name` changed (health probes are told apart by it). */
+  probeClient(): postgres.Sql {
+    const s = this.#settings;
+    return postgres({
+      host: s.host,
+      port: s.port,
+      database: s.database,
+      username: s.user,
+      password: s.password(),
+      ssl: this.#ssl(),
+      max: 1,
+      connect_timeout: s.connectTimeoutS,
+      idle_timeout: 0,
+      max_lifetime: null,
+      prepare: false,
+      fetch_types: false,
+      connection: { application_name: `${this.#applicationName}/health` },
+      onnotice: () => {},
     } as postgres.Options<Record<string, postgres.PostgresType>>);
   }
 

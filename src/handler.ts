@@ -10,7 +10,8 @@ import type { EndpointInfo } from "./endpoint.ts";
 import { TransactionAbortedError, TransactionLostError } from "./errors.ts";
 import { type Group, groupLookup, type GroupSource } from "./group.ts";
 import type { ServerConnection } from "./server_connection.ts";
-import { isConnectionError, isNotExecuted } from "./sqlstate.ts";
+import { parseLsn } from "./lsn.ts";
+import { isConnectionError, isNotExecuted, isReadOnlyError } from "./sqlstate.ts";
 
 /** Options of a checkout. */
 export interface HandlerOptions {
@@ -20,6 +21,12 @@ export interface HandlerOptions {
   timeout_ms?: number;
   /** Overrides the group's `autocommit` for this checkout. */
   autocommit?: boolean;
+  /**
+   * Read-your-writes: a token from `commit()` (or `pool.token`). The checkout goes only to a
+   * replica that has replayed it, waiting up to the group's `read_your_writes_timeout_ms`, then
+   * to the primary.
+   */
+  after?: string;
 }
 
 /** Rows of a statement: postgres.js's result list (`count`, `command`, `columns`). */
@@ -30,6 +37,10 @@ const VALIDATED = 1; // validated by acquire(), no statement sent
 const USED = 2;
 
 const noop = () => {};
+
+// NULL on a replica instead of an error: the role may be unknown (PostgreSQL < 14).
+const LSN_SQL =
+  "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn";
 
 let prepare: (handler: Handler) => Promise<void>;
 
@@ -72,6 +83,7 @@ export class Handler implements Disposable, AsyncDisposable {
   #phase = FRESH;
   #released = false;
   #lost: TransactionLostError | null = null;
+  #token: string | undefined = undefined;
 
   static {
     prepare = (handler) => handler.#prepare();
@@ -85,7 +97,7 @@ export class Handler implements Disposable, AsyncDisposable {
     const g = (pool ?? defaultPool())[groupLookup](group);
     this.#group = g;
     this.#autocommit = options?.autocommit ?? g.settings.autocommit;
-    const conn = g.tryCheckout();
+    const conn = options?.after === undefined ? g.tryCheckout() : null;
     if (conn !== null) this.#conn = conn;
     else this.#wait(options);
   }
@@ -94,7 +106,16 @@ export class Handler implements Disposable, AsyncDisposable {
     const abort = new AbortController();
     this.#abort = abort;
     const signal = options?.signal ? AbortSignal.any([options.signal, abort.signal]) : abort.signal;
-    const pending = this.#group.waitCheckout(signal, options?.timeout_ms).then((conn) => {
+    let after: bigint | undefined;
+    if (options?.after !== undefined) {
+      after = parseLsn(options.after);
+      if (after === undefined) {
+        throw new TypeError(
+          `Handler option after must be a token from commit() (got ${JSON.stringify(options.after)})`,
+        );
+      }
+    }
+    const pending = this.#group.waitCheckout(signal, options?.timeout_ms, after).then((conn) => {
       this.#pending = null;
       if (this.#released) {
         this.#group.checkin(conn);
@@ -189,9 +210,12 @@ export class Handler implements Disposable, AsyncDisposable {
         conn.lastUsed = performance.now();
         return rows;
       } catch (err) {
-        if (!isConnectionError(err)) throw err;
+        if (!isConnectionError(err)) {
+          if (isReadOnlyError(err)) this.#group.reportFailure(conn, err);
+          throw err;
+        }
         conn.broken = true;
-        conn.endpoint.errors++;
+        this.#group.reportFailure(conn, err);
         if (conn.txOpen && begin === undefined) {
           throw this.#lose(conn, err, "its connection closed during a statement");
         }
@@ -204,21 +228,31 @@ export class Handler implements Disposable, AsyncDisposable {
   }
 
   /**
-   * Commits the open transaction. A no-op when none is open (autocommit groups).
-   * Rejects with `TransactionLostError` when the session died before COMMIT was acknowledged,
-   * and with `TransactionAbortedError` when PostgreSQL rolled back instead.
+   * Commits the open transaction and resolves to its read-your-writes token (the primary's WAL
+   * position after the commit, fetched in the same round trip), or `undefined` when nothing was
+   * open or the server is a replica. Rejects with `TransactionLostError` when the session died
+   * before COMMIT was acknowledged, and with `TransactionAbortedError` when PostgreSQL rolled
+   * back instead.
    */
-  async commit(): Promise<void> {
+  async commit(): Promise<string | undefined> {
     const conn = this.#conn ?? await this.#connection();
     this.#phase = USED;
     if (this.#lost) throw this.#lost;
-    if (!conn.txOpen) return;
+    if (!conn.txOpen) return undefined;
     if (conn.txLost) throw this.#lose(conn, undefined, "its connection closed before COMMIT");
     let result: Rows;
+    let lsn: Promise<Rows> | undefined;
     try {
-      result = await conn.sql.unsafe("COMMIT");
+      const commit = conn.sql.unsafe("COMMIT");
+      if (conn.endpoint.role !== "replica") {
+        // Pipelined behind COMMIT: no extra round trip.
+        lsn = conn.sql.unsafe(LSN_SQL);
+        lsn.catch(noop);
+      }
+      result = await commit;
     } catch (err) {
       if (isConnectionError(err)) {
+        this.#group.reportFailure(conn, err);
         throw this.#lose(
           conn,
           err,
@@ -235,6 +269,18 @@ export class Handler implements Disposable, AsyncDisposable {
       throw this.#lose(conn, undefined, "COMMIT reached a new session, not the transaction's");
     }
     if (result.command === "ROLLBACK") throw new TransactionAbortedError(this.#group.name);
+    const token = lsn === undefined ? undefined : await lsn.then((r) => r[0]?.lsn ?? undefined, noop);
+    if (typeof token === "string") {
+      this.#token = token;
+      this.#group.context.onToken(token);
+      return token;
+    }
+    return undefined;
+  }
+
+  /** The read-your-writes token of this handler's last commit, if any. */
+  get token(): string | undefined {
+    return this.#token;
   }
 
   /** Rolls back the open transaction (a no-op when none is open) and clears a lost state. */

@@ -9,7 +9,10 @@ import { Endpoint } from "./endpoint.ts";
 import { PoolClosedError, UnconfiguredGroupError } from "./errors.ts";
 import { Group, type GroupContext, groupLookup, type GroupSource } from "./group.ts";
 import { Handler, type HandlerOptions, prepareHandler, type Rows } from "./handler.ts";
+import { parseLsn } from "./lsn.ts";
 import type { ServerConnection } from "./server_connection.ts";
+import { type PoolStats, statsOf } from "./stats.ts";
+import { Topology } from "./topology.ts";
 import type postgres from "postgres";
 
 /**
@@ -38,7 +41,10 @@ export class Pool extends EventTarget implements GroupSource, AsyncDisposable {
   readonly #config: ResolvedConfig;
   readonly #endpoints: readonly Endpoint[];
   readonly #groups: Map<string, Group>;
+  readonly #topology: Topology;
   #closing: Promise<void> | undefined;
+  #token: string | undefined;
+  #tokenLsn = -1n;
 
   /** Validates `config` (throwing `ConfigError`) and prepares groups; opens no connection. */
   constructor(config: PoolConfig) {
@@ -46,11 +52,17 @@ export class Pool extends EventTarget implements GroupSource, AsyncDisposable {
     const resolved = resolveConfig(config);
     this.#config = resolved;
     this.#endpoints = resolved.endpoints.map((e) => new Endpoint(e, resolved.applicationName));
+    this.#topology = new Topology(this.#endpoints, {
+      intervalMs: resolved.healthCheckIntervalMs,
+      backoffMaxMs: resolved.retryBackoffMaxMs,
+    }, this);
     const context: GroupContext = {
       threaded: resolved.threaded,
       validateAfterMs: resolved.validateAfterMs,
-      closeTimeoutS: resolved.closeTimeoutMs / 1000,
+      topology: this.#topology,
+      events: this,
       onParameter: (conn, key, value) => this.#onParameter(conn, key, value),
+      onToken: (token) => this.#onToken(token),
     };
     this.#groups = new Map(
       resolved.groups.map((g) => [g.name, new Group(g, this.#endpoints, context)]),
@@ -104,7 +116,7 @@ export class Pool extends EventTarget implements GroupSource, AsyncDisposable {
     const db = new Handler(group, undefined, this);
     try {
       const rows = await db.query<T>(text, params);
-      await db.commit();
+      if (db.inTransaction) await db.commit();
       return rows;
     } finally {
       await db[Symbol.asyncDispose]();
@@ -135,10 +147,34 @@ export class Pool extends EventTarget implements GroupSource, AsyncDisposable {
    * use fail with `PoolClosedError`. Idempotent.
    */
   close(): Promise<void> {
-    this.#closing ??= Promise.all(
-      [...this.#groups.values()].map((g) => g.close(this.#config.closeTimeoutMs / 1000)),
-    ).then(() => {});
+    const timeoutS = this.#config.closeTimeoutMs / 1000;
+    this.#closing ??= Promise.all([
+      ...[...this.#groups.values()].map((g) => g.close(timeoutS)),
+      this.#topology.close(timeoutS),
+    ]).then(() => {});
     return this.#closing;
+  }
+
+  /**
+   * The newest read-your-writes token committed through this pool. Passing it as
+   * `{ after: pool.token }` gives reads that see every write this pool has committed.
+   */
+  get token(): string | undefined {
+    return this.#token;
+  }
+
+  /**
+   * Detects roles and health of every endpoint now, instead of waiting for the background probe
+   * (or, with `health_check_interval_ms: 0`, instead of the next checkout that needs it).
+   */
+  refresh(): Promise<void> {
+    this.#topology.start();
+    return this.#topology.refresh();
+  }
+
+  /** Plain, JSON-ready figures per group and per endpoint. Never contains credentials. */
+  stats(): PoolStats {
+    return statsOf([...this.#groups.values()], this.#endpoints);
   }
 
   /** Same as `close()`, for `await using`. */
@@ -146,9 +182,19 @@ export class Pool extends EventTarget implements GroupSource, AsyncDisposable {
     return this.close();
   }
 
+  // PostgreSQL 14+ reports in_hot_standby at start-up and whenever it changes on a live
+  // session: the role is known without a round trip.
   #onParameter(conn: ServerConnection, key: string, value: string): void {
     if (key === "in_hot_standby") {
-      conn.endpoint.role = value === "on" ? "replica" : "primary";
+      this.#topology.observeRole(conn.endpoint, value === "on" ? "replica" : "primary");
+    }
+  }
+
+  #onToken(token: string): void {
+    const lsn = parseLsn(token);
+    if (lsn !== undefined && lsn > this.#tokenLsn) {
+      this.#tokenLsn = lsn;
+      this.#token = token;
     }
   }
 }

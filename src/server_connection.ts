@@ -15,6 +15,8 @@ export interface Member {
   readonly endpoint: Endpoint;
   readonly idle: ServerConnection[];
   open: number;
+  /** Routing currently allows this endpoint for the group. */
+  active: boolean;
 }
 
 /**

@@ -68,7 +68,13 @@ describe("cluster harness", () => {
     assert.deepEqual(eps.map((e) => e.port), cluster.servers.map((s) => s.port));
     assert.equal(new Set(eps.map((e) => e.port)).size, 3);
     for (const e of eps) {
-      assert.deepEqual(e, { host: "127.0.0.1", port: e.port, name: cluster.database, user: cluster.user, pass: cluster.password });
+      assert.deepEqual(e, {
+        host: "127.0.0.1",
+        port: e.port,
+        name: cluster.database,
+        user: cluster.user,
+        pass: cluster.password,
+      });
     }
     assert.deepEqual(cluster.servers.map((s) => s.name), ["primary", "replica1", "replica2"]);
     const [p] = await cluster.primary.query(
@@ -145,20 +151,28 @@ describe("cluster harness", () => {
   }
 
   it("counts client connections by application_name and by user", async () => {
-    const sql = client(cluster, cluster.primary, { max: 3, connection: { application_name: "harness-count" } });
+    const sql = client(cluster, cluster.primary, {
+      max: 3,
+      connection: { application_name: "harness-count" },
+    });
     try {
       // Three concurrent queries on a cold max:3 client open three connections.
       await Promise.all([1, 2, 3].map(() => sql`select pg_sleep(0.05)`));
       assert.equal(await cluster.countConnections({ applicationName: "harness-count" }), 3);
       assert.equal(await cluster.countConnections({ applicationName: "nobody-uses-this" }), 0);
       // By user: backends of earlier tests' clients may still be exiting.
-      await waitFor(async () => (await cluster.countConnections()) === 3, { message: "3 backends of the test user" });
+      await waitFor(async () => (await cluster.countConnections()) === 3, {
+        message: "3 backends of the test user",
+      });
     } finally {
       await sql.end({ timeout: 5 });
     }
-    await waitFor(async () => (await cluster.countConnections({ applicationName: "harness-count" })) === 0, {
-      message: "backends to exit after end()",
-    });
+    await waitFor(
+      async () => (await cluster.countConnections({ applicationName: "harness-count" })) === 0,
+      {
+        message: "backends to exit after end()",
+      },
+    );
   });
 
   describe("tcp proxy", () => {
@@ -175,7 +189,7 @@ describe("cluster harness", () => {
     });
 
     after(async () => {
-      await Promise.all(clients.map((c) => c.end({ timeout: 1 })));
+      await Promise.all(clients.map((c) => c.end({ timeout: 0 }))); // throw-away clients, some hung
       await proxy?.close();
     });
 
@@ -197,10 +211,15 @@ describe("cluster harness", () => {
       const sql = open({ connection: { application_name: "harness-drop" } });
       const inFlight = sql`select pg_sleep(30)`;
       inFlight.catch(() => {});
-      await waitFor(async () => (await cluster.countConnections({ applicationName: "harness-drop" })) === 1);
+      await waitFor(async () =>
+        (await cluster.countConnections({ applicationName: "harness-drop" })) === 1
+      );
       proxy.dropAll();
       assert.equal(proxy.connections, 0);
-      await assert.rejects(within(inFlight, 5_000), (err: { code?: string }) => err.code !== undefined);
+      await assert.rejects(
+        within(inFlight, 5_000),
+        (err: { code?: string }) => err.code !== undefined,
+      );
     });
 
     it("blackhole: connects and queries hang until a deadline", async () => {
@@ -213,7 +232,10 @@ describe("cluster harness", () => {
       await assert.rejects(within(hung, 500), /deadline/);
 
       const fresh = open({ connect_timeout: 1 });
-      await assert.rejects(within(fresh`select 1`, 10_000), (err: { code?: string }) => err.code === "CONNECT_TIMEOUT");
+      await assert.rejects(
+        within(fresh`select 1`, 10_000),
+        (err: { code?: string }) => err.code === "CONNECT_TIMEOUT",
+      );
 
       // Switching to refuse destroys the hung connection, so its query fails instead of hanging.
       proxy.mode = "refuse";
@@ -224,7 +246,10 @@ describe("cluster harness", () => {
     it("refuse: new connections fail fast", async () => {
       proxy.mode = "refuse";
       const sql = open({ connect_timeout: 5 });
-      await assert.rejects(within(sql`select 1`, 4_000), (err: { code?: string }) => err.code === "ECONNRESET");
+      await assert.rejects(
+        within(sql`select 1`, 4_000),
+        (err: { code?: string }) => err.code === "ECONNRESET",
+      );
       proxy.mode = "pass";
       const again = open();
       assert.deepEqual([...await again`select 2 as two`], [{ two: 2 }]);

@@ -1,5 +1,5 @@
 // A TCP proxy on 127.0.0.1 for fault injection between a client and one server.
-import { createServer, type Server, type Socket, connect } from "node:net";
+import { connect, createServer, type Server, type Socket } from "node:net";
 
 export type ProxyMode = "pass" | "blackhole" | "refuse";
 

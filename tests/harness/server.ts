@@ -120,7 +120,14 @@ export class Server implements PgServer {
   /** For exit hooks: immediate stop without awaiting anything. */
   stopSync(): void {
     if (!this.isRunning()) return;
-    runSync(join(this.#spec.binDir, "pg_ctl"), ["stop", "-D", this.dataDir, "-m", "immediate", "-w"], true);
+    runSync(join(this.#spec.binDir, "pg_ctl"), [
+      "stop",
+      "-D",
+      this.dataDir,
+      "-m",
+      "immediate",
+      "-w",
+    ], true);
   }
 
   /** The last lines of the server log, for error messages. */

@@ -1,0 +1,70 @@
+/**
+ * What handing out a connection costs: `using db = pool.handler(g)` then dispose, no query, on a
+ * warm pool, for a group pinned to the primary, one pinned to the replica and one spanning both,
+ * in threaded and non-threaded mode. Baselines in the same group: postgres.js `reserve()` +
+ * `release()`, pg-pool `connect()` + `release()`, and a bare array pop + push as the floor.
+ *
+ * @module
+ */
+
+import { checkoutName, GROUP, NAME } from "./names.ts";
+import { ourPool, pgPool, rawClient, warmGroup, warmPg, warmRaw } from "./env.ts";
+
+const SIZE = 4;
+const groups = {
+  primary: { connection_count: SIZE, endpoints: [0] },
+  replica: { connection_count: SIZE, endpoints: [1] },
+  both: { connection_count: 2 * SIZE, endpoints: [0, 1] },
+};
+const where = ["primary", "replica", "both"] as const;
+
+for (const mode of ["threaded", "non-threaded"] as const) {
+  const pool = ourPool(mode, groups);
+  for (const g of where) await warmGroup(pool, g, groups[g].connection_count);
+  for (const g of where) {
+    Deno.bench({
+      group: GROUP.checkout,
+      name: checkoutName(mode, g),
+      fn() {
+        using _db = pool.handler(g);
+      },
+    });
+  }
+}
+
+// postgres.js's reserve() slows down with every checkout while its other connections sit idle:
+// its open-connection queue is never compacted and each checkout scans it (indexOf), about
+// +1 us per 1000 reserves here. A max:1 client drains that queue on every checkout, so it
+// shows reserve()'s best case, the cost on a fresh client of any size. That is the baseline.
+const sql = rawClient(1);
+await warmRaw(sql, 1);
+Deno.bench({
+  group: GROUP.checkout,
+  name: NAME.reserve,
+  baseline: true,
+  async fn() {
+    const reserved = await sql.reserve();
+    reserved.release();
+  },
+});
+
+const pgp = pgPool(SIZE);
+await warmPg(pgp, SIZE);
+Deno.bench({
+  group: GROUP.checkout,
+  name: NAME.pgPool,
+  async fn() {
+    const client = await pgp.connect();
+    client.release();
+  },
+});
+
+const free = Array.from({ length: SIZE }, (_, i) => ({ i }));
+Deno.bench({
+  group: GROUP.checkout,
+  name: NAME.floor,
+  fn() {
+    const conn = free.pop()!;
+    free.push(conn);
+  },
+});

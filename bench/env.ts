@@ -1,0 +1,237 @@
+/**
+ * What every bench file shares: the servers to talk to, the pools under test built the same
+ * way, their warm-up, and a place for figures `deno bench --json` has no field for.
+ *
+ * Runs unchanged under Deno (`deno bench`) and Bun (`bench/bun_runner.ts`), so it uses only
+ * `node:` APIs besides the pools themselves.
+ *
+ * @module
+ */
+
+import { appendFileSync } from "node:fs";
+import process from "node:process";
+import pg from "pg";
+import postgres from "postgres";
+import { Pool, type PoolConfig } from "../mod.ts";
+
+/** An endpoint in the pool's configuration shape (`name` is the database). */
+export interface BenchEndpoint {
+  host: string;
+  port: number;
+  name: string;
+  user: string;
+  pass: string;
+}
+
+/** Set by bench/run.ts: the cluster it started, as JSON `BenchEndpoint[]`, primary first. */
+export const ENDPOINTS_VAR = "PGDBPOOL_BENCH_ENDPOINTS";
+/** Set by bench/run.ts: a file that receives one JSON line per extra figure. */
+export const EXTRA_VAR = "PGDBPOOL_BENCH_EXTRA";
+
+/** The harness's endpoints with `name` set to the database (its `endpoints()` may not). */
+export function benchEndpoints(
+  cluster: { database: string; endpoints(): BenchEndpoint[] },
+): BenchEndpoint[] {
+  return cluster.endpoints().map((e) => ({ ...e, name: cluster.database }));
+}
+
+async function resolveEndpoints(): Promise<BenchEndpoint[]> {
+  const fromEnv = process.env[ENDPOINTS_VAR];
+  if (fromEnv) return JSON.parse(fromEnv);
+  // Run standalone (`deno bench -A bench/`): start a cluster for this process. The harness
+  // stops it from its own exit hook.
+  const { startCluster } = await import("../tests/harness/cluster.ts");
+  return benchEndpoints(await startCluster({ replicas: 1 }));
+}
+
+/** Primary first, then one replica. */
+export const endpoints: BenchEndpoint[] = await resolveEndpoints();
+if (endpoints.length < 2) {
+  throw new Error(`benchmarks need a primary and a replica (got ${endpoints.length} endpoint(s))`);
+}
+
+const APP = "pgdbpool-bench";
+
+/** The slice of npm pg's API used here: pg ships no types and @types/pg is no dependency. */
+export interface PgClient {
+  query(text: string): Promise<unknown>;
+  release(): void;
+}
+
+/** A pg-pool, as far as the benches use it. */
+export interface PgPool {
+  connect(): Promise<PgClient>;
+  end(): Promise<void>;
+  on(event: "error", listener: () => void): unknown;
+}
+
+const PgPoolClass = (pg as { Pool: new (config: Record<string, unknown>) => PgPool }).Pool;
+const noop = () => {};
+
+// ---------------------------------------------------------------------------------------------
+// End of run. Deno fires "unload" per bench module and cannot await there; the Bun runner calls
+// finish() after mitata is done and can await pool shutdown.
+
+const exitHooks: Array<() => void> = [];
+const cleanups: Array<() => Promise<unknown>> = [];
+const isBun = "Bun" in globalThis;
+
+/** Runs `fn` (synchronously) when the benches of this process are done. */
+export function atExit(fn: () => void): void {
+  if (isBun) exitHooks.push(fn);
+  else globalThis.addEventListener("unload", fn);
+}
+
+/** Closes a pool or client at the end of a Bun run (Deno exits with sockets open, harmlessly). */
+function cleanup(fn: () => Promise<unknown>): void {
+  cleanups.push(fn);
+}
+
+/** Called by the Bun runner once every bench has run. */
+export async function finish(): Promise<void> {
+  for (const fn of exitHooks.splice(0)) fn();
+  const timeout = new Promise((resolve) => setTimeout(resolve, 5000));
+  await Promise.race([Promise.allSettled(cleanups.splice(0).map((fn) => fn())), timeout]);
+}
+
+/** Stores one extra figure for bench/run.ts (or prints it when run standalone). */
+export function recordExtra(key: string, value: Record<string, number>): void {
+  const file = process.env[EXTRA_VAR];
+  const line = JSON.stringify({ key, value });
+  if (file) appendFileSync(file, line + "\n");
+  else console.error(line);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contenders, built with matching settings: no idle timeout, no lifetime, same host.
+
+/** A pgdbpool pool over the bench endpoints. */
+export function ourPool(type: "threaded" | "non-threaded", groups: PoolConfig["groups"]): Pool {
+  const pool = new Pool({ type, db: endpoints, groups, application_name: APP });
+  cleanup(() => pool.close());
+  return pool;
+}
+
+/** Opens all `n` connections of `group` (concurrent checkouts, one query each). */
+export async function warmGroup(pool: Pool, group: string, n: number): Promise<void> {
+  const handlers = Array.from({ length: n }, () => pool.handler(group));
+  try {
+    await Promise.all(handlers.map((db) => db.query("SELECT 1")));
+  } finally {
+    for (const db of handlers) db.release();
+  }
+}
+
+/** A raw postgres.js client of `max` connections to one endpoint. */
+export function rawClient(max: number, endpoint = 0): postgres.Sql {
+  const e = endpoints[endpoint];
+  const sql = postgres({
+    host: e.host,
+    port: e.port,
+    database: e.name,
+    username: e.user,
+    password: e.pass,
+    max,
+    idle_timeout: 0,
+    max_lifetime: null,
+    onnotice: noop,
+    connection: { application_name: APP },
+  });
+  cleanup(() => sql.end({ timeout: 1 }));
+  return sql;
+}
+
+/** Opens all `n` connections of a postgres.js client (concurrent reserves, one query each). */
+export async function warmRaw(sql: postgres.Sql, n: number): Promise<void> {
+  const reserved = await Promise.all(Array.from({ length: n }, () => sql.reserve()));
+  try {
+    await Promise.all(reserved.map((r) => r.unsafe("SELECT 1")));
+  } finally {
+    for (const r of reserved) r.release();
+  }
+}
+
+/** A pg-pool (npm pg) of `max` connections to one endpoint, otherwise default settings. */
+export function pgPool(max: number, endpoint = 0): PgPool {
+  const e = endpoints[endpoint];
+  const pool = new PgPoolClass({
+    host: e.host,
+    port: e.port,
+    database: e.name,
+    user: e.user,
+    password: e.pass,
+    max,
+    application_name: APP,
+  });
+  pool.on("error", noop); // an idle client's socket error must not crash the run
+  cleanup(() => pool.end());
+  return pool;
+}
+
+/** Opens all `n` connections of a pg-pool. */
+export async function warmPg(pool: PgPool, n: number): Promise<void> {
+  const clients = await Promise.all(Array.from({ length: n }, () => pool.connect()));
+  try {
+    await Promise.all(clients.map((c) => c.query("SELECT 1")));
+  } finally {
+    for (const c of clients) c.release();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load shapes.
+
+/** Runs `total` calls of `fn` spread over `callers` concurrent sequential loops. */
+export async function callers(
+  count: number,
+  total: number,
+  fn: () => Promise<unknown>,
+): Promise<void> {
+  const per = total / count;
+  const loop = async () => {
+    for (let i = 0; i < per; i++) await fn();
+  };
+  await Promise.all(Array.from({ length: count }, loop));
+}
+
+/**
+ * Checkout waits in nanoseconds, per bench iteration. The first iterations are the runners'
+ * warm-up (Deno runs at least 20, mitata 1-3) and are left out of the summary.
+ */
+export class WaitLog {
+  static readonly SKIP = 20;
+  #iterations: number[][] = [];
+  #current: number[] = [];
+
+  /** Adds one wait, given `performance.now()` before and after. */
+  add(startMs: number, endMs: number): void {
+    this.#current.push((endMs - startMs) * 1e6);
+  }
+
+  /** Closes the current iteration. */
+  endIteration(): void {
+    this.#iterations.push(this.#current);
+    this.#current = [];
+  }
+
+  /** p50/p99/max of the waits after warm-up, and how many there were. */
+  summary(): Record<string, number> {
+    const its = this.#iterations;
+    // Keep at least half of the iterations when a runner did few.
+    const skip = Math.min(WaitLog.SKIP, Math.floor(its.length / 2));
+    const waits = its.slice(skip).flat().sort((a, b) => a - b);
+    return {
+      waits: waits.length,
+      iterations: its.length - skip,
+      wait_p50_ns: percentile(waits, 0.5),
+      wait_p99_ns: percentile(waits, 0.99),
+      wait_max_ns: waits.length > 0 ? waits[waits.length - 1] : NaN,
+    };
+  }
+}
+
+/** Nearest-rank percentile of an ascending array; NaN when empty. */
+export function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil(sorted.length * p) - 1)];
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+// Builds the npm entry points that Node (and other runtimes without TypeScript support for
+// node_modules) load through package.json "exports": dist/mod.js and dist/edge.js, ES modules
+// with postgres.js left as an import. Bun loads the .ts sources directly (export condition
+// "bun"); Deno users take the JSR package. Run by `npm pack` / `npm publish` (prepack) and by
+// tests/node24_test.ts.
+//
+// Usage: node scripts/build_npm.mjs [outdir]   (default: dist)
+import { build } from "esbuild";
+import { rmSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const outdir = resolve(root, process.argv[2] ?? "dist");
+
+rmSync(outdir, { recursive: true, force: true });
+await build({
+  absWorkingDir: root,
+  entryPoints: { mod: "mod.ts", edge: "edge.ts" },
+  outdir,
+  bundle: true,
+  // One shared chunk: both entries must share module state (Connection.init's pool) and classes
+  // (instanceof PoolError works whichever entry threw).
+  splitting: true,
+  format: "esm",
+  platform: "neutral",
+  target: "esnext",
+  // postgres.js stays a dependency: the consumer's resolver picks its build (Node, Bun, or the
+  // cloudflare:sockets one under the "workerd" condition).
+  external: ["postgres"],
+  sourcemap: true,
+  legalComments: "inline",
+  logLevel: "warning",
+});
+console.log(`built ${outdir}/mod.js and ${outdir}/edge.js`);
