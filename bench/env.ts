@@ -13,27 +13,7 @@ import process from "node:process";
 import pg from "pg";
 import postgres from "postgres";
 import { Pool, type PoolConfig } from "../mod.ts";
-
-/** An endpoint in the pool's configuration shape (`name` is the database). */
-export interface BenchEndpoint {
-  host: string;
-  port: number;
-  name: string;
-  user: string;
-  pass: string;
-}
-
-/** Set by bench/run.ts: the cluster it started, as JSON `BenchEndpoint[]`, primary first. */
-export const ENDPOINTS_VAR = "PGDBPOOL_BENCH_ENDPOINTS";
-/** Set by bench/run.ts: a file that receives one JSON line per extra figure. */
-export const EXTRA_VAR = "PGDBPOOL_BENCH_EXTRA";
-
-/** The harness's endpoints with `name` set to the database (its `endpoints()` may not). */
-export function benchEndpoints(
-  cluster: { database: string; endpoints(): BenchEndpoint[] },
-): BenchEndpoint[] {
-  return cluster.endpoints().map((e) => ({ ...e, name: cluster.database }));
-}
+import { type BenchEndpoint, benchEndpoints, ENDPOINTS_VAR, EXTRA_VAR } from "./names.ts";
 
 async function resolveEndpoints(): Promise<BenchEndpoint[]> {
   const fromEnv = process.env[ENDPOINTS_VAR];
@@ -195,11 +175,12 @@ export async function callers(
 }
 
 /**
- * Checkout waits in nanoseconds, per bench iteration. The first iterations are the runners'
- * warm-up (Deno runs at least 20, mitata 1-3) and are left out of the summary.
+ * Checkout waits in nanoseconds, per bench iteration. The first iterations (JIT warm-up) are
+ * left out of the summary; the runners' later warm-up iterations run the same steady load and
+ * count (how many there are differs between Deno and mitata and with the machine's speed).
  */
 export class WaitLog {
-  static readonly SKIP = 20;
+  static readonly SKIP = 3;
   #iterations: number[][] = [];
   #current: number[] = [];
 

@@ -1,6 +1,7 @@
 /**
- * Group and benchmark names shared by the bench files and the report, so the report can find
- * the pairs it compares without guessing from free text.
+ * Names shared by the bench files, the driver and the report: groups and benchmarks (so the
+ * report finds the pairs it compares without guessing from free text), and how the driver hands
+ * the servers to the bench processes. Pure: importing it starts nothing.
  *
  * @module
  */
@@ -48,4 +49,25 @@ export function checkoutName(
 /** Key of the extra per-bench figures (contention waits) in the results JSON. */
 export function extraKey(group: string, name: string): string {
   return `${group} :: ${name}`;
+}
+
+/** An endpoint in the pool's configuration shape (`name` is the database). */
+export interface BenchEndpoint {
+  host: string;
+  port: number;
+  name: string;
+  user: string;
+  pass: string;
+}
+
+/** Set by bench/run.ts: the cluster it started, as JSON `BenchEndpoint[]`, primary first. */
+export const ENDPOINTS_VAR = "PGDBPOOL_BENCH_ENDPOINTS";
+/** Set by bench/run.ts: a file that receives one JSON line per extra figure. */
+export const EXTRA_VAR = "PGDBPOOL_BENCH_EXTRA";
+
+/** The harness's endpoints with `name` set to the database (its `endpoints()` may not). */
+export function benchEndpoints(
+  cluster: { database: string; endpoints(): BenchEndpoint[] },
+): BenchEndpoint[] {
+  return cluster.endpoints().map((e) => ({ ...e, name: cluster.database }));
 }

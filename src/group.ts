@@ -262,6 +262,7 @@ export class Group {
   #take(): ServerConnection {
     const members = this.#members;
     const n = members.length;
+    const canGrow = this.#conns.size < this.settings.size;
     let i = this.#cursor;
     for (let k = 0; k < n; k++) {
       const member = members[i];
@@ -271,7 +272,7 @@ export class Group {
         this.#cursor = i;
         return conn;
       }
-      if (member.open < this.#share) {
+      if (canGrow && member.open < this.#share) {
         this.#cursor = i;
         return this.#open(member);
       }

@@ -40,7 +40,7 @@ const noop = () => {};
 
 // NULL on a replica instead of an error: the role may be unknown (PostgreSQL < 14).
 const LSN_SQL =
-  "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn";
+  "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END AS lsn";
 
 let prepare: (handler: Handler) => Promise<void>;
 

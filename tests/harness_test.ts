@@ -222,6 +222,26 @@ describe("cluster harness", () => {
       );
     });
 
+    it("passes a server-side termination through, after delayed data", async () => {
+      proxy.mode = "pass";
+      proxy.delayMs = 50; // the FATAL ErrorResponse must still arrive before the FIN
+      const sql = open({ connection: { application_name: "harness-kill" } });
+      const inFlight = sql`select pg_sleep(30)`;
+      inFlight.catch(() => {});
+      const count = () => cluster.countConnections({ applicationName: "harness-kill" });
+      await waitFor(async () => (await count()) === 1);
+      await cluster.primary.query(
+        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1",
+        ["harness-kill"],
+      );
+      await assert.rejects(
+        within(inFlight, 5_000),
+        (err: { code?: string }) => err.code === "57P01",
+      );
+      await waitFor(() => proxy.connections === 0, { message: "proxy to forget the connection" });
+      proxy.delayMs = 0;
+    });
+
     it("blackhole: connects and queries hang until a deadline", async () => {
       proxy.mode = "pass";
       const established = open();
@@ -254,6 +274,21 @@ describe("cluster harness", () => {
       const again = open();
       assert.deepEqual([...await again`select 2 as two`], [{ two: 2 }]);
     });
+  });
+
+  it("promote() turns a standby into a writable primary", async () => {
+    const r1 = cluster.replicas[0];
+    await cluster.waitForReplication();
+    await cluster.primary.stop("fast");
+    assert.equal(cluster.primary.isRunning(), false);
+    await assert.rejects(
+      r1.query("insert into harness_t values (10)"),
+      (err: { code?: string }) => err.code === "25006", // read-only transaction
+    );
+    await r1.promote();
+    await r1.query("insert into harness_t values (10)");
+    assert.deepEqual(await r1.query("select pg_is_in_recovery() as r"), [{ r: false }]);
+    assert.ok((await rowIds(r1)).includes(10));
   });
 
   it("close() stops every server and deletes the cluster directory", async () => {

@@ -75,7 +75,11 @@ class Proxy implements TcpProxy {
   }
 
   dropAll(): void {
-    for (const pair of [...this.#pairs]) this.#destroy(pair, true);
+    for (const { client, upstream } of this.#pairs) {
+      reset(client);
+      if (upstream) reset(upstream);
+    }
+    this.#pairs.clear();
   }
 
   close(): Promise<void> {
@@ -95,37 +99,46 @@ class Proxy implements TcpProxy {
     client.setNoDelay(true);
     const pair: Pair = { client, upstream: undefined };
     this.#pairs.add(pair);
-    client.on("close", () => this.#destroy(pair, false));
+    client.on("close", () => this.#pairs.delete(pair));
     // A connection opened during a blackhole never reaches the target: the server would only
     // see a silent socket and log an incomplete startup packet.
     if (this.#mode === "pass") {
       const upstream = connect(this.target.port, this.target.host);
       upstream.setNoDelay(true);
       upstream.on("error", () => {});
-      upstream.on("close", () => this.#destroy(pair, false));
       pair.upstream = upstream;
-      this.#relay(client, upstream);
-      this.#relay(upstream, client);
+      this.#relay(client, upstream, false);
+      this.#relay(upstream, client, true);
     }
   }
 
-  /** Forwards `from` to `to` in pass mode, delaying each chunk by delayMs while keeping order. */
-  #relay(from: Socket, to: Socket): void {
+  /**
+   * Forwards `from` to `to` in pass mode, delaying each chunk by delayMs while keeping order.
+   * A clean close is passed on as FIN only after the queued chunks (so a server's last
+   * ErrorResponse, e.g. 57P01, reaches the client), an abortive one as RST. In blackhole mode a
+   * closing server is not passed on (`hangs`: a hung host says nothing), a closing client is.
+   */
+  #relay(from: Socket, to: Socket, hangs: boolean): void {
     const queue: Array<{ due: number; chunk: Uint8Array }> = [];
     let timer: ReturnType<typeof setTimeout> | undefined;
+    let ended = false;
+    const endIfDrained = (): void => {
+      if (ended && queue.length === 0 && !to.destroyed) to.end();
+    };
     const flush = (): void => {
       timer = undefined;
       const now = Date.now();
       while (queue.length > 0 && queue[0].due <= now) {
         const { chunk } = queue.shift()!;
-        if (this.#mode === "pass" && !to.destroyed) to.write(chunk);
+        if (this.#mode === "pass" && to.writable) to.write(chunk);
       }
       if (queue.length > 0) timer = setTimeout(flush, queue[0].due - now);
+      else endIfDrained();
     };
     from.on("data", (chunk: Uint8Array) => {
       if (this.#mode !== "pass") return; // blackhole: drop
       if (this.delayMs <= 0 && queue.length === 0) {
-        if (!to.destroyed) to.write(chunk);
+        if (to.writable) to.write(chunk);
         return;
       }
       // Never due before the chunk ahead of it, even if delayMs was lowered meanwhile.
@@ -133,24 +146,26 @@ class Proxy implements TcpProxy {
       queue.push({ due, chunk });
       timer ??= setTimeout(flush, Math.max(0, queue[0].due - Date.now()));
     });
-    from.on("close", () => {
-      if (timer) clearTimeout(timer);
-      queue.length = 0;
+    from.on("close", (hadError: boolean) => {
+      if (this.#mode !== "pass") {
+        if (!hangs) to.destroy();
+        return;
+      }
+      if (hadError) {
+        clearTimeout(timer);
+        queue.length = 0;
+        reset(to);
+        return;
+      }
+      ended = true;
+      endIfDrained();
     });
-  }
-
-  #destroy(pair: Pair, rst: boolean): void {
-    if (!this.#pairs.delete(pair)) return;
-    for (const s of [pair.client, pair.upstream]) {
-      if (!s || s.destroyed) continue;
-      if (rst) reset(s);
-      else s.destroy();
-    }
   }
 }
 
 /** Destroys with a TCP RST (resetAndDestroy: Node 16.17+, Deno 2.9, Bun 1.4), else plainly. */
 function reset(s: Socket): void {
+  if (s.destroyed) return;
   const r = s as Socket & { resetAndDestroy?: () => void };
   try {
     if (typeof r.resetAndDestroy === "function") return void r.resetAndDestroy();

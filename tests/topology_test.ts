@@ -1,0 +1,299 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { startProxy } from "./harness/proxy.ts";
+import { waitFor } from "./harness/wait.ts";
+import { NoEndpointAvailableError, Pool, type PoolConfig, type PoolEvent } from "../mod.ts";
+
+await setTestTimeout(180_000);
+
+let cluster: PgCluster;
+
+before(async () => {
+  cluster = await startCluster({ replicas: 2 });
+  await cluster.primary.query("CREATE TABLE notes (id serial PRIMARY KEY, v text NOT NULL)");
+  await cluster.waitForReplication();
+}, { timeout: 180_000 });
+
+after(async () => {
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+function pool(app: string, groups: PoolConfig["groups"], extra: Partial<PoolConfig> = {}): Pool {
+  return new Pool({
+    db: cluster.endpoints(),
+    groups,
+    application_name: app,
+    health_check_interval_ms: 100,
+    retry_backoff_max_ms: 500,
+    ...extra,
+  });
+}
+
+async function portOf(p: Pool, group: string, options?: { after?: string }): Promise<number> {
+  await using db = p.handler(group, options);
+  const [{ port }] = await db.query<{ port: number }>("SELECT inet_server_port() AS port");
+  return port;
+}
+
+const replicaPorts = () => cluster.replicas.map((r) => r.port).sort();
+
+describe("roles and routing", () => {
+  it("detects roles without configuration", async () => {
+    await using p = pool("roles", { any: { connection_count: 3 } }, { health_check_interval_ms: 0 });
+    await p.refresh();
+    assert.deepEqual(
+      p.stats().endpoints.map((e) => [e.port, e.role, e.state]),
+      [
+        [cluster.primary.port, "primary", "up"],
+        [cluster.replicas[0].port, "replica", "up"],
+        [cluster.replicas[1].port, "replica", "up"],
+      ],
+    );
+    const text = JSON.stringify(p.stats());
+    assert.ok(!text.includes(cluster.password));
+  });
+
+  it("learns a role from the start-up parameters of a connection, with no probe", async () => {
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { r: { connection_count: 1, endpoints: [1] } },
+      health_check_interval_ms: 0,
+    });
+    await p.query("r", "SELECT 1");
+    const [, replica] = p.stats().endpoints;
+    assert.equal(replica.role, "replica");
+    assert.equal(replica.latency_ms, null, "no health probe ran");
+  });
+
+  it("routes primary, replica and prefer-replica groups by detected role", async () => {
+    await using p = pool("routing", {
+      write: { connection_count: 2, role: "primary" },
+      read: { connection_count: 4, role: "replica" },
+      prefer: { connection_count: 2, role: "prefer-replica" },
+    });
+    for (let i = 0; i < 6; i++) assert.equal(await portOf(p, "write"), cluster.primary.port);
+    const reads = new Set<number>();
+    for (let i = 0; i < 6; i++) reads.add(await portOf(p, "read"));
+    assert.deepEqual([...reads].sort(), replicaPorts());
+    for (let i = 0; i < 4; i++) assert.ok(replicaPorts().includes(await portOf(p, "prefer")));
+  });
+
+  it("a replica group fails fast when every replica is down; prefer-replica falls back", async () => {
+    await using p = pool("replicas-down", {
+      read: { connection_count: 2, role: "replica" },
+      prefer: { connection_count: 2, role: "prefer-replica" },
+    });
+    await portOf(p, "read");
+    const downs: string[] = [];
+    const ups: number[] = [];
+    p.addEventListener("endpointdown", (e) => downs.push(String((e as PoolEvent).detail.endpoint?.port)));
+    p.addEventListener("endpointup", (e) => ups.push((e as PoolEvent).detail.endpoint!.port));
+    await Promise.all(cluster.replicas.map((r) => r.stop("fast")));
+    try {
+      await waitFor(async () => {
+        try {
+          await portOf(p, "read");
+          return false;
+        } catch (err) {
+          return err instanceof NoEndpointAvailableError;
+        }
+      }, { message: "NoEndpointAvailableError from the replica group" });
+      const started = performance.now();
+      await assert.rejects(portOf(p, "read"), NoEndpointAvailableError);
+      assert.ok(performance.now() - started < 2000, "fails fast");
+      assert.equal(await portOf(p, "prefer"), cluster.primary.port);
+      assert.deepEqual(downs.sort(), cluster.replicas.map((r) => String(r.port)).sort());
+    } finally {
+      await Promise.all(cluster.replicas.map((r) => r.start()));
+    }
+    await waitFor(async () => replicaPorts().includes(await portOf(p, "read")), {
+      message: "replica group served again after restart",
+    });
+    await waitFor(() => ups.length === 2, { message: "endpointup for both replicas" });
+  });
+
+  it("skips a replica stopped under load without surfacing errors to an any-group", async () => {
+    await using p = pool("replica-stop", { any: { connection_count: 6 } });
+    await Promise.all(Array.from({ length: 6 }, () => p.query("any", "SELECT 1")));
+    await cluster.replicas[1].stop("fast");
+    try {
+      // Connections to the stopped replica die; the first statement of each checkout retries on
+      // another endpoint, and routing stops sending checkouts there once it is marked down.
+      for (let i = 0; i < 60; i++) await p.query("any", "SELECT 1");
+      assert.equal(p.stats().endpoints[2].state, "down");
+    } finally {
+      await cluster.replicas[1].start();
+    }
+  });
+});
+
+describe("stale connections", () => {
+  it("after 1000 killed backends the next 1000 checkouts see zero errors", async () => {
+    const size = 50;
+    await using p = pool("killed", { any: { connection_count: size } }, { validate_after_ms: 60_000 });
+    let killed = 0;
+    let errors = 0;
+    let checkouts = 0;
+    while (killed < 1000 || checkouts < 1000) {
+      await Promise.all(Array.from({ length: size }, () => p.query("any", "SELECT pg_sleep(0.001)")));
+      for (const server of cluster.servers) {
+        const rows = await server.query(
+          "SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = 'killed'",
+        );
+        killed += rows[0].n;
+      }
+      // No wait for the backends to be gone: checkouts race the terminations on purpose.
+      const results = await Promise.allSettled(
+        Array.from({ length: size }, () => p.query("any", "SELECT 1 AS ok")),
+      );
+      checkouts += results.length;
+      errors += results.filter((r) => r.status === "rejected").length;
+    }
+    assert.ok(killed >= 1000 && checkouts >= 1000, `killed ${killed}, checkouts ${checkouts}`);
+    assert.equal(errors, 0);
+  });
+});
+
+describe("replica lag", () => {
+  it("excludes a replica whose replay is paused beyond max_replica_lag_ms", async () => {
+    await using p = pool("lag", { read: { connection_count: 4, role: "replica", max_replica_lag_ms: 300 } });
+    const lagging = cluster.replicas[0];
+    await portOf(p, "read"); // the pool is lazy: the first checkout starts its probes
+    await lagging.query("SELECT pg_wal_replay_pause()");
+    try {
+      // Keep writing so that received WAL waits for replay and the lag grows.
+      const writer = setInterval(() => {
+        cluster.primary.query("INSERT INTO notes (v) VALUES ('lag')").catch(() => {});
+      }, 50);
+      try {
+        await waitFor(() => p.stats().endpoints[1].lag_ms > 300, {
+          message: "lag of the paused replica seen by the pool",
+        });
+        for (let i = 0; i < 10; i++) assert.equal(await portOf(p, "read"), cluster.replicas[1].port);
+      } finally {
+        clearInterval(writer);
+      }
+    } finally {
+      await lagging.query("SELECT pg_wal_replay_resume()");
+    }
+    await waitFor(async () => (await portOf(p, "read")) === lagging.port, {
+      message: "caught-up replica routed again",
+    });
+  });
+});
+
+describe("read-your-writes", () => {
+  it("routes a read after a commit to a replica that replayed it, else to the primary", async () => {
+    await using p = pool("ryw", {
+      write: { connection_count: 2, role: "primary", autocommit: false },
+      read: { connection_count: 4, role: "replica", read_your_writes_timeout_ms: 300 },
+    });
+    await cluster.replicas[0].query("SELECT pg_wal_replay_pause()");
+    try {
+      let token: string | undefined;
+      {
+        await using db = p.handler("write");
+        await db.query("INSERT INTO notes (v) VALUES ('ryw-1')");
+        token = await db.commit();
+        assert.match(token ?? "", /^[0-9A-F]+\/[0-9A-F]+$/);
+        assert.equal(db.token, token);
+      }
+      assert.equal(p.token, token);
+      for (let i = 0; i < 4; i++) {
+        await using db = p.handler("read", { after: token });
+        const rows = await db.query("SELECT inet_server_port() AS port, count(*)::int AS n FROM notes WHERE v = 'ryw-1'");
+        assert.equal(rows[0].n, 1, "the write is visible");
+        assert.equal(rows[0].port, cluster.replicas[1].port, "never the paused replica");
+      }
+      await cluster.replicas[1].query("SELECT pg_wal_replay_pause()");
+      try {
+        const token2 = await p.transaction("write", async (db) => {
+          await db.query("INSERT INTO notes (v) VALUES ('ryw-2')");
+        }).then(() => p.token);
+        assert.notEqual(token2, token);
+        const started = performance.now();
+        await using db = p.handler("read", { after: token2 });
+        const rows = await db.query("SELECT inet_server_port() AS port, count(*)::int AS n FROM notes WHERE v = 'ryw-2'");
+        assert.equal(rows[0].port, cluster.primary.port, "falls back to the primary");
+        assert.equal(rows[0].n, 1);
+        assert.ok(performance.now() - started >= 250, "waited for a replica first");
+      } finally {
+        await cluster.replicas[1].query("SELECT pg_wal_replay_resume()");
+      }
+    } finally {
+      await cluster.replicas[0].query("SELECT pg_wal_replay_resume()");
+    }
+  });
+
+  it("rejects a malformed token", async () => {
+    await using p = pool("ryw-bad", { read: { connection_count: 1 } });
+    assert.throws(() => p.handler("read", { after: "yesterday" }), /after must be a token .*"yesterday"/);
+  });
+});
+
+describe("connection upkeep", () => {
+  it("closes connections idle longer than idle_timeout_ms", async () => {
+    await using p = pool("idle", { g: { connection_count: 2, endpoints: [0], idle_timeout_ms: 200 } });
+    await Promise.all([p.query("g", "SELECT 1"), p.query("g", "SELECT 1")]);
+    assert.equal(p.stats().groups.g.open, 2);
+    await waitFor(async () => (await cluster.countConnections({ applicationName: "idle" })) === 0, {
+      message: "idle connections closed",
+    });
+    assert.equal(p.stats().groups.g.open, 0);
+  });
+
+  it("retires connections after max_lifetime_ms with a warm replacement", async () => {
+    await using p = pool("lifetime", { g: { connection_count: 1, endpoints: [0], max_lifetime_ms: 300 } });
+    const pid = async () => (await p.query<{ pid: number }>("g", "SELECT pg_backend_pid() AS pid"))[0].pid;
+    const first = await pid();
+    await waitFor(async () => {
+      const s = p.stats().groups.g;
+      return s.idle === 1 && (await cluster.primary.query(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'lifetime' AND pid <> $1",
+        [first],
+      ))[0].n === 1;
+    }, { message: "a replacement connection opened in the background" });
+    assert.notEqual(await pid(), first);
+  });
+});
+
+describe("hung hosts", () => {
+  it("never hangs when every endpoint is blackholed", async () => {
+    const proxies = await Promise.all(cluster.servers.slice(0, 2).map((s) => startProxy(s)));
+    try {
+      await using p = new Pool({
+        db: proxies.map((x) => ({ ...cluster.endpoints()[0], host: x.host, port: x.port, connect_timeout: 1 })),
+        groups: { g: { connection_count: 2 } },
+        health_check_interval_ms: 100,
+        validate_after_ms: 0,
+      });
+      await Promise.all([p.query("g", "SELECT 1"), p.query("g", "SELECT 1")]);
+      for (const x of proxies) x.mode = "blackhole";
+      const started = performance.now();
+      const outcomes = await Promise.allSettled(
+        Array.from({ length: 4 }, () => p.query("g", "SELECT 1")),
+      );
+      const elapsed = performance.now() - started;
+      assert.ok(elapsed < 8000, `settled in ${Math.round(elapsed)} ms`);
+      assert.ok(outcomes.every((o) => o.status === "rejected"));
+      await waitFor(() => p.stats().endpoints.every((e) => e.state === "down"), {
+        message: "both blackholed endpoints marked down",
+      });
+      const fast = performance.now();
+      await assert.rejects(p.query("g", "SELECT 1"), NoEndpointAvailableError);
+      assert.ok(performance.now() - fast < 3000);
+      for (const x of proxies) x.mode = "pass";
+      await waitFor(async () => {
+        try {
+          return (await p.query("g", "SELECT 1 AS ok"))[0].ok === 1;
+        } catch {
+          return false;
+        }
+      }, { message: "recovered after the blackhole lifted", timeoutMs: 15_000 });
+    } finally {
+      await Promise.all(proxies.map((x) => x.close()));
+    }
+  });
+});

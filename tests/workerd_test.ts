@@ -1,0 +1,145 @@
+// The edge entry in real workerd (npm `workerd`): examples/worker.ts bundled with esbuild
+// (--conditions=workerd selects postgres.js's cloudflare:sockets build), served by workerd with
+// nodejs_compat, talking to the test primary and replica over loopback.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { freePorts } from "./harness/exec.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { waitFor } from "./harness/wait.ts";
+import { esbuildBin, http, ROOT, runCommand, Service, workerdBin } from "./tools.ts";
+
+await setTestTimeout(180_000);
+
+const APP = "workerd_test";
+let cluster: PgCluster;
+let dir: string;
+let workerd: Service | undefined;
+let base: string;
+
+/** A capnp string literal (JSON's escapes for quotes and backslashes are valid capnp escapes). */
+const capnpString = (s: string) => JSON.stringify(s);
+
+function capnpConfig(port: number, endpoints: unknown): string {
+  return `using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "main", worker = .worker),
+    # Workers may not reach loopback/private addresses by default; the tests' PostgreSQL
+    # servers listen on 127.0.0.1.
+    (name = "internet", network = (allow = ["public", "private", "local"])),
+  ],
+  sockets = [(name = "http", address = "127.0.0.1:${port}", http = (), service = "main")],
+);
+
+const worker :Workerd.Worker = (
+  modules = [(name = "worker.js", esModule = embed "worker.js")],
+  compatibilityDate = "2025-09-01",
+  compatibilityFlags = ["nodejs_compat"],
+  bindings = [
+    (name = "DB_ENDPOINTS", text = ${capnpString(JSON.stringify(endpoints))}),
+    (name = "APP_NAME", text = ${capnpString(APP)}),
+  ],
+);
+`;
+}
+
+before(async () => {
+  cluster = await startCluster({ replicas: 1 });
+  await cluster.primary.query("CREATE TABLE worker_items (id serial PRIMARY KEY, v text NOT NULL)");
+  await cluster.waitForReplication();
+
+  dir = mkdtempSync(join(tmpdir(), "pgdbpool-workerd-"));
+  const build = await runCommand(esbuildBin(), [
+    join(ROOT, "examples", "worker.ts"),
+    "--bundle",
+    "--conditions=workerd",
+    "--platform=neutral",
+    "--format=esm",
+    "--external:cloudflare:sockets",
+    "--external:node:*",
+    `--outfile=${join(dir, "worker.js")}`,
+    "--log-level=warning",
+  ]);
+  assert.equal(build.code, 0, `esbuild failed:\n${build.stdout}${build.stderr}`);
+
+  const [port] = await freePorts(1);
+  base = `http://127.0.0.1:${port}`;
+  writeFileSync(join(dir, "config.capnp"), capnpConfig(port, cluster.endpoints()), { mode: 0o600 });
+  workerd = new Service("workerd", workerdBin(), ["serve", join(dir, "config.capnp"), "--verbose"], { cwd: dir });
+  await waitFor(async () => (await http(`${base}/`, { timeoutMs: 2000 })).status === 404, {
+    timeoutMs: 30_000,
+    message: `workerd answering on ${base}`,
+  }).catch((err) => {
+    throw new Error(`${err.message}\n--- workerd output ---\n${workerd?.output}`, { cause: err });
+  });
+}, { timeout: 120_000 });
+
+after(async () => {
+  if (workerd) {
+    workerd.kill("SIGTERM");
+    await workerd.waitExit(10_000).catch(() => workerd?.stop());
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+async function get(path: string): Promise<Record<string, unknown>> {
+  const res = await http(`${base}${path}`, { timeoutMs: 20_000 });
+  assert.equal(res.status, 200, `GET ${path} -> ${res.status} ${res.body}\n--- workerd output ---\n${workerd?.output}`);
+  return JSON.parse(res.body);
+}
+
+describe("edge entry in workerd", () => {
+  it("writes through the primary", async () => {
+    const r = await get("/write?v=first");
+    assert.equal(r.port, cluster.primary.port);
+    assert.equal(typeof r.id, "number");
+    const rows = await cluster.primary.query("SELECT v FROM worker_items WHERE id = $1", [r.id]);
+    assert.deepEqual(rows.map((x) => x.v), ["first"]);
+  });
+
+  it("reads the replicated row from the replica", async () => {
+    await cluster.waitForReplication();
+    const r = await get("/read?v=first");
+    assert.equal(r.port, cluster.replicas[0].port);
+    assert.equal(r.app, APP);
+    assert.deepEqual((r.rows as { v: string }[]).map((x) => x.v), ["first"]);
+  });
+
+  it("serves concurrent requests, each with its own pool", async () => {
+    const values = Array.from({ length: 8 }, (_, i) => `c${i}`);
+    const writes = await Promise.all(values.map((v) => get(`/write?v=${v}`)));
+    for (const w of writes) assert.equal(w.port, cluster.primary.port);
+    await cluster.waitForReplication();
+    const reads = await Promise.all(values.map((v) => get(`/read?v=${v}`)));
+    reads.forEach((r, i) => {
+      assert.equal(r.port, cluster.replicas[0].port);
+      assert.deepEqual((r.rows as { v: string }[]).map((x) => x.v), [values[i]]);
+    });
+  });
+
+  it("reports PostgreSQL errors without leaking the password", async () => {
+    await cluster.primary.query("ALTER TABLE worker_items ADD CONSTRAINT short_v CHECK (length(v) < 20)");
+    try {
+      const res = await http(`${base}/write?v=${"x".repeat(30)}`, { timeoutMs: 20_000 });
+      assert.equal(res.status, 500);
+      assert.match(res.body, /short_v/);
+      assert.ok(!res.body.includes(cluster.password));
+    } finally {
+      await cluster.primary.query("ALTER TABLE worker_items DROP CONSTRAINT short_v");
+    }
+  });
+
+  it("leaves no server connection behind (pools closed with ctx.waitUntil)", async () => {
+    await waitFor(async () => (await cluster.countConnections({ applicationName: APP })) === 0, {
+      timeoutMs: 15_000,
+      message: `no connection with application_name ${APP}`,
+    });
+    assert.ok(!workerd!.output.includes(cluster.password), "workerd output contains the password");
+  });
+});
