@@ -25,7 +25,8 @@
 
 export { Pool } from "./src/pool.ts";
 export { Connection } from "./src/connection.ts";
-export { Handler, type HandlerOptions, type Rows } from "./src/handler.ts";
+export { Handler, type HandlerOptions } from "./src/handler.ts";
+export type { Row, Rows, Sql } from "./src/rows.ts";
 export { Semaphore, type AcquireOptions } from "./src/semaphore.ts";
 export type {
   EndpointConfig,

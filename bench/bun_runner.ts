@@ -62,7 +62,9 @@ function bench(a: unknown, b?: unknown, c?: unknown): void {
   type Opts = Partial<BenchDef>;
   let def: Opts;
   if (typeof a === "string") {
-    def = typeof b === "function" ? { name: a, fn: b as Fn } : { ...(b as Opts), name: a, fn: c as Fn };
+    def = typeof b === "function"
+      ? { name: a, fn: b as Fn }
+      : { ...(b as Opts), name: a, fn: c as Fn };
   } else if (typeof a === "function") {
     def = typeof b === "function" ? { ...(a as Opts), fn: b as Fn } : { name: a.name, fn: a as Fn };
   } else {
@@ -92,7 +94,14 @@ async function runOne(def: BenchDef): Promise<BenchRecord> {
   try {
     // The wrapper keeps sync benches sync (mitata batches them) and async ones awaited.
     const s = await measure(() => def.fn(context));
-    const stats = { n: s.samples.length, min: s.min, max: s.max, avg: s.avg, p75: s.p75, p99: s.p99 };
+    const stats = {
+      n: s.samples.length,
+      min: s.min,
+      max: s.max,
+      avg: s.avg,
+      p75: s.p75,
+      p99: s.p99,
+    };
     return { ...record, results: [{ ok: stats }] };
   } catch (err) {
     return { ...record, results: [{ failed: String((err as Error)?.stack ?? err) }] };

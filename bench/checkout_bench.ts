@@ -8,7 +8,7 @@
  */
 
 import { checkoutName, GROUP, NAME } from "./names.ts";
-import { ourPool, pgPool, rawClient, warmGroup, warmPg, warmRaw } from "./env.ts";
+import { benchGroup, ourPool, pgPool, rawClient, warmGroup, warmPg, warmRaw } from "./env.ts";
 
 const SIZE = 4;
 const groups = {
@@ -17,12 +17,13 @@ const groups = {
   both: { connection_count: 2 * SIZE, endpoints: [0, 1] },
 };
 const where = ["primary", "replica", "both"] as const;
+const defs: Deno.BenchDefinition[] = [];
 
 for (const mode of ["threaded", "non-threaded"] as const) {
   const pool = ourPool(mode, groups);
   for (const g of where) await warmGroup(pool, g, groups[g].connection_count);
   for (const g of where) {
-    Deno.bench({
+    defs.push({
       group: GROUP.checkout,
       name: checkoutName(mode, g),
       fn() {
@@ -38,7 +39,7 @@ for (const mode of ["threaded", "non-threaded"] as const) {
 // shows reserve()'s best case, the cost on a fresh client of any size. That is the baseline.
 const sql = rawClient(1);
 await warmRaw(sql, 1);
-Deno.bench({
+defs.push({
   group: GROUP.checkout,
   name: NAME.reserve,
   baseline: true,
@@ -50,7 +51,7 @@ Deno.bench({
 
 const pgp = pgPool(SIZE);
 await warmPg(pgp, SIZE);
-Deno.bench({
+defs.push({
   group: GROUP.checkout,
   name: NAME.pgPool,
   async fn() {
@@ -60,7 +61,7 @@ Deno.bench({
 });
 
 const free = Array.from({ length: SIZE }, (_, i) => ({ i }));
-Deno.bench({
+defs.push({
   group: GROUP.checkout,
   name: NAME.floor,
   fn() {
@@ -68,3 +69,5 @@ Deno.bench({
     free.push(conn);
   },
 });
+
+benchGroup(defs);

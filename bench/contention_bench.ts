@@ -12,7 +12,17 @@
  */
 
 import { extraKey, GROUP, NAME } from "./names.ts";
-import { atExit, callers, ourPool, pgPool, recordExtra, WaitLog, warmGroup, warmPg } from "./env.ts";
+import {
+  atExit,
+  benchGroup,
+  callers,
+  ourPool,
+  pgPool,
+  recordExtra,
+  WaitLog,
+  warmGroup,
+  warmPg,
+} from "./env.ts";
 
 const TASKS = 200;
 const CHECKOUTS = 5; // per task and iteration: keeps the queue full instead of draining once
@@ -30,7 +40,7 @@ atExit(() => {
   recordExtra(extraKey(GROUP.contention, NAME.contentionPg), theirs.summary());
 });
 
-Deno.bench({
+benchGroup([{
   group: GROUP.contention,
   name: NAME.contentionPg,
   baseline: true,
@@ -47,9 +57,7 @@ Deno.bench({
     });
     theirs.endIteration();
   },
-});
-
-Deno.bench({
+}, {
   group: GROUP.contention,
   name: NAME.contentionOurs,
   async fn() {
@@ -61,4 +69,4 @@ Deno.bench({
     });
     ours.endIteration();
   },
-});
+}]);

@@ -13,7 +13,13 @@ import process from "node:process";
 import pg from "pg";
 import postgres from "postgres";
 import { Pool, type PoolConfig } from "../mod.ts";
-import { type BenchEndpoint, benchEndpoints, ENDPOINTS_VAR, EXTRA_VAR } from "./names.ts";
+import {
+  type BenchEndpoint,
+  benchEndpoints,
+  ENDPOINTS_VAR,
+  EXTRA_VAR,
+  ROUND_VAR,
+} from "./names.ts";
 
 async function resolveEndpoints(): Promise<BenchEndpoint[]> {
   const fromEnv = process.env[ENDPOINTS_VAR];
@@ -80,6 +86,15 @@ export function recordExtra(key: string, value: Record<string, number>): void {
   const line = JSON.stringify({ key, value });
   if (file) appendFileSync(file, line + "\n");
   else console.error(line);
+}
+
+/**
+ * Registers one group's benches: in the given order on odd rounds, reversed on even ones, so
+ * that neither side of a comparison always runs first (warmer server, JIT state, drift).
+ */
+export function benchGroup(defs: Deno.BenchDefinition[]): void {
+  const round = Number(process.env[ROUND_VAR] ?? "1");
+  for (const def of round % 2 === 0 ? [...defs].reverse() : defs) Deno.bench(def);
 }
 
 // ---------------------------------------------------------------------------------------------

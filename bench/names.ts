@@ -64,6 +64,8 @@ export interface BenchEndpoint {
 export const ENDPOINTS_VAR = "PGDBPOOL_BENCH_ENDPOINTS";
 /** Set by bench/run.ts: a file that receives one JSON line per extra figure. */
 export const EXTRA_VAR = "PGDBPOOL_BENCH_EXTRA";
+/** Set by bench/run.ts: the round number (1-based); even rounds run each group in reverse. */
+export const ROUND_VAR = "PGDBPOOL_BENCH_ROUND";
 
 /** The harness's endpoints with `name` set to the database (its `endpoints()` may not). */
 export function benchEndpoints(

@@ -10,7 +10,7 @@
  */
 
 import { BATCH, GROUP, NAME } from "./names.ts";
-import { callers, ourPool, rawClient, warmGroup, warmRaw } from "./env.ts";
+import { benchGroup, callers, ourPool, rawClient, warmGroup, warmRaw } from "./env.ts";
 
 const CONNECTIONS = 10;
 const pool = ourPool("threaded", {
@@ -35,41 +35,41 @@ async function viaRaw(): Promise<void> {
   await sql.unsafe("SELECT 1", [], opts);
 }
 
-Deno.bench({ group: GROUP.seq, name: NAME.raw, baseline: true, fn: viaRaw });
-Deno.bench({ group: GROUP.seq, name: NAME.handler, fn: viaHandler });
+benchGroup([
+  { group: GROUP.seq, name: NAME.raw, baseline: true, fn: viaRaw },
+  { group: GROUP.seq, name: NAME.handler, fn: viaHandler },
+]);
 
 for (const [group, count] of [[GROUP.c10, 10], [GROUP.c100, 100]] as const) {
   const batch = BATCH[group];
   // Deno awaits a bench only when fn is an AsyncFunction, not any function returning a promise.
-  Deno.bench({
-    group,
-    name: NAME.raw,
-    baseline: true,
-    fn: async () => await callers(count, batch, viaRaw),
-  });
-  Deno.bench({ group, name: NAME.handler, fn: async () => await callers(count, batch, viaHandler) });
+  benchGroup([
+    { group, name: NAME.raw, baseline: true, fn: async () => await callers(count, batch, viaRaw) },
+    { group, name: NAME.handler, fn: async () => await callers(count, batch, viaHandler) },
+  ]);
 }
 
 // A real write, one row per contender so neither waits on the other's row lock.
 await sql.unsafe("CREATE TABLE IF NOT EXISTS bench_tx (id int PRIMARY KEY, n bigint NOT NULL)");
 await sql.unsafe("INSERT INTO bench_tx VALUES (1, 0), (2, 0) ON CONFLICT (id) DO NOTHING");
 
-Deno.bench({
-  group: GROUP.tx,
-  name: NAME.begin,
-  baseline: true,
-  async fn() {
-    await sql.begin((tx) => tx.unsafe("UPDATE bench_tx SET n = n + 1 WHERE id = 2", [], opts));
+benchGroup([
+  {
+    group: GROUP.tx,
+    name: NAME.begin,
+    baseline: true,
+    async fn() {
+      await sql.begin((tx) => tx.unsafe("UPDATE bench_tx SET n = n + 1 WHERE id = 2", [], opts));
+    },
   },
-});
-
-Deno.bench({
-  group: GROUP.tx,
-  name: NAME.handler,
-  async fn() {
-    // autocommit: false pipelines BEGIN with the statement; COMMIT is the second round trip.
-    using db = pool.handler("tx");
-    await db.query("UPDATE bench_tx SET n = n + 1 WHERE id = 1");
-    await db.commit();
+  {
+    group: GROUP.tx,
+    name: NAME.handler,
+    async fn() {
+      // autocommit: false pipelines BEGIN with the statement; COMMIT is the second round trip.
+      using db = pool.handler("tx");
+      await db.query("UPDATE bench_tx SET n = n + 1 WHERE id = 1");
+      await db.commit();
+    },
   },
-});
+]);

@@ -16,7 +16,7 @@ import { dirname, join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { startCluster } from "../tests/harness/cluster.ts";
-import { benchEndpoints, ENDPOINTS_VAR, EXTRA_VAR } from "./names.ts";
+import { benchEndpoints, ENDPOINTS_VAR, EXTRA_VAR, ROUND_VAR } from "./names.ts";
 import type { BenchRecord } from "./bun_runner.ts";
 import { writeReport } from "./report.ts";
 import type { Machine, RuntimeResults } from "./report.ts";
@@ -55,7 +55,9 @@ function exec(cmd: string, args: string[], env: Record<string, string>): Promise
       clearTimeout(timer);
       const out = Buffer.concat(chunks).toString("utf8");
       if (code === 0) resolve(out);
-      else reject(new Error(`${cmd} ${args.join(" ")} exited with ${code ?? signal}\n${out.slice(-2000)}`));
+      else {reject(
+          new Error(`${cmd} ${args.join(" ")} exited with ${code ?? signal}\n${out.slice(-2000)}`),
+        );}
     });
   });
 }
@@ -66,7 +68,11 @@ interface SuiteRun {
   extra: Record<string, Record<string, number>>;
 }
 
-async function runSuite(runtime: Runtime, env: Record<string, string>, tmp: string): Promise<SuiteRun> {
+async function runSuite(
+  runtime: Runtime,
+  env: Record<string, string>,
+  tmp: string,
+): Promise<SuiteRun> {
   const extraFile = join(tmp, `${runtime}-${Date.now()}.extra.jsonl`);
   const vars = { ...env, [EXTRA_VAR]: extraFile };
   let parsed: { runtime: string; benches: BenchRecord[] };
@@ -145,7 +151,9 @@ function parseArgs(argv: string[]): { rounds: number; only: Runtime[] } {
     else if (argv[i] === "--only") only = [argv[++i] as Runtime];
     else throw new Error(`unknown argument ${argv[i]} (use --rounds N, --only deno|bun)`);
   }
-  if (!Number.isInteger(rounds) || rounds < 1) throw new Error("--rounds must be a positive integer");
+  if (!Number.isInteger(rounds) || rounds < 1) {
+    throw new Error("--rounds must be a positive integer");
+  }
   return { rounds, only };
 }
 
@@ -164,7 +172,7 @@ async function main(): Promise<void> {
     for (let round = 1; round <= rounds; round++) {
       for (const runtime of only) {
         console.error(`\n== round ${round}/${rounds}: ${runtime} ==`);
-        runs[runtime].push(await runSuite(runtime, env, tmp));
+        runs[runtime].push(await runSuite(runtime, { ...env, [ROUND_VAR]: String(round) }, tmp));
       }
     }
   } finally {

@@ -7,12 +7,35 @@
 
 import { ConfigError } from "./errors.ts";
 
-/** TLS mode for an endpoint, as libpq's `sslmode`. `true` means `require`, `false` `disable`. */
+/**
+ * TLS mode for an endpoint, as libpq's `sslmode`. `true` means `require`, `false` `disable`.
+ *
+ * @example Requiring TLS
+ * ```ts
+ * import type { SslMode } from "@x/pgdbpool";
+ *
+ * const ssl: SslMode = "verify-full";
+ * ```
+ */
 export type SslMode = "disable" | "prefer" | "require" | "verify-full";
 
 /**
  * One PostgreSQL server, as the original's `db` entries (`name` is the database, `pass` the
  * password). A `postgres://user:pass@host:port/db?sslmode=require` URL string is accepted too.
+ *
+ * @example An endpoint with timeouts
+ * ```ts
+ * import type { EndpointConfig } from "@x/pgdbpool";
+ *
+ * const primary: EndpointConfig = {
+ *   host: "db1.internal",
+ *   name: "app",
+ *   user: "app",
+ *   pass: "secret",
+ *   connect_timeout: 5,
+ *   query_timeout: 30_000,
+ * };
+ * ```
  */
 export interface EndpointConfig {
   /** Host name or IP address. */
@@ -39,10 +62,28 @@ export interface EndpointConfig {
   prepare?: boolean;
 }
 
-/** Which servers a group may use, by their detected role. */
+/**
+ * Which servers a group may use, by their detected role.
+ *
+ * @example A read group that prefers replicas
+ * ```ts
+ * import type { GroupRole } from "@x/pgdbpool";
+ *
+ * const role: GroupRole = "prefer-replica";
+ * ```
+ */
 export type GroupRole = "primary" | "replica" | "prefer-replica" | "any";
 
-/** One named group of connections, as the original's `groups` entries. */
+/**
+ * One named group of connections, as the original's `groups` entries.
+ *
+ * @example A transactional write group
+ * ```ts
+ * import type { GroupConfig } from "@x/pgdbpool";
+ *
+ * const write: GroupConfig = { connection_count: 8, autocommit: false, role: "primary" };
+ * ```
+ */
 export interface GroupConfig {
   /** Number of connections; at least 1. */
   connection_count: number;
@@ -64,7 +105,25 @@ export interface GroupConfig {
   read_your_writes_timeout_ms?: number;
 }
 
-/** The whole configuration of a pool. */
+/**
+ * The whole configuration of a pool.
+ *
+ * @example Primary and replica with read and write groups
+ * ```ts
+ * import type { PoolConfig } from "@x/pgdbpool";
+ *
+ * const config: PoolConfig = {
+ *   db: [
+ *     { host: "db1.internal", name: "app", user: "app", pass: "secret" },
+ *     "postgres://app:secret@db2.internal:5432/app",
+ *   ],
+ *   groups: {
+ *     write: { connection_count: 4, autocommit: false, role: "primary" },
+ *     read: { connection_count: 8, role: "replica", max_replica_lag_ms: 2000 },
+ *   },
+ * };
+ * ```
+ */
 export interface PoolConfig {
   /** `"threaded"` (default): checkouts wait in FIFO order. `"non-threaded"`: one request at a time per isolate, no waiting. */
   type?: "threaded" | "non-threaded";

@@ -8,13 +8,46 @@
 import postgres from "postgres";
 import type { ResolvedEndpoint, SslMode } from "./config.ts";
 
-/** Detected role of an endpoint. `unknown` until its first connection or probe. */
+/**
+ * Detected role of an endpoint. `unknown` until its first connection or probe.
+ *
+ * @example Finding the primary in stats
+ * ```ts
+ * import { Pool } from "@x/pgdbpool";
+ *
+ * function primaryOf(pool: Pool) {
+ *   return pool.stats().endpoints.find((e) => e.role === "primary");
+ * }
+ * ```
+ */
 export type EndpointRole = "primary" | "replica" | "unknown";
 
-/** Health of an endpoint: `down` endpoints are skipped until a probe succeeds. */
+/**
+ * Health of an endpoint: `down` endpoints are skipped until a probe succeeds.
+ *
+ * @example Counting healthy endpoints
+ * ```ts
+ * import { Pool } from "@x/pgdbpool";
+ *
+ * const healthy = (pool: Pool) => pool.stats().endpoints.filter((e) => e.state === "up").length;
+ * ```
+ */
 export type EndpointState = "up" | "down";
 
-/** Where a handler's connection goes: printable, never carries credentials. */
+/**
+ * Where a handler's connection goes: printable, never carries credentials.
+ *
+ * @example Logging which server answered
+ * ```ts
+ * import { Pool } from "@x/pgdbpool";
+ *
+ * async function whoAnswers(pool: Pool) {
+ *   using db = pool.handler("read");
+ *   await db.query("SELECT 1");
+ *   return `${db.endpoint?.host}:${db.endpoint?.port} (db[${db.endpoint?.index}])`;
+ * }
+ * ```
+ */
 export interface EndpointInfo {
   /** Host name or address. */
   readonly host: string;

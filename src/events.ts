@@ -5,7 +5,19 @@
  * @module
  */
 
-/** Names of the events a pool dispatches. */
+/**
+ * Names of the events a pool dispatches.
+ *
+ * @example Subscribing to every event
+ * ```ts
+ * import type { Pool, PoolEventType } from "@x/pgdbpool";
+ *
+ * const types: PoolEventType[] = ["endpointdown", "endpointup", "rolechange", "acquiretimeout", "connectionerror"];
+ * function logAll(pool: Pool) {
+ *   for (const type of types) pool.addEventListener(type, (e) => console.log(e.type));
+ * }
+ * ```
+ */
 export type PoolEventType =
   | "endpointdown"
   | "endpointup"
@@ -13,7 +25,16 @@ export type PoolEventType =
   | "acquiretimeout"
   | "connectionerror";
 
-/** What each event carries. Endpoints are described by host, port and index only. */
+/**
+ * What each event carries. Endpoints are described by host, port and index only.
+ *
+ * @example Formatting an event
+ * ```ts
+ * import type { PoolEventDetail } from "@x/pgdbpool";
+ *
+ * const line = (d: PoolEventDetail) => `${d.group ?? ""} ${d.endpoint?.port ?? ""} ${d.reason ?? ""}`;
+ * ```
+ */
 export interface PoolEventDetail {
   /** Endpoint concerned (all but `acquiretimeout`). */
   endpoint?: { host: string; port: number; index: number };

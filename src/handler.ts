@@ -5,15 +5,29 @@
  */
 
 import type postgres from "postgres";
+import type { Pool } from "./pool.ts";
 import { defaultPool } from "./default_pool.ts";
 import type { EndpointInfo } from "./endpoint.ts";
 import { TransactionAbortedError, TransactionLostError } from "./errors.ts";
 import { type Group, groupLookup, type GroupSource } from "./group.ts";
+import type { Row, Rows, Sql } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { parseLsn } from "./lsn.ts";
 import { isConnectionError, isNotExecuted, isReadOnlyError } from "./sqlstate.ts";
 
-/** Options of a checkout. */
+/**
+ * Options of a checkout.
+ *
+ * @example A bounded, cancellable checkout
+ * ```ts
+ * import { Pool } from "@x/pgdbpool";
+ *
+ * async function handle(pool: Pool, request: Request) {
+ *   await using db = await pool.acquire("read", { signal: request.signal, timeout_ms: 500 });
+ *   return await db.query("SELECT now() AS now");
+ * }
+ * ```
+ */
 export interface HandlerOptions {
   /** Aborting cancels a checkout that is still waiting. */
   signal?: AbortSignal;
@@ -29,8 +43,6 @@ export interface HandlerOptions {
   after?: string;
 }
 
-/** Rows of a statement: postgres.js's result list (`count`, `command`, `columns`). */
-export type Rows<T extends postgres.Row = postgres.Row> = postgres.RowList<T[]>;
 
 const FRESH = 0; // checked out, not yet validated, no statement sent
 const VALIDATED = 1; // validated by acquire(), no statement sent
@@ -93,8 +105,8 @@ export class Handler implements Disposable, AsyncDisposable {
    * Checks out a connection of `group` from `pool`, or from the module-wide pool of
    * `Connection.init()` when `pool` is omitted.
    */
-  constructor(group: string, options?: HandlerOptions, pool?: GroupSource) {
-    const g = (pool ?? defaultPool())[groupLookup](group);
+  constructor(group: string, options?: HandlerOptions, pool?: Pool) {
+    const g = ((pool as GroupSource | undefined) ?? defaultPool())[groupLookup](group);
     this.#group = g;
     this.#autocommit = options?.autocommit ?? g.settings.autocommit;
     const conn = options?.after === undefined ? g.tryCheckout() : null;
@@ -148,7 +160,7 @@ export class Handler implements Disposable, AsyncDisposable {
    * (`sql(obj)`, arrays, cursors). In a transaction group the transaction opens here.
    * Needs a checked-out handler: use `await pool.acquire()` when the group may be busy.
    */
-  get sql(): postgres.Sql {
+  get sql(): Sql {
     let conn = this.#conn;
     if (conn === null) {
       if (this.#released) throw this.#afterRelease();
@@ -175,7 +187,7 @@ export class Handler implements Disposable, AsyncDisposable {
    * In a transaction group the first statement opens the transaction (BEGIN is pipelined with
    * it, so it costs no extra round trip).
    */
-  query<T extends postgres.Row = postgres.Row>(
+  query<T extends Row = Row>(
     text: string,
     params?: readonly unknown[],
   ): Promise<Rows<T>> {
@@ -201,7 +213,7 @@ export class Handler implements Disposable, AsyncDisposable {
       }
       const begin = !this.#autocommit && !conn.txOpen ? conn.begin() : undefined;
       try {
-        const rows = await conn.sql.unsafe(
+        const rows: Rows = await conn.sql.unsafe(
           text,
           params as postgres.ParameterOrJSON<never>[] | undefined,
           conn.endpoint.queryOptions,

@@ -7,13 +7,13 @@
 import { type PoolConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
 import { Endpoint } from "./endpoint.ts";
 import { PoolClosedError, UnconfiguredGroupError } from "./errors.ts";
-import { Group, type GroupContext, groupLookup, type GroupSource } from "./group.ts";
-import { Handler, type HandlerOptions, prepareHandler, type Rows } from "./handler.ts";
+import { Group, type GroupContext, groupLookup } from "./group.ts";
+import { Handler, type HandlerOptions, prepareHandler } from "./handler.ts";
+import type { Row, Rows } from "./rows.ts";
 import { parseLsn } from "./lsn.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { type PoolStats, statsOf } from "./stats.ts";
 import { Topology } from "./topology.ts";
-import type postgres from "postgres";
 
 /**
  * A PostgreSQL connection de-multiplexer: named groups of exclusive connections over one or more
@@ -37,7 +37,7 @@ import type postgres from "postgres";
  * });
  * ```
  */
-export class Pool extends EventTarget implements GroupSource, AsyncDisposable {
+export class Pool extends EventTarget implements AsyncDisposable {
   readonly #config: ResolvedConfig;
   readonly #endpoints: readonly Endpoint[];
   readonly #groups: Map<string, Group>;
@@ -74,7 +74,10 @@ export class Pool extends EventTarget implements GroupSource, AsyncDisposable {
     return this.#closing !== undefined;
   }
 
-  /** Group lookup for handlers; throws for unknown groups and after close. */
+  /**
+   * Group lookup for handlers; throws for unknown groups and after close.
+   * @ignore
+   */
   [groupLookup](name: string): Group {
     const group = this.#groups.get(name);
     if (group === undefined || group.closed) {
@@ -108,7 +111,7 @@ export class Pool extends EventTarget implements GroupSource, AsyncDisposable {
   }
 
   /** Runs one statement on a connection of `group` and returns its rows (committed). */
-  async query<T extends postgres.Row = postgres.Row>(
+  async query<T extends Row = Row>(
     group: string,
     text: string,
     params?: readonly unknown[],

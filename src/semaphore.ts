@@ -15,7 +15,17 @@ interface Waiter {
   done: boolean;
 }
 
-/** Options of {@linkcode Semaphore.prototype.acquire}. */
+/**
+ * Options of {@linkcode Semaphore.prototype.acquire}.
+ *
+ * @example Waiting at most a second
+ * ```ts
+ * import { Semaphore } from "@x/pgdbpool";
+ *
+ * const sem = new Semaphore(1);
+ * using _permit = await sem.acquire({ timeout_ms: 1000 });
+ * ```
+ */
 export interface AcquireOptions {
   /** Aborting rejects the wait with the signal's reason. */
   signal?: AbortSignal;

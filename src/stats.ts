@@ -7,7 +7,16 @@
 import type { Endpoint, EndpointRole, EndpointState } from "./endpoint.ts";
 import type { Group } from "./group.ts";
 
-/** Figures of one group. */
+/**
+ * Figures of one group.
+ *
+ * @example Alerting on a saturated group
+ * ```ts
+ * import { Pool } from "@x/pgdbpool";
+ *
+ * const saturated = (pool: Pool, group: string) => pool.stats().groups[group].waiting > 0;
+ * ```
+ */
 export interface GroupStats {
   /** `connection_count`. */
   size: number;
@@ -27,12 +36,26 @@ export interface GroupStats {
   wait_ms: { p50: number; p99: number };
 }
 
-/** Figures of one endpoint. */
+/**
+ * Figures of one endpoint.
+ *
+ * @example Listing lagging replicas
+ * ```ts
+ * import { Pool } from "@x/pgdbpool";
+ *
+ * const lagging = (pool: Pool) => pool.stats().endpoints.filter((e) => e.lag_ms > 1000);
+ * ```
+ */
 export interface EndpointStats {
+  /** Host name or address. */
   host: string;
+  /** TCP port. */
   port: number;
+  /** Index in the configuration's `db` list. */
   index: number;
+  /** Detected role. */
   role: EndpointRole;
+  /** Health state. */
   state: EndpointState;
   /** Pooled connections open to it, over all groups. */
   connections: number;
@@ -46,9 +69,20 @@ export interface EndpointStats {
   lsn: string | null;
 }
 
-/** Everything `pool.stats()` returns. */
+/**
+ * Everything `pool.stats()` returns.
+ *
+ * @example Serving stats as JSON
+ * ```ts
+ * import { Pool } from "@x/pgdbpool";
+ *
+ * const metrics = (pool: Pool) => Response.json(pool.stats());
+ * ```
+ */
 export interface PoolStats {
+  /** Figures per configured group. */
   groups: Record<string, GroupStats>;
+  /** Figures per endpoint, in configuration order. */
   endpoints: EndpointStats[];
 }
 

@@ -46,7 +46,8 @@ describe("bench report", () => {
   const report = buildReport(sample);
 
   it("evaluates each target per runtime from per-round ratios", () => {
-    const deno = (id: string) => report.targets.find((t) => t.id === id && t.runtime === "Deno 2.9.6")!;
+    const deno = (id: string) =>
+      report.targets.find((t) => t.id === id && t.runtime === "Deno 2.9.6")!;
     // Checkout: slowest pgdbpool entry (threaded) against reserve(): 1500/200 and 2000/250.
     assert.deepEqual(deno("checkout").rounds, [7.5, 8]);
     assert.equal(deno("checkout").ratio, 7.75);
@@ -67,12 +68,30 @@ describe("bench report", () => {
     assert.match(md, /Sample CPU @ 2\.0GHz \(2 cores/);
     assert.match(md, /Runtimes: Deno 2\.9\.6, Bun 1\.4\.5\./);
     assert.match(md, /\| target \| required \| Deno 2\.9\.6 \| Bun 1\.4\.5 \|/);
-    const checkout = row(md, "warm checkout+release speed-up over postgres.js reserve()+release() (slowest pgdbpool entry)");
-    assert.match(checkout, /\| >= 5x \| 7\.75x \(7\.50x–8\.00x\) PASS \(slowest: pgdbpool threaded, primary\) \| 10\.0x PASS/);
-    assert.match(row(md, "SELECT 1 throughput vs raw postgres.js, sequential"), /0\.90x \(0\.80x–1\.00x\) FAIL/);
-    assert.match(row(md, "SELECT 1 throughput vs raw postgres.js, 100 callers"), /0\.50x FAIL \| 1\.00x PASS/);
-    assert.match(row(md, "transaction time vs postgres.js sql.begin()"), /\| <= 1\.00x \| 0\.67x PASS \| 0\.67x PASS \|/);
-    assert.match(row(md, "contention: p99 checkout wait vs pg-pool"), /1\.10x \(1\.00x–1\.20x\) FAIL \| 0\.90x PASS/);
+    const checkout = row(
+      md,
+      "warm checkout+release speed-up over postgres.js reserve()+release() (slowest pgdbpool entry)",
+    );
+    assert.match(
+      checkout,
+      /\| >= 5x \| 7\.75x \(7\.50x–8\.00x\) PASS \(slowest: pgdbpool threaded, primary\) \| 10\.0x PASS/,
+    );
+    assert.match(
+      row(md, "SELECT 1 throughput vs raw postgres.js, sequential"),
+      /0\.90x \(0\.80x–1\.00x\) FAIL/,
+    );
+    assert.match(
+      row(md, "SELECT 1 throughput vs raw postgres.js, 100 callers"),
+      /0\.50x FAIL \| 1\.00x PASS/,
+    );
+    assert.match(
+      row(md, "transaction time vs postgres.js sql.begin()"),
+      /\| <= 1\.00x \| 0\.67x PASS \| 0\.67x PASS \|/,
+    );
+    assert.match(
+      row(md, "contention: p99 checkout wait vs pg-pool"),
+      /1\.10x \(1\.00x–1\.20x\) FAIL \| 0\.90x PASS/,
+    );
   });
 
   it("lists every figure with medians, baselines and implied throughput", () => {
@@ -87,10 +106,20 @@ describe("bench report", () => {
       ),
     );
     // 1000 queries per 40 ms iteration.
-    assert.ok(md.includes("| SELECT 1 x1000, 10 callers, 10 connections | pgdbpool handler | 40.0 ms (25.0k/s), p99 80.0 ms |"));
-    assert.ok(md.includes("| pgdbpool acquire() | Deno 2.9.6 | 10.0k/s | 5.00 ms | 11.0 ms | 12.0 ms |"));
+    assert.ok(
+      md.includes(
+        "| SELECT 1 x1000, 10 callers, 10 connections | pgdbpool handler | 40.0 ms (25.0k/s), p99 80.0 ms |",
+      ),
+    );
+    assert.ok(
+      md.includes("| pgdbpool acquire() | Deno 2.9.6 | 10.0k/s | 5.00 ms | 11.0 ms | 12.0 ms |"),
+    );
     assert.ok(md.includes("](checkout.svg)"));
-    assert.ok(buildReport(sample, { chartPath: "results/checkout.svg" }).markdown.includes("](results/checkout.svg)"));
+    assert.ok(
+      buildReport(sample, { chartPath: "results/checkout.svg" }).markdown.includes(
+        "](results/checkout.svg)",
+      ),
+    );
   });
 
   it("draws a well-formed SVG with a log10 axis", () => {
@@ -107,7 +136,9 @@ describe("bench report", () => {
     // A bar ends where log10 of its value falls between the ticks: 1.75 µs is 0.243 decades past 1 µs.
     const bars = [...svg.matchAll(/<rect class="bar"[^>]*>/g)].map((m) => m[0]);
     assert.equal(bars.length, 10); // 5 pools x 2 runtimes
-    const reserve = bars.find((b) => b.includes('data-runtime="Deno 2.9.6"') && b.includes("reserve()"))!;
+    const reserve = bars.find((b) =>
+      b.includes('data-runtime="Deno 2.9.6"') && b.includes("reserve()")
+    )!;
     const end = attr(reserve, "x") + attr(reserve, "width");
     assert.ok(Math.abs(end - (xs[3] + Math.log10(1.75) * step)) < 0.2, `bar ends at ${end}`);
     assert.ok(svg.includes(">1 µs</text>") && svg.includes(">10 ns</text>"));

@@ -2,6 +2,7 @@
 // child processes with deadlines, HTTP with timeouts. Runs under Deno and Bun.
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import { request as httpRequest } from "node:http";
 import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
@@ -155,7 +156,9 @@ export class Service {
 
   /** Sends a signal. */
   kill(signal: "SIGTERM" | "SIGINT" | "SIGKILL"): void {
-    if (!this.exited) this.child.kill(signal);
+    // process.kill, not child.kill: after child.kill(sig), Deno 2.9's node:child_process reports
+    // the exit as "killed by sig" even when the child handled the signal and exited with 0.
+    if (!this.exited && this.child.pid !== undefined) process.kill(this.child.pid, signal);
   }
 
   /** Resolves with the exit status, or rejects when the process is still running after `timeoutMs`. */
@@ -179,7 +182,7 @@ export class Service {
   /** Last resort for cleanup: SIGKILL and wait. */
   async stop(): Promise<void> {
     if (this.exited) return;
-    this.child.kill("SIGKILL");
+    this.kill("SIGKILL");
     await this.waitExit(10_000).catch(() => {});
   }
 }
@@ -188,4 +191,23 @@ export class Service {
 export async function http(url: string, init: RequestInit & { timeoutMs?: number } = {}): Promise<{ status: number; body: string }> {
   const res = await fetch(url, { ...init, signal: AbortSignal.timeout(init.timeoutMs ?? 15_000) });
   return { status: res.status, body: await res.text() };
+}
+
+/**
+ * GET over a new TCP connection each time (no keep-alive agent), so that a server spreading
+ * connections over processes or isolates sees every request as a new connection.
+ */
+export function getFresh(url: string, timeoutMs = 15_000): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { agent: false, headers: { connection: "close" } }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on("error", reject);
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`GET ${url} timed out after ${timeoutMs} ms`)));
+    req.on("error", reject);
+    req.end();
+  });
 }

@@ -1,0 +1,421 @@
+/**
+ * Configuration: the shape users write (the Python original's keys, snake_case) and its
+ * validation into a resolved, frozen form the rest of the pool trusts.
+ *
+ * @module
+ */
+
+import { ConfigError } from "./errors.ts";
+
+/** TLS mode for an endpoint, as libpq's `sslmode`. `true` means `require`, `false` `disable`. */
+export type SslMode = "disable" | "prefer" | "require" | "verify-full";
+
+/**
+ * One PostgreSQL server, as the original's `db` entries (`name` is the database, `pass` the
+ * password). A `postgres://user:pass@host:port/db?sslmode=require` URL string is accepted too.
+ */
+export interface EndpointConfig {
+  /** Host name or IP address. */
+  host: string;
+  /** TCP port; default 5432. */
+  port?: number;
+  /** Database name. */
+  name: string;
+  /** Role to log in as. */
+  user: string;
+  /** Password. Never printed in errors, logs, stats or inspect output. */
+  pass: string;
+  /** TLS mode; default `"disable"` as in the original. */
+  ssl?: SslMode | boolean;
+  /** PEM certificate(s) to trust for `verify-full` instead of the system store. */
+  ssl_root_cert?: string;
+  /** Seconds allowed for TCP connect, TLS and authentication; default 10. */
+  connect_timeout?: number;
+  /** Milliseconds, sent as `statement_timeout`; default: the server's. */
+  query_timeout?: number;
+  /** Megabytes, sent as `temp_buffers`; default: the server's. */
+  session_tmp_buffer?: number;
+  /** Use named prepared statements; default true. Set false behind PgBouncer transaction mode. */
+  prepare?: boolean;
+}
+
+/** Which servers a group may use, by their detected role. */
+export type GroupRole = "primary" | "replica" | "prefer-replica" | "any";
+
+/** One named group of connections, as the original's `groups` entries. */
+export interface GroupConfig {
+  /** Number of connections; at least 1. */
+  connection_count: number;
+  /** Each statement commits by itself; default true. When false, call `commit()`. */
+  autocommit?: boolean;
+  /** Indices into `db` this group may use; default all. */
+  endpoints?: number[];
+  /** Threaded mode: how long a checkout may wait for a free connection; default 10000. */
+  acquire_timeout_ms?: number;
+  /** Role of the servers this group uses; default `"any"`. */
+  role?: GroupRole;
+  /** Replicas further behind than this are not used; default: no limit. */
+  max_replica_lag_ms?: number;
+  /** Connections older than this are retired (with per-connection jitter); default: never. */
+  max_lifetime_ms?: number;
+  /** Connections idle longer than this are closed; default: never. */
+  idle_timeout_ms?: number;
+  /** Read-your-writes: how long to wait for a replica to catch up before using the primary; default 1000. */
+  read_your_writes_timeout_ms?: number;
+}
+
+/** The whole configuration of a pool. */
+export interface PoolConfig {
+  /** `"threaded"` (default): checkouts wait in FIFO order. `"non-threaded"`: one request at a time per isolate, no waiting. */
+  type?: "threaded" | "non-threaded";
+  /** One endpoint, or a list of endpoints and `postgres://` URLs. */
+  db: EndpointConfig | string | Array<EndpointConfig | string>;
+  /** Named groups of connections. */
+  groups: Record<string, GroupConfig>;
+  /** A connection idle longer than this is pinged before use; default 1000. */
+  validate_after_ms?: number;
+  /** Background role and health probe period; default 1000. 0 turns background probes off. */
+  health_check_interval_ms?: number;
+  /** Upper bound of the jittered exponential back-off for a down endpoint; default 10000. */
+  retry_backoff_max_ms?: number;
+  /** How long `close()` lets statements in flight finish before cutting connections; default 5000. */
+  close_timeout_ms?: number;
+  /** Sent as `application_name`; default `"pgdbpool"`. */
+  application_name?: string;
+}
+
+/** An endpoint after validation. The password stays out of anything printable. */
+export interface ResolvedEndpoint {
+  readonly index: number;
+  readonly host: string;
+  readonly port: number;
+  readonly database: string;
+  readonly user: string;
+  readonly ssl: SslMode;
+  readonly sslRootCert: string | undefined;
+  readonly connectTimeoutS: number;
+  readonly queryTimeoutMs: number | undefined;
+  readonly tmpBufferMb: number | undefined;
+  readonly prepare: boolean;
+  readonly password: () => string;
+}
+
+/** A group after validation. */
+export interface ResolvedGroup {
+  readonly name: string;
+  readonly size: number;
+  readonly autocommit: boolean;
+  readonly endpoints: readonly number[];
+  readonly acquireTimeoutMs: number;
+  readonly role: GroupRole;
+  readonly maxReplicaLagMs: number | undefined;
+  readonly maxLifetimeMs: number | undefined;
+  readonly idleTimeoutMs: number | undefined;
+  readonly readYourWritesTimeoutMs: number;
+}
+
+/** The whole configuration after validation. */
+export interface ResolvedConfig {
+  readonly threaded: boolean;
+  readonly endpoints: readonly ResolvedEndpoint[];
+  readonly groups: readonly ResolvedGroup[];
+  readonly validateAfterMs: number;
+  readonly healthCheckIntervalMs: number;
+  readonly retryBackoffMaxMs: number;
+  readonly closeTimeoutMs: number;
+  readonly applicationName: string;
+}
+
+const topKeys = [
+  "type",
+  "db",
+  "groups",
+  "validate_after_ms",
+  "health_check_interval_ms",
+  "retry_backoff_max_ms",
+  "close_timeout_ms",
+  "application_name",
+];
+const endpointKeys = [
+  "host",
+  "port",
+  "name",
+  "user",
+  "pass",
+  "ssl",
+  "ssl_root_cert",
+  "connect_timeout",
+  "query_timeout",
+  "session_tmp_buffer",
+  "prepare",
+];
+const groupKeys = [
+  "connection_count",
+  "autocommit",
+  "endpoints",
+  "acquire_timeout_ms",
+  "role",
+  "max_replica_lag_ms",
+  "max_lifetime_ms",
+  "idle_timeout_ms",
+  "read_your_writes_timeout_ms",
+];
+const sslModes: readonly SslMode[] = ["disable", "prefer", "require", "verify-full"];
+const groupRoles: readonly GroupRole[] = ["primary", "replica", "prefer-replica", "any"];
+
+/** Quotes a user-supplied value for an error message, briefly. */
+function show(value: unknown): string {
+  if (typeof value === "string") {
+    return JSON.stringify(value.length > 80 ? value.slice(0, 77) + "..." : value);
+  }
+  if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") {
+    return String(value);
+  }
+  if (value === null) return "null";
+  if (value === undefined) return "undefined";
+  if (Array.isArray(value)) return "an array";
+  return typeof value === "object" ? "an object" : typeof value;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function checkKeys(path: string, value: Record<string, unknown>, allowed: readonly string[]) {
+  for (const key of Object.keys(value)) {
+    if (!allowed.includes(key)) {
+      throw new ConfigError(
+        path ? `${path}.${key}` : key,
+        `is not a known option (known: ${allowed.join(", ")})`,
+      );
+    }
+  }
+}
+
+function string(path: string, value: unknown): string {
+  if (typeof value !== "string" || value === "") {
+    throw new ConfigError(path, `must be a non-empty string (got ${show(value)})`);
+  }
+  return value;
+}
+
+function integer(path: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+    const what = min === 1 ? "a positive integer" : `an integer from ${min} to ${max}`;
+    throw new ConfigError(path, `must be ${what} (got ${show(value)})`);
+  }
+  return value;
+}
+
+function duration(path: string, value: unknown, fallback: number): number;
+function duration(path: string, value: unknown, fallback: undefined): number | undefined;
+function duration(path: string, value: unknown, fallback: number | undefined): number | undefined {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+    throw new ConfigError(path, `must be a non-negative number (got ${show(value)})`);
+  }
+  return value;
+}
+
+function boolean(path: string, value: unknown, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== "boolean") {
+    throw new ConfigError(path, `must be true or false (got ${show(value)})`);
+  }
+  return value;
+}
+
+function sslMode(path: string, value: unknown): SslMode {
+  if (value === undefined || value === false) return "disable";
+  if (value === true) return "require";
+  if (!sslModes.includes(value as SslMode)) {
+    throw new ConfigError(
+      path,
+      `must be one of ${sslModes.map((m) => `"${m}"`).join(", ")} or a boolean (got ${
+        show(value)
+      })`,
+    );
+  }
+  return value as SslMode;
+}
+
+/** Turns a `postgres://` URL into endpoint keys; the password never reaches a message. */
+function parseUrl(path: string, url: string): Record<string, unknown> {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new ConfigError(path, `must be a postgres:// URL or an endpoint object (got ${
+      show(redactUrl(url))
+    })`);
+  }
+  if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
+    throw new ConfigError(path, `must use the postgres:// scheme (got ${show(parsed.protocol)})`);
+  }
+  const out: Record<string, unknown> = {
+    host: decodeURIComponent(parsed.hostname).replace(/^\[(.*)\]$/, "$1"),
+    name: decodeURIComponent(parsed.pathname.replace(/^\//, "")),
+    user: decodeURIComponent(parsed.username),
+    pass: decodeURIComponent(parsed.password),
+  };
+  if (parsed.port) out.port = Number(parsed.port);
+  for (const [key, value] of parsed.searchParams) {
+    if (key === "sslmode") out.ssl = value;
+    else if (key === "connect_timeout" || key === "query_timeout" || key === "session_tmp_buffer") {
+      out[key] = Number(value);
+    } else if (key === "prepare") out.prepare = value !== "false";
+    else {
+      throw new ConfigError(
+        `${path}?${key}`,
+        "is not a known URL parameter (known: sslmode, connect_timeout, query_timeout, session_tmp_buffer, prepare)",
+      );
+    }
+  }
+  return out;
+}
+
+/** A URL with its password replaced by `***`, for messages. */
+export function redactUrl(url: string): string {
+  return url.replace(/^([a-z]+:\/\/[^:/@]*:)[^@]*@/i, "$1***@");
+}
+
+function resolveEndpoint(path: string, raw: unknown, index: number): ResolvedEndpoint {
+  const value = typeof raw === "string" ? parseUrl(path, raw) : raw;
+  if (!isRecord(value)) {
+    throw new ConfigError(path, `must be an endpoint object or a postgres:// URL (got ${
+      show(value)
+    })`);
+  }
+  checkKeys(path, value, endpointKeys);
+  const pass = value.pass;
+  if (typeof pass !== "string") {
+    // The value itself is never shown: it may be a mistyped secret.
+    throw new ConfigError(`${path}.pass`, `must be a string (got ${typeof pass})`);
+  }
+  const queryTimeout = duration(`${path}.query_timeout`, value.query_timeout, undefined);
+  return Object.freeze({
+    index,
+    host: string(`${path}.host`, value.host),
+    port: value.port === undefined ? 5432 : integer(`${path}.port`, value.port, 1, 65535),
+    database: string(`${path}.name`, value.name),
+    user: string(`${path}.user`, value.user),
+    ssl: sslMode(`${path}.ssl`, value.ssl),
+    sslRootCert: value.ssl_root_cert === undefined
+      ? undefined
+      : string(`${path}.ssl_root_cert`, value.ssl_root_cert),
+    connectTimeoutS: value.connect_timeout === undefined
+      ? 10
+      : positive(`${path}.connect_timeout`, value.connect_timeout),
+    queryTimeoutMs: queryTimeout,
+    tmpBufferMb: value.session_tmp_buffer === undefined
+      ? undefined
+      : integer(`${path}.session_tmp_buffer`, value.session_tmp_buffer, 1, 1 << 20),
+    prepare: boolean(`${path}.prepare`, value.prepare, true),
+    password: () => pass,
+  });
+}
+
+function positive(path: string, value: unknown): number {
+  if (typeof value !== "number" || !Number.isFinite(value) || value <= 0) {
+    throw new ConfigError(path, `must be a positive number (got ${show(value)})`);
+  }
+  return value;
+}
+
+function resolveGroup(
+  name: string,
+  raw: unknown,
+  endpointCount: number,
+): ResolvedGroup {
+  const path = `groups.${name}`;
+  if (!isRecord(raw)) throw new ConfigError(path, `must be an object (got ${show(raw)})`);
+  checkKeys(path, raw, groupKeys);
+  const size = integer(`${path}.connection_count`, raw.connection_count, 1, 100_000);
+  let endpoints: number[];
+  if (raw.endpoints === undefined) {
+    endpoints = Array.from({ length: endpointCount }, (_, i) => i);
+  } else {
+    if (!Array.isArray(raw.endpoints) || raw.endpoints.length === 0) {
+      throw new ConfigError(
+        `${path}.endpoints`,
+        `must be a non-empty array of indices into db (got ${show(raw.endpoints)})`,
+      );
+    }
+    endpoints = raw.endpoints.map((index: unknown, i: number) =>
+      integer(`${path}.endpoints[${i}]`, index, 0, endpointCount - 1)
+    );
+    const dup = endpoints.find((index, i) => endpoints.indexOf(index) !== i);
+    if (dup !== undefined) {
+      throw new ConfigError(`${path}.endpoints`, `lists endpoint ${dup} twice`);
+    }
+  }
+  const role = raw.role === undefined ? "any" : raw.role;
+  if (!groupRoles.includes(role as GroupRole)) {
+    throw new ConfigError(
+      `${path}.role`,
+      `must be one of ${groupRoles.map((r) => `"${r}"`).join(", ")} (got ${show(role)})`,
+    );
+  }
+  return Object.freeze({
+    name,
+    size,
+    autocommit: boolean(`${path}.autocommit`, raw.autocommit, true),
+    endpoints: Object.freeze(endpoints),
+    acquireTimeoutMs: duration(`${path}.acquire_timeout_ms`, raw.acquire_timeout_ms, 10_000),
+    role: role as GroupRole,
+    maxReplicaLagMs: duration(`${path}.max_replica_lag_ms`, raw.max_replica_lag_ms, undefined),
+    maxLifetimeMs: duration(`${path}.max_lifetime_ms`, raw.max_lifetime_ms, undefined),
+    idleTimeoutMs: duration(`${path}.idle_timeout_ms`, raw.idle_timeout_ms, undefined),
+    readYourWritesTimeoutMs: duration(
+      `${path}.read_your_writes_timeout_ms`,
+      raw.read_your_writes_timeout_ms,
+      1000,
+    ),
+  });
+}
+
+/**
+ * Validates a user configuration without touching it and returns its resolved form.
+ * Throws {@linkcode ConfigError} naming the first offending path and value.
+ */
+export function resolveConfig(config: unknown): ResolvedConfig {
+  if (!isRecord(config)) {
+    throw new ConfigError("config", `must be an object (got ${show(config)})`);
+  }
+  checkKeys("", config, topKeys);
+  const type = config.type === undefined ? "threaded" : config.type;
+  if (type !== "threaded" && type !== "non-threaded") {
+    throw new ConfigError("type", `must be "threaded" or "non-threaded" (got ${show(type)})`);
+  }
+  const rawDb = config.db;
+  if (rawDb === undefined) throw new ConfigError("db", "is required");
+  const list = Array.isArray(rawDb) ? rawDb : [rawDb];
+  if (list.length === 0) throw new ConfigError("db", "must list at least one endpoint");
+  const endpoints = list.map((entry, i) =>
+    resolveEndpoint(Array.isArray(rawDb) ? `db[${i}]` : "db", entry, i)
+  );
+  const rawGroups = config.groups;
+  if (!isRecord(rawGroups)) {
+    throw new ConfigError("groups", `must be an object of named groups (got ${show(rawGroups)})`);
+  }
+  const names = Object.keys(rawGroups);
+  if (names.length === 0) throw new ConfigError("groups", "must define at least one group");
+  const groups = names.map((name) => resolveGroup(name, rawGroups[name], endpoints.length));
+  const applicationName = config.application_name === undefined
+    ? "pgdbpool"
+    : string("application_name", config.application_name);
+  return Object.freeze({
+    threaded: type === "threaded",
+    endpoints: Object.freeze(endpoints),
+    groups: Object.freeze(groups),
+    validateAfterMs: duration("validate_after_ms", config.validate_after_ms, 1000),
+    healthCheckIntervalMs: duration(
+      "health_check_interval_ms",
+      config.health_check_interval_ms,
+      1000,
+    ),
+    retryBackoffMaxMs: duration("retry_backoff_max_ms", config.retry_backoff_max_ms, 10_000),
+    closeTimeoutMs: duration("close_timeout_ms", config.close_timeout_ms, 5000),
+    applicationName,
+  });
+}

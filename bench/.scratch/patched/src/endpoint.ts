@@ -1,0 +1,151 @@
+/**
+ * One configured PostgreSQL server at run time: where it is, how to open a postgres.js client to
+ * it, and what the pool currently knows of it (role, health).
+ *
+ * @module
+ */
+
+import postgres from "postgres";
+import type { ResolvedEndpoint, SslMode } from "./config.ts";
+
+/** Detected role of an endpoint. `unknown` until its first connection or probe. */
+export type EndpointRole = "primary" | "replica" | "unknown";
+
+/** Health of an endpoint: `down` endpoints are skipped until a probe succeeds. */
+export type EndpointState = "up" | "down";
+
+/** Where a handler's connection goes: printable, never carries credentials. */
+export interface EndpointInfo {
+  /** Host name or address. */
+  readonly host: string;
+  /** TCP port. */
+  readonly port: number;
+  /** Index of the endpoint in the configuration's `db` list. */
+  readonly index: number;
+}
+
+/** Callbacks a client reports to its owner. */
+export interface ClientHooks {
+  onclose(): void;
+  onnotice(notice: { code?: string }): void;
+  onparameter(key: string, value: string): void;
+}
+
+const sslOption: Record<SslMode, false | "prefer" | "require" | "verify-full"> = {
+  "disable": false,
+  "prefer": "prefer",
+  "require": "require",
+  "verify-full": "verify-full",
+};
+
+/** A server of the pool. Shared by every group that lists it. */
+export class Endpoint {
+  /** Printable identity (host, port, index). */
+  readonly info: EndpointInfo;
+  /** Detected role. */
+  role: EndpointRole = "unknown";
+  /** Health state. */
+  state: EndpointState = "up";
+  /** Connection-level errors seen on this endpoint. */
+  errors = 0;
+  /** Consecutive failed probes or connects; drives the back-off. */
+  failures = 0;
+  /** While down: when the next (single, half-open) probe may run. */
+  retryAt = 0;
+  /** `performance.now()` of the last finished probe. */
+  lastProbeAt = -Infinity;
+  /** The probe in flight, so that there is never more than one. */
+  probing: Promise<void> | undefined;
+  /** Replay position (replica) or current WAL position (primary) at the last probe. */
+  lsn: bigint | undefined;
+  /** Replication lag at the last probe, in milliseconds (0 for a primary). */
+  lagMs = 0;
+  /** Smoothed probe round trip, in milliseconds. */
+  latencyMs: number | undefined;
+  /** When this endpoint was last seen to become primary (a promotion), for split-brain ties. */
+  promotedAt = 0;
+  /** Options passed with every statement, built once. */
+  readonly queryOptions: { prepare: boolean };
+  readonly #settings: ResolvedEndpoint;
+  readonly #applicationName: string;
+
+  constructor(settings: ResolvedEndpoint, applicationName: string) {
+    this.#settings = settings;
+    this.#applicationName = applicationName;
+    this.info = Object.freeze({ host: settings.host, port: settings.port, index: settings.index });
+    this.queryOptions = { prepare: settings.prepare };
+  }
+
+  #ssl(): false | "prefer" | "require" | "verify-full" | { ca: string; rejectUnauthorized: true } {
+    const s = this.#settings;
+    return s.ssl === "verify-full" && s.sslRootCert !== undefined
+      ? { ca: s.sslRootCert, rejectUnauthorized: true }
+      : sslOption[s.ssl];
+  }
+
+  /** Index in the configuration's `db` list. */
+  get index(): number {
+    return this.#settings.index;
+  }
+
+  /** Seconds allowed to connect. */
+  get connectTimeoutS(): number {
+    return this.#settings.connectTimeoutS;
+  }
+
+  /**
+   * Opens (lazily) a single-connection postgres.js client. One client per pooled connection:
+   * postgres.js's own multi-host and `reserve()` paths hang or misroute (see the notes).
+   */
+  client(hooks: ClientHooks): postgres.Sql {
+    const s = this.#settings;
+    const connection: Record<string, string | number> = {
+      application_name: this.#applicationName,
+    };
+    if (s.queryTimeoutMs !== undefined) connection.statement_timeout = s.queryTimeoutMs;
+    if (s.tmpBufferMb !== undefined) connection.temp_buffers = `${s.tmpBufferMb}MB`;
+    return postgres({
+      host: s.host,
+      port: s.port,
+      database: s.database,
+      username: s.user,
+      password: s.password(),
+      ssl: this.#ssl(),
+      max: 1,
+      connect_timeout: s.connectTimeoutS,
+      idle_timeout: 0,
+      max_lifetime: null,
+      prepare: s.prepare,
+      connection,
+      onclose: hooks.onclose,
+      onnotice: hooks.onnotice,
+      onparameter: hooks.onparameter,
+    } as postgres.Options<Record<string, postgres.PostgresType>>);
+  }
+
+  /** The same server with `application_name` changed (health probes are told apart by it). */
+  probeClient(): postgres.Sql {
+    const s = this.#settings;
+    return postgres({
+      host: s.host,
+      port: s.port,
+      database: s.database,
+      username: s.user,
+      password: s.password(),
+      ssl: this.#ssl(),
+      max: 1,
+      connect_timeout: s.connectTimeoutS,
+      idle_timeout: 0,
+      max_lifetime: null,
+      prepare: false,
+      fetch_types: false,
+      connection: { application_name: `${this.#applicationName}/health` },
+      onnotice: () => {},
+    } as postgres.Options<Record<string, postgres.PostgresType>>);
+  }
+
+  /** JSON form: identity and state, never credentials. */
+  toJSON(): { host: string; port: number; index: number; role: EndpointRole; state: EndpointState } {
+    return { ...this.info, role: this.role, state: this.state };
+  }
+}

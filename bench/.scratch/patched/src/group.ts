@@ -1,0 +1,408 @@
+/**
+ * A named group of connections: its capacity (a semaphore of `connection_count` permits), the
+ * idle connections per endpoint, and the rotation that spreads checkouts over the endpoints its
+ * role allows right now.
+ *
+ * @module
+ */
+
+import type { ResolvedGroup } from "./config.ts";
+import type { Endpoint } from "./endpoint.ts";
+import {
+  AcquireTimeoutError,
+  NoEndpointAvailableError,
+  PoolClosedError,
+  PoolExhaustedError,
+} from "./errors.ts";
+import { PoolEvent, reasonOf } from "./events.ts";
+import { route } from "./routing.ts";
+import { Semaphore } from "./semaphore.ts";
+import { type Member, ServerConnection } from "./server_connection.ts";
+import type { Topology } from "./topology.ts";
+import { WaitSamples } from "./wait_samples.ts";
+
+/** Symbol under which a pool exposes its groups to handlers (not part of the public API). */
+export const groupLookup: unique symbol = Symbol("pgdbpool.groupLookup");
+
+/** Anything handlers can take a group from: a pool. */
+export interface GroupSource {
+  /** Returns the named group or throws `UnconfiguredGroupError` / `PoolClosedError`. */
+  [groupLookup](name: string): Group;
+}
+
+/** Settings and services a group takes from the pool as a whole. */
+export interface GroupContext {
+  readonly threaded: boolean;
+  readonly validateAfterMs: number;
+  readonly topology: Topology;
+  readonly events: EventTarget;
+  onParameter(conn: ServerConnection, key: string, value: string): void;
+  onToken(token: string): void;
+}
+
+/** Running totals of one group, for `pool.stats()`. */
+export interface GroupCounters {
+  checkouts: number;
+  timeouts: number;
+  waits: number;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The connections of one configured group. */
+export class Group {
+  readonly name: string;
+  readonly settings: ResolvedGroup;
+  readonly context: GroupContext;
+  readonly counters: GroupCounters = { checkouts: 0, timeouts: 0, waits: 0 };
+  readonly waitSamples: WaitSamples = new WaitSamples();
+  closed = false;
+  readonly #sem: Semaphore;
+  readonly #all: Member[];
+  #members: Member[];
+  #share: number;
+  #cursor = 0;
+  readonly #conns = new Set<ServerConnection>();
+
+  constructor(settings: ResolvedGroup, endpoints: readonly Endpoint[], context: GroupContext) {
+    this.name = settings.name;
+    this.settings = settings;
+    this.context = context;
+    this.#sem = new Semaphore(settings.size);
+    this.#all = settings.endpoints.map((i) => ({
+      endpoint: endpoints[i],
+      idle: [],
+      open: 0,
+      active: false,
+    }));
+    this.#members = [];
+    this.#share = settings.size;
+    this.reroute();
+    context.topology.onChange(() => this.reroute());
+    context.topology.onTick((now) => this.maintain(now));
+  }
+
+  /** Whether statements commit by themselves. */
+  get autocommit(): boolean {
+    return this.settings.autocommit;
+  }
+
+  /** Connections checked out right now. */
+  get busy(): number {
+    return this.settings.size - this.#sem.available;
+  }
+
+  /** Checkouts waiting for a connection. */
+  get waiting(): number {
+    return this.#sem.waiting;
+  }
+
+  /** Server connections open (idle or busy). */
+  get open(): number {
+    return this.#conns.size;
+  }
+
+  /** Idle connections ready for a checkout. */
+  get idle(): number {
+    let n = 0;
+    for (const m of this.#all) n += m.idle.length;
+    return n;
+  }
+
+  /** Open connections to `endpoint`. */
+  openOn(endpoint: Endpoint): number {
+    let n = 0;
+    for (const m of this.#all) if (m.endpoint === endpoint) n += m.open;
+    return n;
+  }
+
+  /**
+   * Applies the topology's current facts: members that left (down, demoted, lagging) stop
+   * receiving checkouts; their idle connections close now, busy ones at check-in. A server
+   * that went down also loses its busy connections at once, so statements stuck on a hung host
+   * fail instead of hanging.
+   */
+  reroute(): void {
+    const topology = this.context.topology;
+    const allowed = route(this.settings, this.#all.map((m) => m.endpoint), topology.primary());
+    const members = this.#all.filter((m) => allowed.includes(m.endpoint));
+    for (const member of this.#all) {
+      const active = members.includes(member);
+      member.active = active;
+      if (!active) {
+        for (const conn of member.idle.splice(0)) this.#discard(conn);
+      }
+      if (member.endpoint.state === "down") {
+        for (const conn of this.#conns) if (conn.member === member) conn.end(0);
+      }
+    }
+    if (
+      members.length !== this.#members.length || members.some((m, i) => m !== this.#members[i])
+    ) {
+      this.#members = members;
+      this.#share = Math.ceil(this.settings.size / Math.max(1, members.length));
+      this.#cursor = 0;
+    }
+    if (this.settings.role === "primary" || this.settings.role === "prefer-replica") {
+      if (members.length === 0) topology.primaryWanted = true;
+      else if (this.settings.role === "primary") topology.primaryWanted = false;
+    }
+  }
+
+  /**
+   * The synchronous fast path: a connection if a permit is free, else `null` (threaded mode:
+   * the caller waits) or `PoolExhaustedError` (non-threaded mode: waiting could never end).
+   * With no routable endpoint it returns `null` too: the slow path probes and decides.
+   */
+  tryCheckout(): ServerConnection | null {
+    if (this.#members.length === 0) return null;
+    if (!this.#sem.tryAcquire()) {
+      if (this.context.threaded) return null;
+      throw new PoolExhaustedError(this.name, this.settings.size);
+    }
+    this.counters.checkouts++;
+    return this.#take();
+  }
+
+  /**
+   * The slow path: waits in FIFO order for a permit (threaded mode), up to `timeoutMs`, then
+   * makes sure an endpoint can serve the group. `after` (a read-your-writes LSN) restricts the
+   * choice to replicas that have replayed it, waiting a bounded time before using the primary.
+   */
+  async waitCheckout(
+    signal?: AbortSignal,
+    timeoutMs?: number,
+    after?: bigint,
+  ): Promise<ServerConnection> {
+    if (this.closed) throw new PoolClosedError();
+    if (!this.#sem.tryAcquire()) {
+      if (!this.context.threaded) throw new PoolExhaustedError(this.name, this.settings.size);
+      const limit = timeoutMs ?? this.settings.acquireTimeoutMs;
+      const started = performance.now();
+      this.counters.waits++;
+      try {
+        await this.#sem.wait(signal, limit);
+      } catch (err) {
+        if (err instanceof DOMException && err.name === "TimeoutError" && !signal?.aborted) {
+          this.counters.timeouts++;
+          this.context.events.dispatchEvent(new PoolEvent("acquiretimeout", { group: this.name }));
+          throw new AcquireTimeoutError(this.name, limit);
+        }
+        throw err;
+      }
+      this.waitSamples.add(performance.now() - started);
+    }
+    try {
+      if (this.closed) throw new PoolClosedError();
+      if (this.#members.length === 0) await this.#findEndpoint();
+      this.counters.checkouts++;
+      return after === undefined ? this.#take() : await this.#takeAfter(after, signal);
+    } catch (err) {
+      this.#sem.release();
+      throw err;
+    }
+  }
+
+  async #findEndpoint(): Promise<void> {
+    const topology = this.context.topology;
+    topology.start();
+    await topology.refresh();
+    if (this.closed) throw new PoolClosedError();
+    if (this.#members.length > 0) return;
+    const states = this.#all.map((m) =>
+      `${m.endpoint.info.host}:${m.endpoint.info.port} ${m.endpoint.state} ${m.endpoint.role}`
+    );
+    throw new NoEndpointAvailableError(
+      this.name,
+      `no ${this.settings.role === "any" ? "healthy" : this.settings.role} endpoint (${
+        states.join(", ")
+      })`,
+    );
+  }
+
+  /**
+   * Read-your-writes: a replica member that has replayed `lsn`, polling replay positions until
+   * `read_your_writes_timeout_ms`; then the primary, which always has it.
+   */
+  async #takeAfter(lsn: bigint, signal: AbortSignal | undefined): Promise<ServerConnection> {
+    const topology = this.context.topology;
+    const until = performance.now() + this.settings.readYourWritesTimeoutMs;
+    for (;;) {
+      const replicas = this.#members.filter((m) => m.endpoint.role === "replica");
+      const n = replicas.length;
+      for (let k = 0; k < n; k++) {
+        const member = replicas[(this.#cursor + k) % n];
+        const at = member.endpoint.lsn;
+        if (at !== undefined && at >= lsn) {
+          this.#cursor = (this.#cursor + k + 1) % Math.max(1, this.#members.length);
+          return this.#takeFrom(member);
+        }
+      }
+      if (n === 0 || performance.now() >= until || signal?.aborted) break;
+      const positions = await Promise.all(replicas.map((m) => topology.replayLsn(m.endpoint)));
+      if (positions.some((p) => p !== undefined && p >= lsn)) continue;
+      await sleep(Math.min(10, Math.max(0, until - performance.now())));
+    }
+    const primary = topology.primary();
+    const member = this.#all.find((m) => m.endpoint === primary);
+    if (member === undefined) {
+      throw new NoEndpointAvailableError(
+        this.name,
+        "no replica replayed the read-your-writes position in time and the group cannot use the primary",
+      );
+    }
+    return this.#takeFrom(member);
+  }
+
+  /**
+   * Picks a connection for a permit just taken. Starts at the rotation cursor so sequential
+   * checkouts alternate endpoints; a member below its fair share opens a new connection rather
+   * than letting another endpoint's idle one win, which keeps the spread even.
+   */
+  #take(): ServerConnection {
+    const members = this.#members;
+    const n = members.length;
+    const canGrow = this.#conns.size < this.settings.size;
+    let i = this.#cursor;
+    for (let k = 0; k < n; k++) {
+      const member = members[i];
+      if (++i === n) i = 0;
+      const conn = member.idle.pop();
+      if (conn !== undefined) {
+        this.#cursor = i;
+        return conn;
+      }
+      if (canGrow && member.open < this.#share) {
+        this.#cursor = i;
+        return this.#open(member);
+      }
+    }
+    // Every member is at its share yet a permit was free (connections are still being rolled
+    // back or warmed): open one more on the least loaded member.
+    let least = members[0];
+    for (const member of members) if (member.open < least.open) least = member;
+    return this.#open(least);
+  }
+
+  #takeFrom(member: Member): ServerConnection {
+    return member.idle.pop() ?? this.#open(member);
+  }
+
+  #open(member: Member): ServerConnection {
+    const lifetime = this.settings.maxLifetimeMs;
+    // Jitter fixed per connection so connections opened together do not retire together.
+    const retireAt = lifetime === undefined
+      ? Infinity
+      : performance.now() + lifetime * (0.85 + Math.random() * 0.15);
+    const conn = new ServerConnection(member, retireAt, this.context.onParameter);
+    member.open++;
+    this.#conns.add(conn);
+    this.context.topology.start();
+    return conn;
+  }
+
+  #discard(conn: ServerConnection): void {
+    if (!this.#conns.delete(conn)) return;
+    conn.member.open--;
+    conn.end(0);
+  }
+
+  /** Opens a replacement in the background so that retiring never makes a caller wait. */
+  #warm(member: Member): void {
+    if (this.closed || !member.active || member.open >= this.#share) return;
+    const conn = this.#open(member);
+    conn.ping(member.endpoint.connectTimeoutS * 1000).then(
+      () => {
+        conn.lastUsed = performance.now();
+        if (this.closed || !member.active || conn.broken) this.#discard(conn);
+        else member.idle.push(conn);
+      },
+      () => this.#discard(conn),
+    );
+  }
+
+  /** Swaps a broken connection of a checkout for another under the same permit. */
+  replace(conn: ServerConnection): ServerConnection {
+    const member = conn.member;
+    this.#discard(conn);
+    if (this.#members.length === 0) {
+      // Nothing routable any more: stay on the same server; the next statement reports why.
+      return this.#open(member);
+    }
+    return this.#take();
+  }
+
+  /** A statement failed on `conn` for a connection-level or read-only reason. */
+  reportFailure(conn: ServerConnection, err: unknown): void {
+    this.context.events.dispatchEvent(
+      new PoolEvent("connectionerror", {
+        group: this.name,
+        endpoint: conn.endpoint.info,
+        reason: reasonOf(err),
+      }),
+    );
+    this.context.topology.report(conn.endpoint, err);
+  }
+
+  /**
+   * Returns a connection and its permit. An open transaction is rolled back first: the next
+   * user must never inherit a session inside someone else's transaction.
+   */
+  checkin(conn: ServerConnection): Promise<void> | undefined {
+    if (conn.txOpen) return this.#rollbackThenCheckin(conn);
+    if (this.closed || conn.broken || !conn.member.active) {
+      this.#discard(conn);
+    } else if (conn.retireAt !== Infinity && performance.now() > conn.retireAt) {
+      this.#discard(conn);
+      this.#warm(conn.member);
+    } else {
+      conn.member.idle.push(conn);
+    }
+    this.#sem.release();
+  }
+
+  async #rollbackThenCheckin(conn: ServerConnection): Promise<void> {
+    conn.txOpen = false;
+    if (!conn.broken && conn.epoch === conn.txEpoch) {
+      try {
+        await conn.sql.unsafe("ROLLBACK");
+      } catch {
+        // The server rolls back by itself when the session ends.
+        conn.broken = true;
+      }
+    }
+    this.checkin(conn);
+  }
+
+  /** Closes idle connections past `idle_timeout_ms`, retires those past their lifetime. */
+  maintain(now: number): void {
+    const idleLimit = this.settings.idleTimeoutMs;
+    for (const member of this.#all) {
+      const keep: ServerConnection[] = [];
+      let retired = 0;
+      for (const conn of member.idle) {
+        if (conn.broken) this.#discard(conn);
+        else if (now > conn.retireAt) {
+          this.#discard(conn);
+          retired++;
+        } else if (idleLimit !== undefined && conn.lastUsed > 0 && now - conn.lastUsed > idleLimit) {
+          this.#discard(conn);
+        } else keep.push(conn);
+      }
+      if (keep.length !== member.idle.length) {
+        member.idle.length = 0;
+        member.idle.push(...keep);
+      }
+      for (let i = 0; i < retired; i++) this.#warm(member);
+    }
+  }
+
+  /** Fails waiters and ends every connection, idle or busy. */
+  async close(timeoutS: number): Promise<void> {
+    this.closed = true;
+    this.#sem.rejectAll(new PoolClosedError());
+    const ends = [...this.#conns].map((conn) => conn.end(timeoutS));
+    for (const member of this.#all) member.idle.length = 0;
+    await Promise.all(ends);
+  }
+}

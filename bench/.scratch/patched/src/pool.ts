@@ -1,0 +1,200 @@
+/**
+ * The pool: validated configuration, its endpoints and groups, and the ways to check out.
+ *
+ * @module
+ */
+
+import { type PoolConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
+import { Endpoint } from "./endpoint.ts";
+import { PoolClosedError, UnconfiguredGroupError } from "./errors.ts";
+import { Group, type GroupContext, groupLookup, type GroupSource } from "./group.ts";
+import { Handler, type HandlerOptions, prepareHandler, type Rows } from "./handler.ts";
+import { parseLsn } from "./lsn.ts";
+import type { ServerConnection } from "./server_connection.ts";
+import { type PoolStats, statsOf } from "./stats.ts";
+import { Topology } from "./topology.ts";
+import type postgres from "postgres";
+
+/**
+ * A PostgreSQL connection de-multiplexer: named groups of exclusive connections over one or more
+ * endpoints. Construction validates the configuration and opens nothing; connections open on
+ * first use.
+ *
+ * @example Checkout, one-shot query and transaction
+ * ```ts
+ * import { Pool } from "@x/pgdbpool";
+ *
+ * await using pool = new Pool({
+ *   db: [{ host: "127.0.0.1", name: "app", user: "app", pass: "secret" }],
+ *   groups: {
+ *     read: { connection_count: 4 },
+ *     write: { connection_count: 2, autocommit: false },
+ *   },
+ * });
+ * const rows = await pool.query("read", "SELECT $1::int AS n", [1]);
+ * await pool.transaction("write", async (db) => {
+ *   await db.query("INSERT INTO t (v) VALUES ($1)", [rows[0].n]);
+ * });
+ * ```
+ */
+export class Pool extends EventTarget implements GroupSource, AsyncDisposable {
+  readonly #config: ResolvedConfig;
+  readonly #endpoints: readonly Endpoint[];
+  readonly #groups: Map<string, Group>;
+  readonly #topology: Topology;
+  #closing: Promise<void> | undefined;
+  #token: string | undefined;
+  #tokenLsn = -1n;
+
+  /** Validates `config` (throwing `ConfigError`) and prepares groups; opens no connection. */
+  constructor(config: PoolConfig) {
+    super();
+    const resolved = resolveConfig(config);
+    this.#config = resolved;
+    this.#endpoints = resolved.endpoints.map((e) => new Endpoint(e, resolved.applicationName));
+    this.#topology = new Topology(this.#endpoints, {
+      intervalMs: resolved.healthCheckIntervalMs,
+      backoffMaxMs: resolved.retryBackoffMaxMs,
+    }, this);
+    const context: GroupContext = {
+      threaded: resolved.threaded,
+      validateAfterMs: resolved.validateAfterMs,
+      topology: this.#topology,
+      events: this,
+      onParameter: (conn, key, value) => this.#onParameter(conn, key, value),
+      onToken: (token) => this.#onToken(token),
+    };
+    this.#groups = new Map(
+      resolved.groups.map((g) => [g.name, new Group(g, this.#endpoints, context)]),
+    );
+  }
+
+  /** Whether `close()` has been called. */
+  get closed(): boolean {
+    return this.#closing !== undefined;
+  }
+
+  /** Group lookup for handlers; throws for unknown groups and after close. */
+  [groupLookup](name: string): Group {
+    const group = this.#groups.get(name);
+    if (group === undefined || group.closed) {
+      if (this.#closing !== undefined) throw new PoolClosedError();
+      throw new UnconfiguredGroupError(name, [...this.#groups.keys()]);
+    }
+    return group;
+  }
+
+  /**
+   * Checks out a connection of `group` synchronously. Use with `using`; statements wait for a
+   * connection when the group is busy (threaded mode).
+   */
+  handler(group: string, options?: HandlerOptions): Handler {
+    return new Handler(group, options, this);
+  }
+
+  /**
+   * Resolves once a connection of `group` is checked out and validated, so its `sql` can be
+   * used at once.
+   */
+  async acquire(group: string, options?: HandlerOptions): Promise<Handler> {
+    const db = new Handler(group, options, this);
+    try {
+      await prepareHandler(db);
+    } catch (err) {
+      db.release();
+      throw err;
+    }
+    return db;
+  }
+
+  /** Runs one statement on a connection of `group` and returns its rows (committed). */
+  async query<T extends postgres.Row = postgres.Row>(
+    group: string,
+    text: string,
+    params?: readonly unknown[],
+  ): Promise<Rows<T>> {
+    const db = new Handler(group, undefined, this);
+    try {
+      const rows = await db.query<T>(text, params);
+      if (db.inTransaction) await db.commit();
+      return rows;
+    } finally {
+      await db[Symbol.asyncDispose]();
+    }
+  }
+
+  /**
+   * Runs `fn` in a transaction on a connection of `group`: commits when it resolves, rolls back
+   * when it throws, and returns its result.
+   */
+  async transaction<T>(
+    group: string,
+    fn: (db: Handler) => Promise<T>,
+    options?: HandlerOptions,
+  ): Promise<T> {
+    const db = new Handler(group, { ...options, autocommit: false }, this);
+    try {
+      const result = await fn(db);
+      await db.commit();
+      return result;
+    } finally {
+      await db[Symbol.asyncDispose]();
+    }
+  }
+
+  /**
+   * Ends every server connection (statements in flight get `close_timeout_ms`) and makes later
+   * use fail with `PoolClosedError`. Idempotent.
+   */
+  close(): Promise<void> {
+    const timeoutS = this.#config.closeTimeoutMs / 1000;
+    this.#closing ??= Promise.all([
+      ...[...this.#groups.values()].map((g) => g.close(timeoutS)),
+      this.#topology.close(timeoutS),
+    ]).then(() => {});
+    return this.#closing;
+  }
+
+  /**
+   * The newest read-your-writes token committed through this pool. Passing it as
+   * `{ after: pool.token }` gives reads that see every write this pool has committed.
+   */
+  get token(): string | undefined {
+    return this.#token;
+  }
+
+  /**
+   * Detects roles and health of every endpoint now, instead of waiting for the background probe
+   * (or, with `health_check_interval_ms: 0`, instead of the next checkout that needs it).
+   */
+  refresh(): Promise<void> {
+    this.#topology.start();
+    return this.#topology.refresh();
+  }
+
+  /** Plain, JSON-ready figures per group and per endpoint. Never contains credentials. */
+  stats(): PoolStats {
+    return statsOf([...this.#groups.values()], this.#endpoints);
+  }
+
+  /** Same as `close()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  // PostgreSQL 14+ reports in_hot_standby at start-up and whenever it changes on a live
+  // session: the role is known without a round trip.
+  #onParameter(conn: ServerConnection, key: string, value: string): void {
+    if (key === "in_hot_standby") {
+      this.#topology.observeRole(conn.endpoint, value === "on" ? "replica" : "primary");
+    }
+  }
+
+  #onToken(token: string): void {
+    const lsn = parseLsn(token);
+    if (lsn !== undefined && lsn > this.#tokenLsn) {
+      this.#tokenLsn = lsn;
+      this.#token = token;
+    }
+  }
+}

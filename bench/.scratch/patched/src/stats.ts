@@ -1,0 +1,94 @@
+/**
+ * `pool.stats()`: plain figures per group and per endpoint, ready for JSON and metrics exporters.
+ *
+ * @module
+ */
+
+import type { Endpoint, EndpointRole, EndpointState } from "./endpoint.ts";
+import type { Group } from "./group.ts";
+
+/** Figures of one group. */
+export interface GroupStats {
+  /** `connection_count`. */
+  size: number;
+  /** Server connections open (idle or busy). */
+  open: number;
+  /** Idle connections ready for a checkout. */
+  idle: number;
+  /** Connections checked out. */
+  busy: number;
+  /** Checkouts waiting for a connection. */
+  waiting: number;
+  /** Checkouts so far. */
+  checkouts: number;
+  /** Checkouts that gave up after `acquire_timeout_ms`. */
+  timeouts: number;
+  /** Wait for a connection, median and 99th percentile over recent checkouts, in ms. */
+  wait_ms: { p50: number; p99: number };
+}
+
+/** Figures of one endpoint. */
+export interface EndpointStats {
+  host: string;
+  port: number;
+  index: number;
+  role: EndpointRole;
+  state: EndpointState;
+  /** Pooled connections open to it, over all groups. */
+  connections: number;
+  /** Connection-level errors seen. */
+  errors: number;
+  /** Smoothed health-probe round trip in ms, once probed. */
+  latency_ms: number | null;
+  /** Replication lag in ms at the last probe (0 for a primary). */
+  lag_ms: number;
+  /** WAL position at the last probe (replay position on a replica). */
+  lsn: string | null;
+}
+
+/** Everything `pool.stats()` returns. */
+export interface PoolStats {
+  groups: Record<string, GroupStats>;
+  endpoints: EndpointStats[];
+}
+
+function lsnText(lsn: bigint | undefined): string | null {
+  if (lsn === undefined) return null;
+  return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+}
+
+/** Collects the figures of `groups` and `endpoints`. */
+export function statsOf(groups: readonly Group[], endpoints: readonly Endpoint[]): PoolStats {
+  const out: PoolStats = { groups: {}, endpoints: [] };
+  for (const g of groups) {
+    const total = g.counters.checkouts;
+    out.groups[g.name] = {
+      size: g.settings.size,
+      open: g.open,
+      idle: g.idle,
+      busy: g.busy,
+      waiting: g.waiting,
+      checkouts: total,
+      timeouts: g.counters.timeouts,
+      wait_ms: {
+        p50: g.waitSamples.quantile(0.5, total),
+        p99: g.waitSamples.quantile(0.99, total),
+      },
+    };
+  }
+  for (const e of endpoints) {
+    let connections = 0;
+    for (const g of groups) connections += g.openOn(e);
+    out.endpoints.push({
+      ...e.info,
+      role: e.role,
+      state: e.state,
+      connections,
+      errors: e.errors,
+      latency_ms: e.latencyMs ?? null,
+      lag_ms: e.lagMs,
+      lsn: lsnText(e.lsn),
+    });
+  }
+  return out;
+}

@@ -1,0 +1,300 @@
+/**
+ * What the pool knows of its servers: each endpoint's role (detected, never configured), health
+ * (a half-open circuit breaker with jittered exponential back-off), WAL position and lag. Probes
+ * run in the background every `health_check_interval_ms`, faster while a primary is missing,
+ * and at once when a statement reports trouble.
+ *
+ * @module
+ */
+
+import type postgres from "postgres";
+import type { Endpoint, EndpointRole } from "./endpoint.ts";
+import { PoolEvent, reasonOf } from "./events.ts";
+import { parseLsn } from "./lsn.ts";
+import { isNotExecuted, isReadOnlyError } from "./sqlstate.ts";
+
+// One round trip: role, WAL position and the replica's own view of its lag. The lag is only
+// meaningful while received WAL waits for replay; otherwise the replica is caught up with what
+// it has (LSN comparison with the primary covers a stalled receiver).
+const PROBE_SQL = `SELECT pg_is_in_recovery() AS recovery,
+  (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text AS lsn,
+  CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()
+    THEN coalesce(extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000, 0)::float8
+    ELSE 0 END AS lag_ms`;
+
+const REPLAY_SQL = "SELECT pg_last_wal_replay_lsn()::text AS lsn";
+
+/** How often probes may repeat for the same endpoint when asked on demand. */
+const MIN_PROBE_GAP_MS = 25;
+/** Background period while a primary is missing, so a promotion is seen quickly. */
+const FAST_INTERVAL_MS = 100;
+/** First back-off step after a failure. */
+const BACKOFF_BASE_MS = 100;
+
+interface PrimarySample {
+  lsn: bigint;
+  at: number;
+}
+
+/** Settings of a topology. */
+export interface TopologyOptions {
+  readonly intervalMs: number;
+  readonly backoffMaxMs: number;
+}
+
+/** Role and health of every endpoint of a pool. */
+export class Topology {
+  readonly endpoints: readonly Endpoint[];
+  readonly #options: TopologyOptions;
+  readonly #events: EventTarget;
+  readonly #clients = new Map<Endpoint, postgres.Sql>();
+  readonly #listeners: (() => void)[] = [];
+  readonly #tickers: ((now: number) => void)[] = [];
+  readonly #history: PrimarySample[] = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #started = false;
+  #closed = false;
+  #refreshing: Promise<void> | undefined;
+  /** Set by groups that need a primary and have none: probe faster until one shows up. */
+  primaryWanted = false;
+
+  constructor(endpoints: readonly Endpoint[], options: TopologyOptions, events: EventTarget) {
+    this.endpoints = endpoints;
+    this.#options = options;
+    this.#events = events;
+  }
+
+  /** Calls `fn` whenever roles, health or lag change routing. */
+  onChange(fn: () => void): void {
+    this.#listeners.push(fn);
+  }
+
+  /** Calls `fn` after every background round (connection upkeep rides on the same timer). */
+  onTick(fn: (now: number) => void): void {
+    this.#tickers.push(fn);
+  }
+
+  /** Starts background probing (once, at the pool's first connection: construction is lazy). */
+  start(): void {
+    if (this.#started || this.#closed) return;
+    this.#started = true;
+    if (this.#options.intervalMs > 0) this.#schedule(0);
+  }
+
+  #schedule(delayMs: number): void {
+    this.#timer = setTimeout(async () => {
+      this.#timer = undefined;
+      await this.refresh(false);
+      if (this.#closed) return;
+      const now = performance.now();
+      for (const fn of this.#tickers) fn(now);
+      const interval = this.#options.intervalMs;
+      this.#schedule(this.primaryWanted ? Math.min(interval, FAST_INTERVAL_MS) : interval);
+    }, delayMs);
+  }
+
+  /** The current primary: the most recently promoted one if several claim the role. */
+  primary(): Endpoint | undefined {
+    let best: Endpoint | undefined;
+    for (const e of this.endpoints) {
+      if (e.role !== "primary" || e.state !== "up") continue;
+      if (best === undefined || e.promotedAt > best.promotedAt) best = e;
+    }
+    return best;
+  }
+
+  /**
+   * Probes every endpoint that is due: up ones (unless probed a moment ago) and down ones whose
+   * back-off has passed. Concurrent callers share one round.
+   */
+  refresh(force = true): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#refreshing ??= (async () => {
+      try {
+        const now = performance.now();
+        const due = this.endpoints.filter((e) =>
+          e.state === "up"
+            ? force ? now - e.lastProbeAt >= MIN_PROBE_GAP_MS : true
+            : now >= e.retryAt
+        );
+        await Promise.all(due.map((e) => this.probe(e)));
+      } finally {
+        this.#refreshing = undefined;
+      }
+    })();
+    return this.#refreshing;
+  }
+
+  /** Probes one endpoint (at most one probe in flight per endpoint). */
+  probe(endpoint: Endpoint): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    endpoint.probing ??= this.#probe(endpoint).finally(() => {
+      endpoint.probing = undefined;
+    });
+    return endpoint.probing;
+  }
+
+  async #probe(endpoint: Endpoint): Promise<void> {
+    let client = this.#clients.get(endpoint);
+    if (client === undefined) {
+      client = endpoint.probeClient();
+      this.#clients.set(endpoint, client);
+    }
+    const started = performance.now();
+    let row: { recovery: boolean; lsn: string | null; lag_ms: number };
+    try {
+      const rows = await deadline(client.unsafe(PROBE_SQL), endpoint.connectTimeoutS * 1000);
+      row = rows[0] as unknown as typeof row;
+    } catch (err) {
+      // A failed probe client may hold a half-dead socket: never reuse it.
+      this.#clients.delete(endpoint);
+      client.end({ timeout: 0 }).catch(() => {});
+      if (!this.#closed) this.markDown(endpoint, err);
+      return;
+    } finally {
+      endpoint.lastProbeAt = performance.now();
+    }
+    if (this.#closed) return;
+    const rtt = endpoint.lastProbeAt - started;
+    endpoint.latencyMs = endpoint.latencyMs === undefined ? rtt : endpoint.latencyMs * 0.8 + rtt * 0.2;
+    const lsn = parseLsn(row.lsn);
+    endpoint.lsn = lsn;
+    const now = performance.now();
+    if (row.recovery) {
+      endpoint.lagMs = Math.max(Number(row.lag_ms) || 0, this.#lagByLsn(lsn, now));
+    } else {
+      endpoint.lagMs = 0;
+      if (lsn !== undefined) this.#remember(lsn, now);
+    }
+    const changed = this.observeRole(endpoint, row.recovery ? "replica" : "primary", false);
+    const cameUp = this.#markUp(endpoint);
+    if (changed || cameUp || row.recovery) this.#changed();
+  }
+
+  /** Checks one replica's replay position right now (read-your-writes waits on it). */
+  async replayLsn(endpoint: Endpoint): Promise<bigint | undefined> {
+    const client = this.#clients.get(endpoint);
+    if (client === undefined || endpoint.state !== "up") {
+      await this.probe(endpoint);
+      return endpoint.lsn;
+    }
+    try {
+      const rows = await deadline(client.unsafe(REPLAY_SQL), endpoint.connectTimeoutS * 1000);
+      const lsn = parseLsn(rows[0]?.lsn);
+      if (lsn !== undefined && endpoint.role === "replica") endpoint.lsn = lsn;
+      return lsn;
+    } catch {
+      await this.probe(endpoint);
+      return undefined;
+    }
+  }
+
+  /**
+   * Lag as the primary sees it: how long ago the primary had already written WAL this replica
+   * has not replayed. Catches a stalled WAL receiver, which the replica cannot see itself.
+   */
+  #lagByLsn(lsn: bigint | undefined, now: number): number {
+    if (lsn === undefined) return 0;
+    for (const sample of this.#history) {
+      if (sample.lsn > lsn) return now - sample.at;
+    }
+    return 0;
+  }
+
+  #remember(lsn: bigint, at: number): void {
+    const last = this.#history[this.#history.length - 1];
+    if (last !== undefined && last.lsn === lsn) return;
+    this.#history.push({ lsn, at });
+    if (this.#history.length > 256) this.#history.shift();
+  }
+
+  /** Records a role seen on a connection or probe; returns whether it changed. */
+  observeRole(endpoint: Endpoint, role: EndpointRole, notify = true): boolean {
+    const from = endpoint.role;
+    if (from === role) return false;
+    endpoint.role = role;
+    if (role === "primary" && from === "replica") {
+      endpoint.promotedAt = performance.now();
+      // WAL positions of the old timeline say nothing about the new one.
+      this.#history.length = 0;
+    }
+    this.#events.dispatchEvent(
+      new PoolEvent("rolechange", { endpoint: endpoint.info, from, to: role }),
+    );
+    if (notify) this.#changed();
+    return true;
+  }
+
+  /**
+   * A statement or connect failed on `endpoint`. Refused connects open the circuit at once;
+   * other connection losses and read-only errors trigger an immediate probe.
+   */
+  report(endpoint: Endpoint, err: unknown): void {
+    if (this.#closed) return;
+    endpoint.errors++;
+    if (isNotExecuted(err) && !isTerminated(err)) {
+      this.markDown(endpoint, err);
+      return;
+    }
+    this.probe(endpoint);
+    // A primary that went read-only or away: look for the new one everywhere.
+    if (isReadOnlyError(err) || endpoint.role === "primary") this.refresh();
+  }
+
+  /** Opens the circuit: routing skips the endpoint until a probe after the back-off succeeds. */
+  markDown(endpoint: Endpoint, err: unknown): void {
+    endpoint.failures++;
+    const step = Math.min(
+      this.#options.backoffMaxMs,
+      BACKOFF_BASE_MS * 2 ** Math.min(endpoint.failures - 1, 20),
+    );
+    endpoint.retryAt = performance.now() + step / 2 + Math.random() * step / 2;
+    if (endpoint.state === "down") return;
+    endpoint.state = "down";
+    this.#events.dispatchEvent(
+      new PoolEvent("endpointdown", { endpoint: endpoint.info, reason: reasonOf(err) }),
+    );
+    this.#changed();
+  }
+
+  #markUp(endpoint: Endpoint): boolean {
+    endpoint.failures = 0;
+    if (endpoint.state === "up") return false;
+    endpoint.state = "up";
+    this.#events.dispatchEvent(new PoolEvent("endpointup", { endpoint: endpoint.info }));
+    return true;
+  }
+
+  #changed(): void {
+    for (const fn of this.#listeners) fn();
+  }
+
+  /** Stops probing and ends the probe connections. */
+  async close(timeoutS: number): Promise<void> {
+    this.#closed = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const clients = [...this.#clients.values()];
+    this.#clients.clear();
+    await Promise.all(clients.map((c) => c.end({ timeout: timeoutS }).catch(() => {})));
+  }
+}
+
+function isTerminated(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === "57P01" || code === "57P02";
+}
+
+/** Rejects when `promise` has not settled after `ms`: a hung host must not hang a probe. */
+function deadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(Object.assign(new Error(`No answer within ${ms} ms`), { code: "ETIMEDOUT" })),
+        ms,
+      );
+    }),
+  ]).finally(() => clearTimeout(timer));
+}

@@ -1,0 +1,158 @@
+// The server examples, started as real processes: they answer concurrent requests and shut down
+// cleanly on SIGTERM and on SIGINT, closing their pools, leaving no server connection behind.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { freePorts } from "./harness/exec.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { waitFor } from "./harness/wait.ts";
+import { bunBin, denoBin, getFresh, Service } from "./tools.ts";
+
+await setTestTimeout(180_000);
+
+let cluster: PgCluster;
+const services: Service[] = [];
+
+before(async () => {
+  cluster = await startCluster({ replicas: 0 });
+}, { timeout: 120_000 });
+
+after(async () => {
+  await Promise.all(services.map((s) => s.stop()));
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+const SIGNALS = ["SIGTERM", "SIGINT"] as const;
+const EXIT_DEADLINE_MS = 15_000;
+
+function start(name: string, cmd: string, args: string[], env: Record<string, string>): Service {
+  const svc = new Service(name, cmd, args, {
+    env: { PGDBPOOL_DB: JSON.stringify(cluster.endpoints()), ...env },
+  });
+  services.push(svc);
+  return svc;
+}
+
+async function waitHealthy(svc: Service, base: string): Promise<void> {
+  await waitFor(async () => {
+    if (svc.exited) throw new Error(`${svc.name} exited: ${svc.output}`);
+    return (await getFresh(`${base}/health`, 2000)).status === 200;
+  }, { timeoutMs: 30_000, message: `${svc.name} answering ${base}/health` }).catch((err) => {
+    throw new Error(`${err.message}\n--- ${svc.name} output ---\n${svc.output}`, { cause: err });
+  });
+}
+
+/** Sends `count` concurrent requests over fresh connections; checks every answer. */
+async function burst(base: string, count: number, offset = 0): Promise<Array<Record<string, unknown>>> {
+  const answers = await Promise.all(
+    Array.from({ length: count }, (_, i) => getFresh(`${base}/query?n=${offset + i}`)),
+  );
+  return answers.map((a, i) => {
+    assert.equal(a.status, 200, `request ${offset + i}: ${a.status} ${a.body}`);
+    const body = JSON.parse(a.body);
+    assert.equal(body.n, offset + i);
+    assert.equal(body.port, cluster.primary.port);
+    return body;
+  });
+}
+
+/** Bursts until answers came from `want` distinct values of `key` (isolates, processes). */
+async function spread(base: string, batch: number, key: string, want: number): Promise<Set<unknown>> {
+  const seen = new Set<unknown>();
+  let offset = 0;
+  await waitFor(async () => {
+    for (const body of await burst(base, batch, offset)) seen.add(body[key]);
+    offset += batch;
+    return seen.size >= want;
+  }, { timeoutMs: 20_000, message: `answers from ${want} distinct ${key}s` });
+  return seen;
+}
+
+async function noConnectionsLeft(app: string): Promise<void> {
+  await waitFor(async () => (await cluster.countConnections({ applicationName: app })) === 0, {
+    timeoutMs: 10_000,
+    message: `no server connection with application_name ${app}`,
+  });
+}
+
+describe("examples/deno_serve.ts (deno serve --parallel, a pool per isolate)", () => {
+  for (const signal of SIGNALS) {
+    it(`answers from every isolate and stops on ${signal}`, async () => {
+      const app = `ex_deno_serve_${signal.toLowerCase()}`;
+      const [port] = await freePorts(1);
+      const base = `http://127.0.0.1:${port}`;
+      const svc = start(`deno serve (${signal})`, denoBin(), [
+        "serve", "--parallel", "--host", "127.0.0.1", "--port", String(port),
+        "--allow-net", "--allow-env", "examples/deno_serve.ts",
+      ], { DENO_JOBS: "2", PGDBPOOL_APP: app, PGDBPOOL_CONNECTIONS: "4" });
+      await svc.waitForOutput(/(isolate \w+: ready[\s\S]*){2}/);
+      await waitHealthy(svc, base);
+      // Bursts no larger than one isolate's connections: non-threaded mode never queues, so a
+      // larger burst landing on one isolate would (correctly) get 503s.
+      const isolates = await spread(base, 4, "isolate", 2);
+      assert.equal(isolates.size, 2);
+      assert.ok((await cluster.countConnections({ applicationName: app })) > 0, "connections should be open");
+
+      svc.kill(signal);
+      const exit = await svc.waitExit(EXIT_DEADLINE_MS);
+      assert.equal(exit.signal, null, `killed by ${exit.signal}:\n${svc.output}`);
+      assert.equal(exit.code, 0, svc.output);
+      for (const isolate of isolates) {
+        assert.match(svc.output, new RegExp(`isolate ${isolate}: ${signal}, closing the pool`));
+        assert.match(svc.output, new RegExp(`isolate ${isolate}: pool closed`));
+      }
+      await noConnectionsLeft(app);
+    });
+  }
+});
+
+describe("examples/deno_threaded.ts (Deno.serve, one shared threaded pool)", () => {
+  for (const signal of SIGNALS) {
+    it(`queues more concurrent requests than connections and stops on ${signal}`, async () => {
+      const app = `ex_deno_threaded_${signal.toLowerCase()}`;
+      const svc = start(`deno threaded (${signal})`, denoBin(), [
+        "run", "--allow-net", "--allow-env", "examples/deno_threaded.ts",
+      ], { PORT: "0", PGDBPOOL_APP: app, PGDBPOOL_CONNECTIONS: "3" });
+      const [, base] = await svc.waitForOutput(/listening on (http:\/\/[\d.]+:\d+)\//);
+      await waitHealthy(svc, base);
+      const answers = await burst(base, 24);
+      // 24 concurrent requests shared 3 server connections, waiting their turn.
+      const backends = new Set(answers.map((a) => a.backend));
+      assert.ok(backends.size <= 3, `used ${backends.size} server connections`);
+      assert.equal(await cluster.countConnections({ applicationName: app }), backends.size);
+
+      svc.kill(signal);
+      const exit = await svc.waitExit(EXIT_DEADLINE_MS);
+      assert.equal(exit.signal, null, `killed by ${exit.signal}:\n${svc.output}`);
+      assert.equal(exit.code, 0, svc.output);
+      assert.match(svc.output, new RegExp(`${signal}: shutting down[\\s\\S]*pool closed`));
+      await noConnectionsLeft(app);
+    });
+  }
+});
+
+describe("examples/bun_serve.ts (Bun.serve with reusePort, two processes)", () => {
+  for (const signal of SIGNALS) {
+    it(`spreads requests over both processes and stops both on ${signal}`, async () => {
+      const app = `ex_bun_serve_${signal.toLowerCase()}`;
+      const [port] = await freePorts(1);
+      const base = `http://127.0.0.1:${port}`;
+      const env = { PORT: String(port), PGDBPOOL_APP: app, PGDBPOOL_CONNECTIONS: "3" };
+      const procs = [1, 2].map((i) => start(`bun serve #${i} (${signal})`, bunBin(), ["examples/bun_serve.ts"], env));
+      for (const p of procs) await p.waitForOutput(/process \d+ listening on/);
+      await waitHealthy(procs[0], base);
+      const pids = await spread(base, 12, "pid", 2);
+      assert.deepEqual([...pids].sort(), procs.map((p) => p.child.pid).sort());
+      assert.ok((await cluster.countConnections({ applicationName: app })) > 0, "connections should be open");
+
+      for (const p of procs) p.kill(signal);
+      for (const p of procs) {
+        const exit = await p.waitExit(EXIT_DEADLINE_MS);
+        assert.equal(exit.signal, null, `${p.name} killed by ${exit.signal}:\n${p.output}`);
+        assert.equal(exit.code, 0, p.output);
+        assert.match(p.output, new RegExp(`${signal}, shutting down[\\s\\S]*pool closed`));
+      }
+      await noConnectionsLeft(app);
+    });
+  }
+});

@@ -1,0 +1,113 @@
+// The npm package under Node 24 (npm package `node@24`): installed the way npm would (the files
+// `npm pack` selects, plus dist/ from scripts/build_npm.mjs), imported by name through
+// package.json "exports", running queries against the test server.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { waitFor } from "./harness/wait.ts";
+import { node24Bin, ROOT, runCommand } from "./tools.ts";
+
+await setTestTimeout(180_000);
+
+const APP = "node24_test";
+let cluster: PgCluster;
+let dir: string;
+let pkgDir: string;
+let node: string;
+
+before(async () => {
+  node = node24Bin();
+  cluster = await startCluster({ replicas: 0 });
+  await cluster.primary.query("CREATE TABLE node_items (id serial PRIMARY KEY, v text NOT NULL)");
+
+  dir = mkdtempSync(join(tmpdir(), "pgdbpool-node24-"));
+  pkgDir = join(dir, "node_modules", "@x", "pgdbpool");
+  mkdirSync(pkgDir, { recursive: true });
+  // The files `npm pack` would ship (scripts ignored: dist/ is built below, outside the repo).
+  const pack = await runCommand("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], { timeoutMs: 60_000 });
+  assert.equal(pack.code, 0, `npm pack --dry-run failed:\n${pack.stderr}`);
+  const files: string[] = JSON.parse(pack.stdout)[0].files.map((f: { path: string }) => f.path);
+  for (const file of files) {
+    mkdirSync(dirname(join(pkgDir, file)), { recursive: true });
+    cpSync(join(ROOT, file), join(pkgDir, file));
+  }
+  const build = await runCommand(node, [join(ROOT, "scripts", "build_npm.mjs"), join(pkgDir, "dist")], { timeoutMs: 60_000 });
+  assert.equal(build.code, 0, `build_npm.mjs failed:\n${build.stdout}${build.stderr}`);
+  // The dependency, as npm would have installed it next to the package.
+  symlinkSync(join(ROOT, "node_modules", "postgres"), join(dir, "node_modules", "postgres"), "dir");
+  writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
+}, { timeout: 120_000 });
+
+after(async () => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+const SCRIPT = `
+import assert from "node:assert/strict";
+import { Pool, PoolError, PoolClosedError, Handler, Connection } from "@x/pgdbpool";
+import * as edge from "@x/pgdbpool/edge";
+
+const out = { node: process.version, resolved: import.meta.resolve("@x/pgdbpool"), edgeResolved: import.meta.resolve("@x/pgdbpool/edge") };
+const pool = new Pool({
+  db: JSON.parse(process.env.PGDBPOOL_DB),
+  groups: { auto: { connection_count: 2 }, tx: { connection_count: 1, autocommit: false } },
+  application_name: process.env.PGDBPOOL_APP,
+});
+const [row] = await pool.query("auto", "SELECT $1::int + 1 AS n, inet_server_port() AS port", [41]);
+out.n = row.n;
+out.port = row.port;
+{
+  // Explicit resource management runs natively on Node 24.
+  await using db = pool.handler("tx");
+  await db.query("INSERT INTO node_items (v) VALUES ($1)", ["from-node"]);
+  await db.commit();
+}
+out.rows = (await pool.query("auto", "SELECT v FROM node_items")).map((r) => r.v);
+out.handler = pool.handler("auto") instanceof Handler;
+out.edgeSharesClasses = edge.PoolError === PoolError && edge.Handler === Handler && edge.Connection === Connection;
+out.edgePoolIsPool = new edge.Pool({ db: JSON.parse(process.env.PGDBPOOL_DB), groups: { g: { connection_count: 1 } } }) instanceof Pool;
+await pool.close();
+await assert.rejects(pool.query("auto", "SELECT 1"), PoolClosedError);
+console.log(JSON.stringify(out));
+`;
+
+describe("npm package under Node 24", () => {
+  it("imports the package through package.json exports and runs queries", async () => {
+    writeFileSync(join(dir, "check.mjs"), SCRIPT);
+    const r = await runCommand(node, ["check.mjs"], {
+      cwd: dir,
+      env: { PGDBPOOL_DB: JSON.stringify(cluster.endpoints()), PGDBPOOL_APP: APP },
+      timeoutMs: 60_000,
+    });
+    assert.equal(r.code, 0, `node check.mjs failed:\n${r.stdout}${r.stderr}`);
+    const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+    assert.match(out.node, /^v24\./);
+    assert.ok(out.resolved.endsWith("/node_modules/@x/pgdbpool/dist/mod.js"), out.resolved);
+    assert.ok(out.edgeResolved.endsWith("/node_modules/@x/pgdbpool/dist/edge.js"), out.edgeResolved);
+    assert.equal(out.n, 42);
+    assert.equal(out.port, cluster.primary.port);
+    assert.deepEqual(out.rows, ["from-node"]);
+    assert.equal(out.handler, true);
+    assert.equal(out.edgeSharesClasses, true, "mod and edge must share one chunk (instanceof across entries)");
+    assert.equal(out.edgePoolIsPool, true);
+    await waitFor(async () => (await cluster.countConnections({ applicationName: APP })) === 0, {
+      timeoutMs: 10_000,
+      message: `no connection with application_name ${APP}`,
+    });
+  });
+
+  it("needs the build: Node does not strip types of .ts files inside node_modules", async () => {
+    // Why package.json's "default" condition points at dist/ and not at mod.ts.
+    const r = await runCommand(node, ["--input-type=module", "-e", `await import(${JSON.stringify(join(pkgDir, "mod.ts"))})`], {
+      cwd: dir,
+      timeoutMs: 30_000,
+    });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /ERR_UNSUPPORTED_NODE_MODULES_TYPE_STRIPPING/);
+  });
+});
