@@ -47,6 +47,9 @@ export interface GroupCounters {
   waits: number;
 }
 
+/** Statements pipelined on one connection at most, as postgres.js's `max_pipeline`. */
+const MAX_PIPELINE = 100;
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The connections of one configured group. */
@@ -63,6 +66,8 @@ export class Group {
   #share: number;
   #cursor = 0;
   readonly #conns = new Set<ServerConnection>();
+  /** Connections held by one-shot statements only: further one-shots may pipeline onto them. */
+  readonly #shared: ServerConnection[] = [];
 
   constructor(settings: ResolvedGroup, endpoints: readonly Endpoint[], context: GroupContext) {
     this.name = settings.name;
@@ -162,6 +167,32 @@ export class Group {
     }
     this.counters.checkouts++;
     return this.#take();
+  }
+
+  /**
+   * A one-shot autocommit statement when every connection is busy: rather than wait, it is
+   * pipelined onto the least loaded connection that only one-shots hold, as postgres.js itself
+   * does. Never while someone waits in the FIFO queue, so waiters cannot be starved.
+   */
+  tryShare(): ServerConnection | null {
+    if (this.#sem.waiting > 0) return null;
+    let best: ServerConnection | null = null;
+    for (const conn of this.#shared) {
+      if (!conn.broken && conn.users < MAX_PIPELINE && (best === null || conn.users < best.users)) {
+        best = conn;
+      }
+    }
+    if (best !== null) {
+      best.users++;
+      this.counters.checkouts++;
+    }
+    return best;
+  }
+
+  /** Marks a connection just checked out by a one-shot statement as open to pipelining. */
+  share(conn: ServerConnection): void {
+    conn.users = 1;
+    this.#shared.push(conn);
   }
 
   /**
@@ -349,6 +380,10 @@ export class Group {
    * user must never inherit a session inside someone else's transaction.
    */
   checkin(conn: ServerConnection): Promise<void> | undefined {
+    if (conn.users > 0) {
+      if (--conn.users > 0) return;
+      this.#shared.splice(this.#shared.indexOf(conn), 1);
+    }
     if (conn.txOpen) return this.#rollbackThenCheckin(conn);
     if (this.closed || conn.broken || !conn.member.active) {
       this.#discard(conn);

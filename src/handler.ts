@@ -55,12 +55,21 @@ const LSN_SQL =
   "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END AS lsn";
 
 let prepare: (handler: Handler) => Promise<void>;
+let oneShot: (group: Group) => Handler;
 
 /**
  * Gives `pool.acquire()` a validated connection before it resolves. Internal: not re-exported.
  */
 export function prepareHandler(handler: Handler): Promise<void> {
   return prepare(handler);
+}
+
+/**
+ * A handler for one autocommit statement (`pool.query`): when the group is busy it pipelines
+ * onto a connection other one-shots hold instead of waiting. Internal: not re-exported.
+ */
+export function oneShotHandler(group: Group): Handler {
+  return oneShot(group);
 }
 
 /**
@@ -99,17 +108,44 @@ export class Handler implements Disposable, AsyncDisposable {
 
   static {
     prepare = (handler) => handler.#prepare();
+    // The public signature hides the two internal parameters.
+    const Internal = Handler as unknown as new (
+      group: string,
+      options: undefined,
+      pool: undefined,
+      resolved: Group,
+      conn?: ServerConnection,
+    ) => Handler;
+    oneShot = (group) => {
+      const own = group.tryCheckout();
+      if (own !== null) {
+        group.share(own);
+        return new Internal(group.name, undefined, undefined, group, own);
+      }
+      const joined = group.tryShare();
+      const db = new Internal(group.name, undefined, undefined, group, joined ?? undefined);
+      // Joining a connection in use: it is live, and its first statement was someone else's.
+      if (joined !== null) db.#phase = USED;
+      return db;
+    };
   }
 
   /**
    * Checks out a connection of `group` from `pool`, or from the module-wide pool of
    * `Connection.init()` when `pool` is omitted.
    */
-  constructor(group: string, options?: HandlerOptions, pool?: Pool) {
-    const g = ((pool as GroupSource | undefined) ?? defaultPool())[groupLookup](group);
+  constructor(group: string, options?: HandlerOptions, pool?: Pool);
+  constructor(
+    group: string,
+    options?: HandlerOptions,
+    pool?: Pool,
+    resolved?: Group,
+    given?: ServerConnection,
+  ) {
+    const g = resolved ?? ((pool as GroupSource | undefined) ?? defaultPool())[groupLookup](group);
     this.#group = g;
     this.#autocommit = options?.autocommit ?? g.settings.autocommit;
-    const conn = options?.after === undefined ? g.tryCheckout() : null;
+    const conn = given ?? (resolved === undefined && options?.after === undefined ? g.tryCheckout() : null);
     if (conn !== null) this.#conn = conn;
     else this.#wait(options);
   }
@@ -200,7 +236,7 @@ export class Handler implements Disposable, AsyncDisposable {
     // for the first statement of a checkout (see isNotExecuted for the others).
     let mayRetry = false;
     if (this.#phase !== USED) {
-      if (this.#phase === FRESH) conn = await this.#validate(conn);
+      if (this.#phase === FRESH && this.#stale(conn)) conn = await this.#validate(conn);
       this.#phase = USED;
       mayRetry = conn.lastUsed > 0;
     }
@@ -346,13 +382,17 @@ export class Handler implements Disposable, AsyncDisposable {
     this.#phase = VALIDATED;
   }
 
+  /** Whether a connection must be checked before use: broken, or idle past `validate_after_ms`. */
+  #stale(conn: ServerConnection): boolean {
+    return conn.broken ||
+      (conn.lastUsed !== 0 &&
+        performance.now() - conn.lastUsed > this.#group.context.validateAfterMs);
+  }
+
   /** Pings a connection that idled past `validate_after_ms`; swaps it when dead. */
   async #validate(conn: ServerConnection): Promise<ServerConnection> {
     if (conn.broken) return this.#swap(conn);
-    if (
-      conn.lastUsed === 0 ||
-      performance.now() - conn.lastUsed <= this.#group.context.validateAfterMs
-    ) return conn;
+    if (!this.#stale(conn)) return conn;
     try {
       await conn.ping(conn.endpoint.connectTimeoutS * 1000);
       conn.lastUsed = performance.now();

@@ -8,7 +8,7 @@ import { type PoolConfig, resolveConfig, type ResolvedConfig } from "./config.ts
 import { Endpoint } from "./endpoint.ts";
 import { PoolClosedError, UnconfiguredGroupError } from "./errors.ts";
 import { Group, type GroupContext, groupLookup } from "./group.ts";
-import { Handler, type HandlerOptions, prepareHandler } from "./handler.ts";
+import { Handler, type HandlerOptions, oneShotHandler, prepareHandler } from "./handler.ts";
 import type { Row, Rows } from "./rows.ts";
 import { parseLsn } from "./lsn.ts";
 import type { ServerConnection } from "./server_connection.ts";
@@ -110,19 +110,30 @@ export class Pool extends EventTarget implements AsyncDisposable {
     return db;
   }
 
-  /** Runs one statement on a connection of `group` and returns its rows (committed). */
+  /**
+   * Runs one statement on a connection of `group` and returns its rows (committed). In an
+   * autocommit group, when every connection is busy and nobody waits, the statement is
+   * pipelined onto a connection held by other such one-shot statements (as postgres.js does),
+   * so a burst of one-shots keeps postgres.js's throughput. Use a handler for anything that
+   * needs its own session.
+   */
   async query<T extends Row = Row>(
     group: string,
     text: string,
     params?: readonly unknown[],
   ): Promise<Rows<T>> {
-    const db = new Handler(group, undefined, this);
+    const g = this[groupLookup](group);
+    const db = g.autocommit && this.#config.threaded
+      ? oneShotHandler(g)
+      : new Handler(group, undefined, this);
     try {
       const rows = await db.query<T>(text, params);
       if (db.inTransaction) await db.commit();
       return rows;
     } finally {
-      await db[Symbol.asyncDispose]();
+      // Only a transaction left open needs an awaited rollback.
+      if (db.inTransaction) await db[Symbol.asyncDispose]();
+      else db.release();
     }
   }
 

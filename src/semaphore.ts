@@ -131,6 +131,15 @@ export class Semaphore {
 
   /** Returns a permit: to the oldest waiter if any, else to the free count. */
   release(): void {
+    if (this.#live === 0) {
+      // Nobody waits (the common case): drop cancelled leftovers at most once.
+      if (this.#queue.length !== 0) {
+        this.#queue = [];
+        this.#head = 0;
+      }
+      this.#free++;
+      return;
+    }
     const queue = this.#queue;
     while (this.#head < queue.length) {
       const waiter = queue[this.#head];

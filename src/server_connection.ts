@@ -40,6 +40,11 @@ export class ServerConnection {
   sawNoTransaction = false;
   /** `performance.now()` after the last statement finished; 0 before the first. */
   lastUsed = 0;
+  /**
+   * One-shot statements (`pool.query` in an autocommit group) holding this connection at once;
+   * 0 for an ordinary exclusive checkout. Only the last of them checks it in.
+   */
+  users = 0;
   /** `performance.now()` after which this connection is retired at check-in. */
   readonly retireAt: number;
   readonly #onParameter: (conn: ServerConnection, key: string, value: string) => void;

@@ -156,6 +156,27 @@ describe("checkout", () => {
     }
   });
 
+  it("pipelines one-shot pool.query calls onto busy connections, without starving waiters", async () => {
+    await using p = pool("pipelined", {}, { connection_count: 2, endpoints: [0] });
+    const results = await Promise.all(
+      Array.from({ length: 100 }, (_, i) => p.query<{ n: number }>("g", "SELECT $1::int AS n", [i])),
+    );
+    assert.deepEqual(results.map((r) => r[0].n), Array.from({ length: 100 }, (_, i) => i));
+    assert.ok(p.stats().groups.g.open <= 2);
+    assert.equal(await cluster.countConnections({ applicationName: "pipelined" }), 2);
+    // A handler that has to wait is served while one-shots keep arriving.
+    let stop = false;
+    const flood = Array.from({ length: 20 }, async () => {
+      while (!stop) await p.query("g", "SELECT pg_sleep(0.002)");
+    });
+    const waiter = p.acquire("g", { timeout_ms: 5000 });
+    await using db = await waiter;
+    stop = true;
+    await db.query("SELECT 1");
+    db.release();
+    await Promise.all(flood);
+  });
+
   it("close() ends every server connection and later use fails", async () => {
     const p = pool("closing", {}, { connection_count: 3 });
     const held = [p.handler("g"), p.handler("g"), p.handler("g")];
