@@ -382,7 +382,8 @@ export class Group {
   checkin(conn: ServerConnection): Promise<void> | undefined {
     if (conn.users > 0) {
       if (--conn.users > 0) return;
-      this.#shared.splice(this.#shared.indexOf(conn), 1);
+      const at = this.#shared.indexOf(conn);
+      if (at >= 0) this.#shared.splice(at, 1);
     }
     if (conn.txOpen) return this.#rollbackThenCheckin(conn);
     if (this.closed || conn.broken || !conn.member.active) {

@@ -245,7 +245,7 @@ export class Handler implements Disposable, AsyncDisposable {
       if (conn.txOpen) {
         if (conn.txLost) throw this.#lose(conn, undefined, "its connection closed");
       } else if (conn.broken) {
-        conn = this.#swap(conn);
+        conn = await this.#replace(conn);
       }
       const begin = !this.#autocommit && !conn.txOpen ? conn.begin() : undefined;
       try {
@@ -270,7 +270,7 @@ export class Handler implements Disposable, AsyncDisposable {
         // A transaction begun in this same pipeline died with its session: nothing committed.
         conn.txOpen = false;
         if (attempt > 0 || !(begin !== undefined || mayRetry || isNotExecuted(err))) throw err;
-        conn = this.#swap(conn);
+        conn = await this.#replace(conn);
       }
     }
   }
@@ -391,7 +391,7 @@ export class Handler implements Disposable, AsyncDisposable {
 
   /** Pings a connection that idled past `validate_after_ms`; swaps it when dead. */
   async #validate(conn: ServerConnection): Promise<ServerConnection> {
-    if (conn.broken) return this.#swap(conn);
+    if (conn.broken) return this.#replace(conn);
     if (!this.#stale(conn)) return conn;
     try {
       await conn.ping(conn.endpoint.connectTimeoutS * 1000);
@@ -399,8 +399,26 @@ export class Handler implements Disposable, AsyncDisposable {
       return conn;
     } catch {
       conn.broken = true;
-      return this.#swap(conn);
+      return this.#replace(conn);
     }
+  }
+
+  /**
+   * Moves off a broken connection. An exclusive checkout swaps it under the same permit; a hold
+   * on a connection shared by one-shot statements is given up, and a connection of its own is
+   * waited for, so that the shared connection's single permit is released exactly once.
+   */
+  async #replace(conn: ServerConnection): Promise<ServerConnection> {
+    if (conn.users === 0) return this.#swap(conn);
+    this.#conn = null;
+    this.#group.checkin(conn);
+    const next = await this.#group.waitCheckout();
+    if (this.#released) {
+      this.#group.checkin(next);
+      throw this.#afterRelease();
+    }
+    this.#conn = next;
+    return next;
   }
 
   #swap(conn: ServerConnection): ServerConnection {

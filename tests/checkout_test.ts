@@ -177,6 +177,29 @@ describe("checkout", () => {
     await Promise.all(flood);
   });
 
+  it("keeps its capacity exact when shared connections die under pipelined one-shots", async () => {
+    await using p = pool("shared-kill", {}, { connection_count: 2, endpoints: [0], acquire_timeout_ms: 200 });
+    const burst = Promise.allSettled(
+      Array.from({ length: 60 }, () => p.query("g", "SELECT pg_sleep(0.005)")),
+    );
+    await waitFor(async () => (await cluster.countConnections({ applicationName: "shared-kill" })) === 2);
+    await cluster.primary.query(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'shared-kill'",
+    );
+    const outcomes = await burst;
+    for (const o of outcomes) {
+      if (o.status === "rejected") assert.match(String((o.reason as { code?: string }).code), /^(57P01|CONNECTION_|ECONNRESET)/);
+    }
+    assert.equal(p.stats().groups.g.busy, 0);
+    // Exactly connection_count exclusive checkouts fit, no more.
+    const a = await p.acquire("g");
+    const b = await p.acquire("g");
+    await Promise.all([a.query("SELECT 1"), b.query("SELECT 1")]);
+    await assert.rejects(p.acquire("g"), AcquireTimeoutError);
+    a.release();
+    b.release();
+  });
+
   it("close() ends every server connection and later use fails", async () => {
     const p = pool("closing", {}, { connection_count: 3 });
     const held = [p.handler("g"), p.handler("g"), p.handler("g")];
