@@ -38,7 +38,7 @@
  * @module
  */
 
-import { Pool as CorePool } from "./mod.ts";
+import { Connection as CoreConnection, Pool as CorePool } from "./mod.ts";
 import type { PoolConfig } from "./mod.ts";
 
 // Everything of the main entry; the local `Pool` below takes precedence over the re-exported one.
@@ -80,11 +80,39 @@ export * from "./mod.ts";
 export class Pool extends CorePool {
   /** Same as the main entry's constructor; `health_check_interval_ms` defaults to 0. */
   constructor(config: PoolConfig) {
-    // A non-object is passed through untouched so that validation reports it (ConfigError).
-    super(
-      typeof config === "object" && config !== null && !Array.isArray(config)
-        ? { ...config, health_check_interval_ms: config.health_check_interval_ms ?? 0 }
-        : config,
-    );
+    super(edgeDefaults(config));
   }
+}
+
+/**
+ * The module-wide pool of the main entry, with the edge default `health_check_interval_ms: 0`.
+ * On Workers a module-wide pool cannot serve more than one request; prefer a per-request `Pool`.
+ *
+ * @example One request, one module-wide pool
+ * ```ts
+ * import { Connection, Handler } from "@x/pgdbpool/edge";
+ *
+ * Connection.init({
+ *   db: "postgres://app:secret@db.internal/app",
+ *   groups: { default: { connection_count: 1 } },
+ * });
+ * {
+ *   using db = new Handler("default");
+ *   await db.query("SELECT 1");
+ * }
+ * await Connection.close();
+ * ```
+ */
+export class Connection extends CoreConnection {
+  /** Same as the main entry's `Connection.init`; `health_check_interval_ms` defaults to 0. */
+  static override init(config: PoolConfig): CorePool {
+    return CoreConnection.init(edgeDefaults(config));
+  }
+}
+
+// A non-object is passed through untouched so that validation reports it (ConfigError).
+function edgeDefaults(config: PoolConfig): PoolConfig {
+  return typeof config === "object" && config !== null && !Array.isArray(config)
+    ? { ...config, health_check_interval_ms: config.health_check_interval_ms ?? 0 }
+    : config;
 }

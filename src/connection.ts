@@ -30,7 +30,8 @@ let pool: Pool | undefined;
  * ```
  */
 export class Connection {
-  private constructor() {}
+  /** Not constructed: everything is static. */
+  protected constructor() {}
 
   /**
    * Creates the module-wide pool (validating `config`, opening nothing). Calling it again closes
