@@ -1,0 +1,113 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { inspect } from "node:util";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { waitFor } from "./harness/wait.ts";
+import { AcquireTimeoutError, Pool, type PoolEvent } from "../mod.ts";
+
+await setTestTimeout(120_000);
+
+let cluster: PgCluster;
+
+before(async () => {
+  cluster = await startCluster({ replicas: 1 });
+}, { timeout: 120_000 });
+
+after(async () => {
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+describe("observability", () => {
+  it("stats() reports groups and endpoints as plain JSON without credentials", async () => {
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { g: { connection_count: 2, acquire_timeout_ms: 5000 } },
+      application_name: "stats",
+    });
+    const held = [await p.acquire("g"), await p.acquire("g")];
+    const waiting = p.acquire("g");
+    await waitFor(() => p.stats().groups.g.waiting === 1);
+    let s = p.stats();
+    assert.deepEqual(
+      { size: s.groups.g.size, open: s.groups.g.open, busy: s.groups.g.busy, idle: s.groups.g.idle },
+      { size: 2, open: 2, busy: 2, idle: 0 },
+    );
+    await new Promise((r) => setTimeout(r, 30));
+    held[0].release();
+    (await waiting).release();
+    held[1].release();
+    s = p.stats();
+    assert.equal(s.groups.g.checkouts, 3);
+    assert.equal(s.groups.g.busy, 0);
+    assert.equal(s.groups.g.idle, 2);
+    assert.ok(s.groups.g.wait_ms.p99 >= 25, `p99 ${s.groups.g.wait_ms.p99}`);
+    assert.equal(s.groups.g.wait_ms.p50, 0);
+    assert.equal(s.endpoints.length, 2);
+    assert.equal(s.endpoints.reduce((n, e) => n + e.connections, 0), 2);
+    const text = JSON.stringify(s) + inspect(s, { depth: 10 }) + inspect(p, { depth: 10, showHidden: true });
+    assert.ok(!text.includes(cluster.password), "stats or inspect output leaks the password");
+    assert.deepEqual(JSON.parse(JSON.stringify(s)), s);
+  });
+
+  it("dispatches acquiretimeout and connectionerror events", async () => {
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { g: { connection_count: 1, endpoints: [0], acquire_timeout_ms: 50 } },
+      application_name: "events",
+    });
+    const events: PoolEvent[] = [];
+    for (const type of ["acquiretimeout", "connectionerror"]) {
+      p.addEventListener(type, (e) => events.push(e as PoolEvent));
+    }
+    {
+      using db = await p.acquire("g");
+      await db.query("SELECT 1");
+      await assert.rejects(p.acquire("g"), AcquireTimeoutError);
+      assert.equal(events[0].type, "acquiretimeout");
+      assert.equal(events[0].detail.group, "g");
+      const [{ pid }] = await db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
+      await assert.rejects(
+        Promise.all([db.query("SELECT pg_sleep(5)"), cluster.primary.query("SELECT pg_terminate_backend($1)", [pid])]),
+      );
+    }
+    const err = events.find((e) => e.type === "connectionerror");
+    assert.ok(err, "connectionerror dispatched");
+    assert.equal(err.detail.group, "g");
+    assert.equal(err.detail.endpoint?.port, cluster.primary.port);
+    assert.equal(p.stats().groups.g.timeouts, 1);
+    assert.ok(p.stats().endpoints[0].errors >= 1);
+  });
+
+  it("survives idle connections dying with no unhandled rejection", async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: PromiseRejectionEvent) => {
+      unhandled.push(e.reason);
+      e.preventDefault();
+    };
+    globalThis.addEventListener("unhandledrejection", onUnhandled);
+    try {
+      await using p = new Pool({
+        db: cluster.endpoints(),
+        groups: { g: { connection_count: 4 } },
+        application_name: "idle-deaths",
+        health_check_interval_ms: 50,
+      });
+      await Promise.all(Array.from({ length: 4 }, () => p.query("g", "SELECT 1")));
+      for (const server of cluster.servers) {
+        await server.query(
+          "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'idle-deaths%'",
+        );
+      }
+      await waitFor(async () => (await cluster.countConnections({ applicationName: "idle-deaths" })) === 0);
+      // Probes reconnect; give the event loop a few probe periods to surface anything.
+      await waitFor(() => p.stats().endpoints.every((e) => e.state === "up" && e.latency_ms !== null));
+      await new Promise((r) => setTimeout(r, 200));
+      const rows = await p.query("g", "SELECT 1 AS ok");
+      assert.equal(rows[0].ok, 1);
+    } finally {
+      globalThis.removeEventListener("unhandledrejection", onUnhandled);
+    }
+    assert.deepEqual(unhandled, []);
+  });
+});
