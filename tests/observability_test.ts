@@ -1,5 +1,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { createServer, type AddressInfo } from "node:net";
 import { inspect } from "node:util";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
@@ -50,33 +51,44 @@ describe("observability", () => {
     assert.deepEqual(JSON.parse(JSON.stringify(s)), s);
   });
 
-  it("dispatches acquiretimeout and connectionerror events", async () => {
+  it("dispatches acquiretimeout, connectionerror and endpointdown events", async () => {
+    const closedPort = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, "127.0.0.1", () => {
+        const { port } = server.address() as AddressInfo;
+        server.close(() => resolve(port));
+      });
+    });
     await using p = new Pool({
-      db: cluster.endpoints(),
-      groups: { g: { connection_count: 1, endpoints: [0], acquire_timeout_ms: 50 } },
+      db: [...cluster.endpoints(), { ...cluster.endpoints()[0], port: closedPort }],
+      groups: {
+        g: { connection_count: 1, endpoints: [0], acquire_timeout_ms: 50 },
+        nowhere: { connection_count: 1, endpoints: [2] },
+      },
       application_name: "events",
+      health_check_interval_ms: 0, // probes on demand only: the refused connect comes from the query
     });
     const events: PoolEvent[] = [];
-    for (const type of ["acquiretimeout", "connectionerror"]) {
+    for (const type of ["acquiretimeout", "connectionerror", "endpointdown"]) {
       p.addEventListener(type, (e) => events.push(e as PoolEvent));
     }
     {
       using db = await p.acquire("g");
       await db.query("SELECT 1");
       await assert.rejects(p.acquire("g"), AcquireTimeoutError);
-      assert.equal(events[0].type, "acquiretimeout");
-      assert.equal(events[0].detail.group, "g");
-      const [{ pid }] = await db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
-      await assert.rejects(
-        Promise.all([db.query("SELECT pg_sleep(5)"), cluster.primary.query("SELECT pg_terminate_backend($1)", [pid])]),
-      );
+      const timeout = events.find((e) => e.type === "acquiretimeout");
+      assert.equal(timeout?.detail.group, "g");
     }
+    await assert.rejects(p.query("nowhere", "SELECT 1"), (err: Error & { code?: string }) => err.code === "ECONNREFUSED");
     const err = events.find((e) => e.type === "connectionerror");
     assert.ok(err, "connectionerror dispatched");
-    assert.equal(err.detail.group, "g");
-    assert.equal(err.detail.endpoint?.port, cluster.primary.port);
+    assert.equal(err.detail.group, "nowhere");
+    assert.equal(err.detail.endpoint?.port, closedPort);
+    assert.equal(err.detail.reason, "ECONNREFUSED");
+    const down = events.find((e) => e.type === "endpointdown");
+    assert.equal(down?.detail.endpoint?.port, closedPort);
     assert.equal(p.stats().groups.g.timeouts, 1);
-    assert.ok(p.stats().endpoints[0].errors >= 1);
+    assert.ok(p.stats().endpoints[2].errors >= 1);
+    assert.equal(p.stats().endpoints[2].state, "down");
   });
 
   it("survives idle connections dying with no unhandled rejection", async () => {
