@@ -204,6 +204,7 @@ export class Group {
     signal?: AbortSignal,
     timeoutMs?: number,
     after?: bigint,
+    onQueued?: (cancel: (reason: unknown) => void) => void,
   ): Promise<ServerConnection> {
     if (this.closed) throw new PoolClosedError();
     if (!this.#sem.tryAcquire()) {
@@ -212,7 +213,7 @@ export class Group {
       const started = performance.now();
       this.counters.waits++;
       try {
-        await this.#sem.wait(signal, limit);
+        await this.#sem.wait(signal, limit, onQueued);
       } catch (err) {
         if (err instanceof DOMException && err.name === "TimeoutError" && !signal?.aborted) {
           this.counters.timeouts++;

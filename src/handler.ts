@@ -100,7 +100,7 @@ export class Handler implements Disposable, AsyncDisposable {
   readonly #autocommit: boolean;
   #conn: ServerConnection | null = null;
   #pending: Promise<ServerConnection> | null = null;
-  #abort: AbortController | null = null;
+  #cancel: ((reason: unknown) => void) | null = null;
   #phase = FRESH;
   #released = false;
   #lost: TransactionLostError | null = null;
@@ -151,9 +151,6 @@ export class Handler implements Disposable, AsyncDisposable {
   }
 
   #wait(options: HandlerOptions | undefined): void {
-    const abort = new AbortController();
-    this.#abort = abort;
-    const signal = options?.signal ? AbortSignal.any([options.signal, abort.signal]) : abort.signal;
     let after: bigint | undefined;
     if (options?.after !== undefined) {
       after = parseLsn(options.after);
@@ -163,7 +160,12 @@ export class Handler implements Disposable, AsyncDisposable {
         );
       }
     }
-    const pending = this.#group.waitCheckout(signal, options?.timeout_ms, after).then((conn) => {
+    const pending = this.#group.waitCheckout(
+      options?.signal,
+      options?.timeout_ms,
+      after,
+      (cancel) => this.#cancel = cancel,
+    ).then((conn) => {
       this.#pending = null;
       if (this.#released) {
         this.#group.checkin(conn);
@@ -369,7 +371,7 @@ export class Handler implements Disposable, AsyncDisposable {
     this.#released = true;
     const conn = this.#conn;
     if (conn === null) {
-      this.#abort?.abort(this.#afterRelease());
+      this.#cancel?.(this.#afterRelease());
       return;
     }
     this.#conn = null;

@@ -103,8 +103,15 @@ export class Semaphore {
     });
   }
 
-  /** Like `acquire()` but resolves to nothing; the caller must call `release()` exactly once. */
-  wait(signal?: AbortSignal, timeoutMs?: number): Promise<void> {
+  /**
+   * Like `acquire()` but resolves to nothing; the caller must call `release()` exactly once.
+   * `onQueued` receives a function that withdraws the wait (cheaper than an `AbortSignal`).
+   */
+  wait(
+    signal?: AbortSignal,
+    timeoutMs?: number,
+    onQueued?: (cancel: (reason: unknown) => void) => void,
+  ): Promise<void> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.#free > 0) {
       this.#free--;
@@ -125,6 +132,7 @@ export class Semaphore {
       }
       this.#queue.push(waiter);
       this.#live++;
+      onQueued?.((reason) => this.#settle(waiter, reason));
       if (waiter.deadline < this.#timerAt) this.#arm(waiter.deadline);
     });
   }
