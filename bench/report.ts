@@ -83,6 +83,8 @@ export interface Report {
 export interface ReportOptions {
   /** Where the markdown links the chart; default `checkout.svg` (next to report.md). */
   chartPath?: string;
+  /** Only the header, the targets and the chart (for the project README). */
+  compact?: boolean;
 }
 
 interface TargetSpec {
@@ -243,12 +245,16 @@ function cell(text: string): string {
   return text.replaceAll("|", "\\|");
 }
 
-function targetCell(t: TargetCheck | undefined): string {
+function targetCell(t: TargetCheck | undefined, limit: number): string {
   if (t === undefined || !Number.isFinite(t.ratio)) return "n/a FAIL";
   const finite = t.rounds.filter(Number.isFinite);
   const [lo, hi] = [formatRatio(Math.min(...finite)), formatRatio(Math.max(...finite))];
   const range = lo === hi ? "" : ` (${lo}–${hi})`;
-  return `${formatRatio(t.ratio)}${range} ${t.pass ? "PASS" : "FAIL"}`;
+  // A ratio that rounds to the limit gets a third decimal, so the verdict is visible in it.
+  const shown = formatRatio(t.ratio) === formatRatio(limit)
+    ? `${t.ratio.toFixed(3)}x`
+    : formatRatio(t.ratio);
+  return `${shown}${range} ${t.pass ? "PASS" : "FAIL"}`;
 }
 
 function header(results: RuntimeResults[]): string[] {
@@ -263,10 +269,11 @@ function header(results: RuntimeResults[]): string[] {
     "",
     `Median of ${first.rounds} round(s); a round runs each runtime's whole suite in turn against ` +
     `one local primary + streaming replica. Ratios are taken per round between benches that ran ` +
-    `side by side, then the median (range) is shown. Load average (1 min) at start → end: ` +
-    `${m.loadavg_before.toFixed(2)} → ${m.loadavg_after.toFixed(2)}` +
-    (m.loadavg_before > m.cores / 2
-      ? ` — **the machine was busy with other work: treat figures as noisy**.`
+    `side by side, then the median (range) is shown. Load average (1 min) before the run: ` +
+    `${m.loadavg_before.toFixed(2)}, after: ${m.loadavg_after.toFixed(2)} (includes the ` +
+    `benchmark's own load, about ${m.cores} here at most)` +
+    (m.loadavg_before > m.cores / 2 || m.loadavg_after > 1.5 * m.cores
+      ? ` — **other work was running on the machine: treat figures as noisy**.`
       : "."),
   ];
 }
@@ -279,7 +286,7 @@ function targetsTable(results: RuntimeResults[], checks: TargetCheck[]): string[
   for (const spec of TARGETS) {
     const cells = results.map((r) => {
       const t = checks.find((c) => c.id === spec.id && c.runtime === runtimeLabel(r));
-      return cell(targetCell(t) + (t?.note ? ` (${t.note})` : ""));
+      return cell(targetCell(t, spec.limit) + (t?.note ? ` (${t.note})` : ""));
     });
     lines.push(`| ${cell(spec.label)} | ${spec.required} | ${cells.join(" | ")} |`);
   }
@@ -465,7 +472,7 @@ export function buildReport(results: RuntimeResults[], options: ReportOptions = 
   if (results.length === 0) throw new Error("buildReport: no results");
   const targets = results.flatMap(evaluateTargets);
   const chartPath = options.chartPath ?? "checkout.svg";
-  const md = [
+  const summary = [
     ...header(results),
     "",
     "### Targets",
@@ -473,14 +480,15 @@ export function buildReport(results: RuntimeResults[], options: ReportOptions = 
     ...targetsTable(results, targets),
     "",
     "Checkout baseline: postgres.js `reserve()` on a fresh, warmed client, its best case: " +
-    "`reserve()` slows down as a client ages (see the fairness notes). Throughput ratios are " +
-    "raw time / handler time at 10 connections each. Transaction: wall time per transaction " +
-    "(pgdbpool pipelines BEGIN with the statement: 2 round trips; `sql.begin()` takes 3).",
-    "",
-    "### Checkout latency",
+    "`reserve()` slows down as a client ages (see the fairness notes in bench/README.md). " +
+    "Throughput ratios are raw time / handler time at 10 connections each. Transaction: wall " +
+    "time per transaction (pgdbpool pipelines BEGIN with the statement: 2 round trips; " +
+    "`sql.begin()` takes 3).",
     "",
     `![Checkout + release latency per pool and runtime, log scale](${chartPath})`,
     "",
+  ];
+  const details = [
     "### All figures",
     "",
     "Time per iteration (median over rounds of the runner's average); batch groups show the " +
@@ -491,25 +499,34 @@ export function buildReport(results: RuntimeResults[], options: ReportOptions = 
     "",
     "### Contention: checkout waits",
     "",
-    "Wait from asking for a connection to holding it, 200 tasks over 10 connections (medians over rounds).",
+    "Wait from asking for a connection to holding it, 200 tasks over 10 connections (medians " +
+    "over rounds).",
     "",
     ...waitsTable(results),
     "",
   ];
+  const md = options.compact ? summary : [...summary, ...details];
   return { markdown: md.join("\n"), svg: renderChart(results), targets };
 }
 
 const START = "<!-- bench-report:start -->";
 const END = "<!-- bench-report:end -->";
 
+/** A markdown file with a generated section between the bench-report markers. */
+export interface ReadmeTarget {
+  path: string;
+  /** Chart link relative to that file. */
+  chartPath: string;
+  compact: boolean;
+}
+
 /**
  * Reads `deno.json` / `bun.json` from `dir` (whichever exist), writes `report.md` and
- * `checkout.svg` there, and refreshes the generated section of `readme` when it has the markers.
+ * `checkout.svg` there, and refreshes the generated section of each readme that has the
+ * markers (`<!-- bench-report:start -->` ... `<!-- bench-report:end -->`). By default: the
+ * full report in bench/README.md, a compact one in the project README if it opts in.
  */
-export function writeReport(
-  dir: string,
-  readme: string = join(dirname(dir), "README.md"),
-): Report {
+export function writeReport(dir: string, readmes: ReadmeTarget[] = defaultReadmes(dir)): Report {
   const results: RuntimeResults[] = [];
   for (const runtime of ["deno", "bun"]) {
     const file = join(dir, `${runtime}.json`);
@@ -518,16 +535,37 @@ export function writeReport(
   const report = buildReport(results);
   writeFileSync(join(dir, "report.md"), report.markdown);
   writeFileSync(join(dir, "checkout.svg"), report.svg);
-  if (existsSync(readme)) {
-    const text = readFileSync(readme, "utf8");
-    const a = text.indexOf(START);
-    const b = text.indexOf(END);
-    if (a !== -1 && b > a) {
-      const section = buildReport(results, { chartPath: "results/checkout.svg" }).markdown;
-      writeFileSync(readme, `${text.slice(0, a + START.length)}\n${section}\n${text.slice(b)}`);
-    }
+  for (const readme of readmes) {
+    if (!existsSync(readme.path)) continue;
+    const text = readFileSync(readme.path, "utf8");
+    const a = markerLine(text, START, 0);
+    const b = markerLine(text, END, a + 1);
+    if (a === -1 || b === -1) continue;
+    const section = buildReport(results, readme).markdown;
+    writeFileSync(readme.path, `${text.slice(0, a + START.length)}\n${section}\n${text.slice(b)}`);
   }
   return report;
+}
+
+/** Index of `marker` standing alone on a line (so prose may quote it), or -1. */
+function markerLine(text: string, marker: string, from: number): number {
+  for (let i = text.indexOf(marker, from); i !== -1; i = text.indexOf(marker, i + 1)) {
+    const end = i + marker.length;
+    if ((i === 0 || text[i - 1] === "\n") && (end === text.length || text[end] === "\n")) return i;
+  }
+  return -1;
+}
+
+function defaultReadmes(dir: string): ReadmeTarget[] {
+  const bench = dirname(dir);
+  return [
+    { path: join(bench, "README.md"), chartPath: "results/checkout.svg", compact: false },
+    {
+      path: join(dirname(bench), "README.md"),
+      chartPath: "bench/results/checkout.svg",
+      compact: true,
+    },
+  ];
 }
 
 if (import.meta.main) {

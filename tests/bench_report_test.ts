@@ -1,7 +1,9 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { buildReport, formatNs, type RuntimeResults } from "../bench/report.ts";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { buildReport, formatNs, type RuntimeResults, writeReport } from "../bench/report.ts";
 
 // Two runtimes: Deno with two rounds (so ratios have a range), Bun with one.
 const sample: RuntimeResults[] = JSON.parse(
@@ -94,6 +96,14 @@ describe("bench report", () => {
     );
   });
 
+  it("shows a third decimal when a ratio rounds to its limit", () => {
+    const close: RuntimeResults = structuredClone(sample[1]);
+    const key = Object.keys(close.extra).find((k) => k.endsWith(":: pgdbpool acquire()"))!;
+    close.extra[key] = [{ ...close.extra[key][0], wait_p99_ns: 10.04e6 }]; // pg-pool: 10 ms
+    const md = buildReport([close]).markdown;
+    assert.match(row(md, "contention: p99 checkout wait vs pg-pool"), /\| 1\.004x FAIL \|/);
+  });
+
   it("lists every figure with medians, baselines and implied throughput", () => {
     const md = report.markdown;
     assert.equal(
@@ -150,5 +160,37 @@ describe("bench report", () => {
     assert.equal(formatNs(1500), "1.50 µs");
     assert.equal(formatNs(40e6), "40.0 ms");
     assert.equal(formatNs(NaN), "n/a");
+  });
+});
+
+describe("bench report files", () => {
+  it("writes report.md and checkout.svg and refreshes only the marked README section", () => {
+    const dir = mkdtempSync(join(tmpdir(), "bench-report-test-"));
+    try {
+      writeFileSync(join(dir, "deno.json"), JSON.stringify(sample[0]));
+      writeFileSync(join(dir, "bun.json"), JSON.stringify(sample[1]));
+      const readme = join(dir, "README.md");
+      writeFileSync(
+        readme,
+        "# Title\n\nQuoted: `<!-- bench-report:start -->` and `<!-- bench-report:end -->`.\n\n" +
+          "<!-- bench-report:start -->\nold\n<!-- bench-report:end -->\n\n## After\n",
+      );
+      writeReport(dir, [{ path: readme, chartPath: "bench/results/checkout.svg", compact: true }]);
+      assert.match(readFileSync(join(dir, "report.md"), "utf8"), /### All figures/);
+      assert.match(readFileSync(join(dir, "checkout.svg"), "utf8"), /^<svg /);
+      const text = readFileSync(readme, "utf8");
+      assert.ok(
+        text.startsWith(
+          "# Title\n\nQuoted: `<!-- bench-report:start -->` and `<!-- bench-report:end -->`.\n\n" +
+            "<!-- bench-report:start -->\nMeasured ",
+        ),
+      );
+      assert.ok(text.endsWith("<!-- bench-report:end -->\n\n## After\n"));
+      assert.ok(!text.includes("old\n"));
+      assert.ok(text.includes("](bench/results/checkout.svg)"));
+      assert.ok(!text.includes("### All figures"), "compact section has no detail tables");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
