@@ -32,6 +32,7 @@ export const NAME = {
   pgPool: "pg-pool connect()+release()",
   floor: "array pop+push (floor)",
   handler: "pgdbpool handler",
+  oneShot: "pgdbpool pool.query",
   raw: "postgres.js",
   begin: "postgres.js sql.begin()",
   contentionOurs: "pgdbpool acquire()",

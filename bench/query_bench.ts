@@ -31,6 +31,11 @@ async function viaHandler(): Promise<void> {
   await db.query("SELECT 1");
 }
 
+// One-shot statements: pool.query pipelines onto busy connections like postgres.js does.
+async function viaPoolQuery(): Promise<void> {
+  await pool.query("q", "SELECT 1");
+}
+
 async function viaRaw(): Promise<void> {
   await sql.unsafe("SELECT 1", [], opts);
 }
@@ -46,6 +51,7 @@ for (const [group, count] of [[GROUP.c10, 10], [GROUP.c100, 100]] as const) {
   benchGroup([
     { group, name: NAME.raw, baseline: true, fn: async () => await callers(count, batch, viaRaw) },
     { group, name: NAME.handler, fn: async () => await callers(count, batch, viaHandler) },
+    { group, name: NAME.oneShot, fn: async () => await callers(count, batch, viaPoolQuery) },
   ]);
 }
 

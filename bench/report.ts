@@ -60,7 +60,7 @@ export interface RuntimeResults {
 
 /** One target of the issue, evaluated for one runtime. */
 export interface TargetCheck {
-  /** Stable identifier: checkout, seq, c10, c100, tx, p99. */
+  /** Stable identifier: checkout, seq, c10, c100, q10, q100, tx, p99. */
   id: string;
   runtime: string;
   /** Median over rounds of the per-round ratio; NaN when a bench is missing. */
@@ -122,6 +122,20 @@ const TARGETS: TargetSpec[] = [
   {
     id: "c100",
     label: "SELECT 1 throughput vs raw postgres.js, 100 callers",
+    required: ">= 0.97x",
+    better: "higher",
+    limit: 0.97,
+  },
+  {
+    id: "q10",
+    label: "SELECT 1 throughput via pool.query vs raw postgres.js, 10 callers",
+    required: ">= 0.97x",
+    better: "higher",
+    limit: 0.97,
+  },
+  {
+    id: "q100",
+    label: "SELECT 1 throughput via pool.query (pipelined) vs raw postgres.js, 100 callers",
     required: ">= 0.97x",
     better: "higher",
     limit: 0.97,
@@ -196,6 +210,11 @@ export function evaluateTargets(r: RuntimeResults): TargetCheck[] {
   for (const [id, group] of [["seq", GROUP.seq], ["c10", GROUP.c10], ["c100", GROUP.c100]]) {
     const rounds = perRound(avgs(find(r, group, NAME.raw)), avgs(find(r, group, NAME.handler)));
     out.push(check(spec(id), rt, rounds));
+  }
+  for (const [id, group] of [["q10", GROUP.c10], ["q100", GROUP.c100]]) {
+    const oneShot = find(r, group, NAME.oneShot);
+    if (oneShot === undefined) continue; // results from before pool.query was measured
+    out.push(check(spec(id), rt, perRound(avgs(find(r, group, NAME.raw)), avgs(oneShot))));
   }
 
   out.push(check(
