@@ -128,7 +128,7 @@ export class Endpoint {
 
   /**
    * Opens (lazily) a single-connection postgres.js client. One client per pooled connection:
-   * postgres.js's own multi-host and `reserve()` paths hang or misroute (see the notes).
+   * postgres.js's own multi-host and `reserve()` paths hang or misroute (see ARCHITECTURE.md).
    */
   client(hooks: ClientHooks): postgres.Sql {
     const s = this.#settings;
@@ -137,27 +137,26 @@ export class Endpoint {
     };
     if (s.queryTimeoutMs !== undefined) connection.statement_timeout = s.queryTimeoutMs;
     if (s.tmpBufferMb !== undefined) connection.temp_buffers = `${s.tmpBufferMb}MB`;
-    return postgres({
-      host: s.host,
-      port: s.port,
-      database: s.database,
-      username: s.user,
-      password: s.password(),
-      ssl: this.#ssl(),
-      max: 1,
-      connect_timeout: s.connectTimeoutS,
-      idle_timeout: 0,
-      max_lifetime: null,
+    return this.#open({
       prepare: s.prepare,
       connection,
       onclose: hooks.onclose,
       onnotice: hooks.onnotice,
       onparameter: hooks.onparameter,
-    } as postgres.Options<Record<string, postgres.PostgresType>>);
+    });
   }
 
-  /** The same server with `application_name` changed (health probes are told apart by it). */
+  /** A client for health probes, told apart on the server by its `application_name`. */
   probeClient(): postgres.Sql {
+    return this.#open({
+      prepare: false,
+      fetch_types: false,
+      connection: { application_name: `${this.#applicationName}/health` },
+      onnotice: () => {},
+    });
+  }
+
+  #open(extra: Partial<postgres.Options<Record<string, postgres.PostgresType>>>): postgres.Sql {
     const s = this.#settings;
     return postgres({
       host: s.host,
@@ -168,12 +167,10 @@ export class Endpoint {
       ssl: this.#ssl(),
       max: 1,
       connect_timeout: s.connectTimeoutS,
+      // The pool retires connections itself (max_lifetime_ms, idle_timeout_ms).
       idle_timeout: 0,
       max_lifetime: null,
-      prepare: false,
-      fetch_types: false,
-      connection: { application_name: `${this.#applicationName}/health` },
-      onnotice: () => {},
+      ...extra,
     } as postgres.Options<Record<string, postgres.PostgresType>>);
   }
 

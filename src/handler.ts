@@ -380,7 +380,7 @@ export class Handler implements Disposable, AsyncDisposable {
 
   async #prepare(): Promise<void> {
     const conn = this.#conn ?? await this.#connection();
-    await this.#validate(conn);
+    if (this.#stale(conn)) await this.#validate(conn);
     this.#phase = VALIDATED;
   }
 
