@@ -27,14 +27,8 @@ export { Pool } from "./src/pool.ts";
 export { Connection } from "./src/connection.ts";
 export { Handler, type HandlerOptions } from "./src/handler.ts";
 export type { Row, Rows, Sql } from "./src/rows.ts";
-export { Semaphore, type AcquireOptions } from "./src/semaphore.ts";
-export type {
-  EndpointConfig,
-  GroupConfig,
-  GroupRole,
-  PoolConfig,
-  SslMode,
-} from "./src/config.ts";
+export { type AcquireOptions, Semaphore } from "./src/semaphore.ts";
+export type { EndpointConfig, GroupConfig, GroupRole, PoolConfig, SslMode } from "./src/config.ts";
 export type { EndpointInfo, EndpointRole, EndpointState } from "./src/endpoint.ts";
 export {
   AcquireTimeoutError,

@@ -7,7 +7,11 @@ import { startCluster } from "../tests/harness/cluster.ts";
 import { Pool } from "../mod.ts";
 
 const cluster = await startCluster({ replicas: 1 });
-console.log(`PostgreSQL ${cluster.version}: primary :${cluster.primary.port}, replica :${cluster.replicas[0].port}`);
+console.log(
+  `PostgreSQL ${cluster.version}: primary :${cluster.primary.port}, replica :${
+    cluster.replicas[0].port
+  }`,
+);
 try {
   await using pool = new Pool({
     db: cluster.endpoints(),

@@ -304,9 +304,10 @@ function parseUrl(path: string, url: string): Record<string, unknown> {
   try {
     parsed = new URL(url);
   } catch {
-    throw new ConfigError(path, `must be a postgres:// URL or an endpoint object (got ${
-      show(redactUrl(url))
-    })`);
+    throw new ConfigError(
+      path,
+      `must be a postgres:// URL or an endpoint object (got ${show(redactUrl(url))})`,
+    );
   }
   if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
     throw new ConfigError(path, `must use the postgres:// scheme (got ${show(parsed.protocol)})`);
@@ -341,9 +342,10 @@ export function redactUrl(url: string): string {
 function resolveEndpoint(path: string, raw: unknown, index: number): ResolvedEndpoint {
   const value = typeof raw === "string" ? parseUrl(path, raw) : raw;
   if (!isRecord(value)) {
-    throw new ConfigError(path, `must be an endpoint object or a postgres:// URL (got ${
-      show(value)
-    })`);
+    throw new ConfigError(
+      path,
+      `must be an endpoint object or a postgres:// URL (got ${show(value)})`,
+    );
   }
   checkKeys(path, value, endpointKeys);
   const pass = value.pass;

@@ -175,7 +175,13 @@ export class Endpoint {
   }
 
   /** JSON form: identity and state, never credentials. */
-  toJSON(): { host: string; port: number; index: number; role: EndpointRole; state: EndpointState } {
+  toJSON(): {
+    host: string;
+    port: number;
+    index: number;
+    role: EndpointRole;
+    state: EndpointState;
+  } {
     return { ...this.info, role: this.role, state: this.state };
   }
 }

@@ -422,7 +422,9 @@ export class Group {
         else if (now > conn.retireAt) {
           this.#discard(conn);
           retired++;
-        } else if (idleLimit !== undefined && conn.lastUsed > 0 && now - conn.lastUsed > idleLimit) {
+        } else if (
+          idleLimit !== undefined && conn.lastUsed > 0 && now - conn.lastUsed > idleLimit
+        ) {
           this.#discard(conn);
         } else keep.push(conn);
       }

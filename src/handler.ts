@@ -43,7 +43,6 @@ export interface HandlerOptions {
   after?: string;
 }
 
-
 const FRESH = 0; // checked out, not yet validated, no statement sent
 const VALIDATED = 1; // validated by acquire(), no statement sent
 const USED = 2;
@@ -145,7 +144,8 @@ export class Handler implements Disposable, AsyncDisposable {
     const g = resolved ?? ((pool as GroupSource | undefined) ?? defaultPool())[groupLookup](group);
     this.#group = g;
     this.#autocommit = options?.autocommit ?? g.settings.autocommit;
-    const conn = given ?? (resolved === undefined && options?.after === undefined ? g.tryCheckout() : null);
+    const conn = given ??
+      (resolved === undefined && options?.after === undefined ? g.tryCheckout() : null);
     if (conn !== null) this.#conn = conn;
     else this.#wait(options);
   }
@@ -156,7 +156,9 @@ export class Handler implements Disposable, AsyncDisposable {
       after = parseLsn(options.after);
       if (after === undefined) {
         throw new TypeError(
-          `Handler option after must be a token from commit() (got ${JSON.stringify(options.after)})`,
+          `Handler option after must be a token from commit() (got ${
+            JSON.stringify(options.after)
+          })`,
         );
       }
     }
@@ -319,7 +321,9 @@ export class Handler implements Disposable, AsyncDisposable {
       throw this.#lose(conn, undefined, "COMMIT reached a new session, not the transaction's");
     }
     if (result.command === "ROLLBACK") throw new TransactionAbortedError(this.#group.name);
-    const token = lsn === undefined ? undefined : await lsn.then((r) => r[0]?.lsn ?? undefined, noop);
+    const token = lsn === undefined
+      ? undefined
+      : await lsn.then((r) => r[0]?.lsn ?? undefined, noop);
     if (typeof token === "string") {
       this.#token = token;
       this.#group.context.onToken(token);

@@ -19,7 +19,8 @@ export function route(
 ): Endpoint[] {
   const lagOk = (e: Endpoint) =>
     group.maxReplicaLagMs === undefined || e.lagMs <= group.maxReplicaLagMs;
-  const replicas = () => candidates.filter((e) => e.state === "up" && e.role === "replica" && lagOk(e));
+  const replicas = () =>
+    candidates.filter((e) => e.state === "up" && e.role === "replica" && lagOk(e));
   const primaryOnly = () => primary !== undefined && candidates.includes(primary) ? [primary] : [];
   switch (group.role) {
     case "primary":

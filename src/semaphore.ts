@@ -33,7 +33,6 @@ export interface AcquireOptions {
   timeout_ms?: number;
 }
 
-
 /**
  * A counting semaphore. A released permit goes straight to the oldest waiter, so a newcomer can
  * never overtake a queued caller (no barging). All waiters share one timer, armed for the
@@ -224,4 +223,3 @@ export class Semaphore {
     if (next !== Infinity && this.#live > 0) this.#arm(next);
   }
 }
-

@@ -88,7 +88,9 @@ export interface PoolStats {
 
 function lsnText(lsn: bigint | undefined): string | null {
   if (lsn === undefined) return null;
-  return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+  return `${(lsn >> 32n).toString(16).toUpperCase()}/${
+    (lsn & 0xffffffffn).toString(16).toUpperCase()
+  }`;
 }
 
 /** Collects the figures of `groups` and `endpoints`. */

@@ -156,7 +156,9 @@ export class Topology {
     }
     if (this.#closed) return;
     const rtt = endpoint.lastProbeAt - started;
-    endpoint.latencyMs = endpoint.latencyMs === undefined ? rtt : endpoint.latencyMs * 0.8 + rtt * 0.2;
+    endpoint.latencyMs = endpoint.latencyMs === undefined
+      ? rtt
+      : endpoint.latencyMs * 0.8 + rtt * 0.2;
     const lsn = parseLsn(row.lsn);
     endpoint.lsn = lsn;
     const now = performance.now();

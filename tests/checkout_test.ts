@@ -20,7 +20,11 @@ after(async () => {
   await cluster?.close();
 }, { timeout: 60_000 });
 
-function pool(name: string, extra: Record<string, unknown> = {}, group: Record<string, unknown> = {}): Pool {
+function pool(
+  name: string,
+  extra: Record<string, unknown> = {},
+  group: Record<string, unknown> = {},
+): Pool {
   return new Pool({
     db: cluster.endpoints(),
     groups: { g: { connection_count: 2, ...group } },
@@ -64,7 +68,15 @@ describe("checkout", () => {
     for (let i = 0; i < 4; i++) held.push(p.handler("g"));
     await Promise.all(held.map((db) => db.query("SELECT 1")));
     const perPort = held.map((db) => db.endpoint!.port).sort();
-    assert.deepEqual(perPort, [cluster.primary.port, cluster.primary.port, cluster.replicas[0].port, cluster.replicas[0].port].sort());
+    assert.deepEqual(
+      perPort,
+      [
+        cluster.primary.port,
+        cluster.primary.port,
+        cluster.replicas[0].port,
+        cluster.replicas[0].port,
+      ].sort(),
+    );
     held.forEach((db) => db.release());
   });
 
@@ -159,7 +171,10 @@ describe("checkout", () => {
   it("pipelines one-shot pool.query calls onto busy connections, without starving waiters", async () => {
     await using p = pool("pipelined", {}, { connection_count: 2, endpoints: [0] });
     const results = await Promise.all(
-      Array.from({ length: 100 }, (_, i) => p.query<{ n: number }>("g", "SELECT $1::int AS n", [i])),
+      Array.from(
+        { length: 100 },
+        (_, i) => p.query<{ n: number }>("g", "SELECT $1::int AS n", [i]),
+      ),
     );
     assert.deepEqual(results.map((r) => r[0].n), Array.from({ length: 100 }, (_, i) => i));
     assert.ok(p.stats().groups.g.open <= 2);
@@ -178,15 +193,26 @@ describe("checkout", () => {
   });
 
   it("keeps its capacity exact when shared connections die between bursts of one-shots", async () => {
-    await using p = pool("shared-kill", {}, { connection_count: 2, endpoints: [0], acquire_timeout_ms: 200 });
+    await using p = pool("shared-kill", {}, {
+      connection_count: 2,
+      endpoints: [0],
+      acquire_timeout_ms: 200,
+    });
     const burst = () =>
-      Promise.all(Array.from({ length: 60 }, (_, i) => p.query<{ n: number }>("g", "SELECT $1::int AS n", [i])));
+      Promise.all(
+        Array.from(
+          { length: 60 },
+          (_, i) => p.query<{ n: number }>("g", "SELECT $1::int AS n", [i]),
+        ),
+      );
     await burst();
     assert.equal(await cluster.countConnections({ applicationName: "shared-kill" }), 2);
     await cluster.primary.query(
       "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'shared-kill'",
     );
-    await waitFor(async () => (await cluster.countConnections({ applicationName: "shared-kill" })) === 0);
+    await waitFor(async () =>
+      (await cluster.countConnections({ applicationName: "shared-kill" })) === 0
+    );
     // Every one-shot of the next burst succeeds: dead shared connections are left, not reused.
     const rows = await burst();
     assert.deepEqual(rows.map((r) => r[0].n), Array.from({ length: 60 }, (_, i) => i));

@@ -85,7 +85,10 @@ describe("config validation", () => {
     });
     assert.ok(!inspect(pool, { depth: 10, showHidden: true }).includes(secret));
     configError(
-      { db: [`postgres://app:${secret}@db.example/app?pool=3`], groups: { g: { connection_count: 1 } } },
+      {
+        db: [`postgres://app:${secret}@db.example/app?pool=3`],
+        groups: { g: { connection_count: 1 } },
+      },
       "db[0]?pool",
       "is not a known URL parameter",
     );

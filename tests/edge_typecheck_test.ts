@@ -32,13 +32,20 @@ after(() => {
 });
 
 function check(file: string) {
-  return runCommand(denoBin(), ["check", "--config", config, file], { cwd: ROOT, timeoutMs: 150_000 });
+  return runCommand(denoBin(), ["check", "--config", config, file], {
+    cwd: ROOT,
+    timeoutMs: 150_000,
+  });
 }
 
 describe("edge entry", () => {
   it("type-checks with only the esnext and webworker libs", async () => {
     const r = await check(join(ROOT, "edge.ts"));
-    assert.equal(r.code, 0, `deno check edge.ts (lib: esnext, webworker) failed:\n${r.stdout}${r.stderr}`);
+    assert.equal(
+      r.code,
+      0,
+      `deno check edge.ts (lib: esnext, webworker) failed:\n${r.stdout}${r.stderr}`,
+    );
   });
 
   it("the same configuration rejects Deno, DOM, Node and Bun globals (control)", async () => {
@@ -60,7 +67,11 @@ describe("edge entry", () => {
     const out = r.stdout + r.stderr;
     assert.notEqual(r.code, 0, `the probe unexpectedly type-checked:\n${out}`);
     for (const name of ["Deno", "document", "process", "Buffer", "Bun"]) {
-      assert.match(out, new RegExp(`Cannot find name '${name}'`), `${name} should be unknown:\n${out}`);
+      assert.match(
+        out,
+        new RegExp(`Cannot find name '${name}'`),
+        `${name} should be unknown:\n${out}`,
+      );
     }
     // Only the probe's own lines fail: edge.ts and src/ are clean.
     assert.doesNotMatch(out, /at file:\/\/\S*\/(edge|mod)\.ts|at file:\/\/\S*\/src\//, out);

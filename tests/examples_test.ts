@@ -43,7 +43,11 @@ async function waitHealthy(svc: Service, base: string): Promise<void> {
 }
 
 /** Sends `count` concurrent requests over fresh connections; checks every answer. */
-async function burst(base: string, count: number, offset = 0): Promise<Array<Record<string, unknown>>> {
+async function burst(
+  base: string,
+  count: number,
+  offset = 0,
+): Promise<Array<Record<string, unknown>>> {
   const answers = await Promise.all(
     Array.from({ length: count }, (_, i) => getFresh(`${base}/query?n=${offset + i}`)),
   );
@@ -57,7 +61,12 @@ async function burst(base: string, count: number, offset = 0): Promise<Array<Rec
 }
 
 /** Bursts until answers came from `want` distinct values of `key` (isolates, processes). */
-async function spread(base: string, batch: number, key: string, want: number): Promise<Set<unknown>> {
+async function spread(
+  base: string,
+  batch: number,
+  key: string,
+  want: number,
+): Promise<Set<unknown>> {
   const seen = new Set<unknown>();
   let offset = 0;
   await waitFor(async () => {
@@ -82,8 +91,15 @@ describe("examples/deno_serve.ts (deno serve --parallel, a pool per isolate)", (
       const [port] = await freePorts(1);
       const base = `http://127.0.0.1:${port}`;
       const svc = start(`deno serve (${signal})`, denoBin(), [
-        "serve", "--parallel", "--host", "127.0.0.1", "--port", String(port),
-        "--allow-net", "--allow-env", "examples/deno_serve.ts",
+        "serve",
+        "--parallel",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        String(port),
+        "--allow-net",
+        "--allow-env",
+        "examples/deno_serve.ts",
       ], { DENO_JOBS: "2", PGDBPOOL_APP: app, PGDBPOOL_CONNECTIONS: "4" });
       await svc.waitForOutput(/(isolate \w+: ready[\s\S]*){2}/);
       await waitHealthy(svc, base);
@@ -91,7 +107,10 @@ describe("examples/deno_serve.ts (deno serve --parallel, a pool per isolate)", (
       // larger burst landing on one isolate would (correctly) get 503s.
       const isolates = await spread(base, 4, "isolate", 2);
       assert.equal(isolates.size, 2);
-      assert.ok((await cluster.countConnections({ applicationName: app })) > 0, "connections should be open");
+      assert.ok(
+        (await cluster.countConnections({ applicationName: app })) > 0,
+        "connections should be open",
+      );
 
       svc.kill(signal);
       const exit = await svc.waitExit(EXIT_DEADLINE_MS);
@@ -111,7 +130,10 @@ describe("examples/deno_threaded.ts (Deno.serve, one shared threaded pool)", () 
     it(`queues more concurrent requests than connections and stops on ${signal}`, async () => {
       const app = `ex_deno_threaded_${signal.toLowerCase()}`;
       const svc = start(`deno threaded (${signal})`, denoBin(), [
-        "run", "--allow-net", "--allow-env", "examples/deno_threaded.ts",
+        "run",
+        "--allow-net",
+        "--allow-env",
+        "examples/deno_threaded.ts",
       ], { PORT: "0", PGDBPOOL_APP: app, PGDBPOOL_CONNECTIONS: "3" });
       const [, base] = await svc.waitForOutput(/listening on (http:\/\/[\d.]+:\d+)\//);
       await waitHealthy(svc, base);
@@ -138,12 +160,17 @@ describe("examples/bun_serve.ts (Bun.serve with reusePort, two processes)", () =
       const [port] = await freePorts(1);
       const base = `http://127.0.0.1:${port}`;
       const env = { PORT: String(port), PGDBPOOL_APP: app, PGDBPOOL_CONNECTIONS: "3" };
-      const procs = [1, 2].map((i) => start(`bun serve #${i} (${signal})`, bunBin(), ["examples/bun_serve.ts"], env));
+      const procs = [1, 2].map((i) =>
+        start(`bun serve #${i} (${signal})`, bunBin(), ["examples/bun_serve.ts"], env)
+      );
       for (const p of procs) await p.waitForOutput(/process \d+ listening on/);
       await waitHealthy(procs[0], base);
       const pids = await spread(base, 12, "pid", 2);
       assert.deepEqual([...pids].sort(), procs.map((p) => p.child.pid).sort());
-      assert.ok((await cluster.countConnections({ applicationName: app })) > 0, "connections should be open");
+      assert.ok(
+        (await cluster.countConnections({ applicationName: app })) > 0,
+        "connections should be open",
+      );
 
       for (const p of procs) p.kill(signal);
       for (const p of procs) {

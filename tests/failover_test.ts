@@ -14,7 +14,9 @@ let cluster: PgCluster;
 
 before(async () => {
   cluster = await startCluster({ replicas: 2 });
-  await cluster.primary.query("CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz DEFAULT now())");
+  await cluster.primary.query(
+    "CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz DEFAULT now())",
+  );
   await cluster.waitForReplication();
 }, { timeout: 180_000 });
 
@@ -76,7 +78,9 @@ describe("failover", () => {
           `${Math.round(sincePromote)} ms after pg_ctl promote was called`,
       );
       assert.ok(failoverMs < 1000, `first write after ${Math.round(failoverMs)} ms`);
-      await waitFor(() => acked.length >= beforePromotion + 200, { message: "writes after the failover" });
+      await waitFor(() => acked.length >= beforePromotion + 200, {
+        message: "writes after the failover",
+      });
       running = false;
       await Promise.all(writers);
 
@@ -96,7 +100,8 @@ describe("failover", () => {
 
       // The old primary rejoins as a standby of the new one and is routed to as a replica.
       writeServerFile(join(oldPrimary.dataDir, "standby.signal"), "");
-      const conninfo = `host=${promoted.host} port=${promoted.port} user=${cluster.user} password=${cluster.password} application_name=rejoined`;
+      const conninfo =
+        `host=${promoted.host} port=${promoted.port} user=${cluster.user} password=${cluster.password} application_name=rejoined`;
       appendFileSync(
         join(oldPrimary.dataDir, "postgresql.auto.conf"),
         `primary_conninfo = '${conninfo}'\nrecovery_target_timeline = 'latest'\n`,

@@ -121,7 +121,10 @@ describe("Handler", () => {
   it("reports a commit that PostgreSQL turned into a rollback", async () => {
     using db = pool.handler("tx");
     await db.query("INSERT INTO items (v) VALUES ('aborted')");
-    await assert.rejects(db.query("SELECT 1/0"), (err: Error & { code: string }) => err.code === "22012");
+    await assert.rejects(
+      db.query("SELECT 1/0"),
+      (err: Error & { code: string }) => err.code === "22012",
+    );
     await assert.rejects(db.commit(), TransactionAbortedError);
     assert.ok(!(await values()).includes("aborted"));
   });
@@ -131,7 +134,10 @@ describe("Handler", () => {
     await db.query("INSERT INTO items (v) VALUES ('lost')");
     const [{ pid }] = await db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
     await cluster.primary.query("SELECT pg_terminate_backend($1)", [pid]);
-    await assert.rejects(db.query("INSERT INTO items (v) VALUES ('after-kill')"), TransactionLostError);
+    await assert.rejects(
+      db.query("INSERT INTO items (v) VALUES ('after-kill')"),
+      TransactionLostError,
+    );
     await assert.rejects(db.commit(), TransactionLostError);
     // Nothing of the lost transaction exists, and nothing ran on a replacement session.
     const v = await values();

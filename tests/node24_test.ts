@@ -28,18 +28,26 @@ before(async () => {
   pkgDir = join(dir, "node_modules", "@x", "pgdbpool");
   mkdirSync(pkgDir, { recursive: true });
   // The files `npm pack` would ship (scripts ignored: dist/ is built below, outside the repo).
-  const pack = await runCommand("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], { timeoutMs: 60_000 });
+  const pack = await runCommand("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], {
+    timeoutMs: 60_000,
+  });
   assert.equal(pack.code, 0, `npm pack --dry-run failed:\n${pack.stderr}`);
   const files: string[] = JSON.parse(pack.stdout)[0].files.map((f: { path: string }) => f.path);
   for (const file of files) {
     mkdirSync(dirname(join(pkgDir, file)), { recursive: true });
     cpSync(join(ROOT, file), join(pkgDir, file));
   }
-  const build = await runCommand(node, [join(ROOT, "scripts", "build_npm.mjs"), join(pkgDir, "dist")], { timeoutMs: 60_000 });
+  const build = await runCommand(node, [
+    join(ROOT, "scripts", "build_npm.mjs"),
+    join(pkgDir, "dist"),
+  ], { timeoutMs: 60_000 });
   assert.equal(build.code, 0, `build_npm.mjs failed:\n${build.stdout}${build.stderr}`);
   // The dependency, as npm would have installed it next to the package.
   symlinkSync(join(ROOT, "node_modules", "postgres"), join(dir, "node_modules", "postgres"), "dir");
-  writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
+  writeFileSync(
+    join(dir, "package.json"),
+    JSON.stringify({ name: "consumer", private: true, type: "module" }),
+  );
 }, { timeout: 120_000 });
 
 after(async () => {
@@ -88,12 +96,19 @@ describe("npm package under Node 24", () => {
     const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
     assert.match(out.node, /^v24\./);
     assert.ok(out.resolved.endsWith("/node_modules/@x/pgdbpool/dist/mod.js"), out.resolved);
-    assert.ok(out.edgeResolved.endsWith("/node_modules/@x/pgdbpool/dist/edge.js"), out.edgeResolved);
+    assert.ok(
+      out.edgeResolved.endsWith("/node_modules/@x/pgdbpool/dist/edge.js"),
+      out.edgeResolved,
+    );
     assert.equal(out.n, 42);
     assert.equal(out.port, cluster.primary.port);
     assert.deepEqual(out.rows, ["from-node"]);
     assert.equal(out.handler, true);
-    assert.equal(out.edgeSharesClasses, true, "mod and edge must share one chunk (instanceof across entries)");
+    assert.equal(
+      out.edgeSharesClasses,
+      true,
+      "mod and edge must share one chunk (instanceof across entries)",
+    );
     assert.equal(out.edgePoolIsPool, true);
     await waitFor(async () => (await cluster.countConnections({ applicationName: APP })) === 0, {
       timeoutMs: 10_000,
@@ -103,7 +118,11 @@ describe("npm package under Node 24", () => {
 
   it("needs the build: Node does not strip types of .ts files inside node_modules", async () => {
     // Why package.json's "default" condition points at dist/ and not at mod.ts.
-    const r = await runCommand(node, ["--input-type=module", "-e", `await import(${JSON.stringify(join(pkgDir, "mod.ts"))})`], {
+    const r = await runCommand(node, [
+      "--input-type=module",
+      "-e",
+      `await import(${JSON.stringify(join(pkgDir, "mod.ts"))})`,
+    ], {
       cwd: dir,
       timeoutMs: 30_000,
     });

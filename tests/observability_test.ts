@@ -1,6 +1,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, type AddressInfo } from "node:net";
+import { type AddressInfo, createServer } from "node:net";
 import { inspect } from "node:util";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
@@ -31,7 +31,12 @@ describe("observability", () => {
     await waitFor(() => p.stats().groups.g.waiting === 1);
     let s = p.stats();
     assert.deepEqual(
-      { size: s.groups.g.size, open: s.groups.g.open, busy: s.groups.g.busy, idle: s.groups.g.idle },
+      {
+        size: s.groups.g.size,
+        open: s.groups.g.open,
+        busy: s.groups.g.busy,
+        idle: s.groups.g.idle,
+      },
       { size: 2, open: 2, busy: 2, idle: 0 },
     );
     await new Promise((r) => setTimeout(r, 30));
@@ -46,7 +51,8 @@ describe("observability", () => {
     assert.equal(s.groups.g.wait_ms.p50, 0);
     assert.equal(s.endpoints.length, 2);
     assert.equal(s.endpoints.reduce((n, e) => n + e.connections, 0), 2);
-    const text = JSON.stringify(s) + inspect(s, { depth: 10 }) + inspect(p, { depth: 10, showHidden: true });
+    const text = JSON.stringify(s) + inspect(s, { depth: 10 }) +
+      inspect(p, { depth: 10, showHidden: true });
     assert.ok(!text.includes(cluster.password), "stats or inspect output leaks the password");
     assert.deepEqual(JSON.parse(JSON.stringify(s)), s);
   });
@@ -81,7 +87,8 @@ describe("observability", () => {
     // The refused connect is retried once; by then the endpoint is down, so the caller is told so.
     await assert.rejects(
       p.query("nowhere", "SELECT 1"),
-      (err: Error & { code?: string }) => err instanceof NoEndpointAvailableError || err.code === "ECONNREFUSED",
+      (err: Error & { code?: string }) =>
+        err instanceof NoEndpointAvailableError || err.code === "ECONNREFUSED",
     );
     const err = events.find((e) => e.type === "connectionerror");
     assert.ok(err, "connectionerror dispatched");
@@ -115,9 +122,13 @@ describe("observability", () => {
           "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'idle-deaths%'",
         );
       }
-      await waitFor(async () => (await cluster.countConnections({ applicationName: "idle-deaths" })) === 0);
+      await waitFor(async () =>
+        (await cluster.countConnections({ applicationName: "idle-deaths" })) === 0
+      );
       // Probes reconnect; give the event loop a few probe periods to surface anything.
-      await waitFor(() => p.stats().endpoints.every((e) => e.state === "up" && e.latency_ms !== null));
+      await waitFor(() =>
+        p.stats().endpoints.every((e) => e.state === "up" && e.latency_ms !== null)
+      );
       await new Promise((r) => setTimeout(r, 200));
       const rows = await p.query("g", "SELECT 1 AS ok");
       assert.equal(rows[0].ok, 1);

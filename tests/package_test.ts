@@ -42,7 +42,10 @@ describe("package metadata", () => {
       assert.doesNotMatch(pattern, FORBIDDEN, `publish.include must not list ${pattern}`);
       assert.notEqual(pattern, ".", "publish.include must not list the whole directory");
     }
-    assert.match(readFileSync(join(ROOT, "LICENSE"), "utf8"), /MIT License[\s\S]*Copyright \(c\) 2026 pgdbpool authors/);
+    assert.match(
+      readFileSync(join(ROOT, "LICENSE"), "utf8"),
+      /MIT License[\s\S]*Copyright \(c\) 2026 pgdbpool authors/,
+    );
   });
 
   it("package.json agrees with deno.json", () => {
@@ -52,13 +55,21 @@ describe("package metadata", () => {
     assert.deepEqual(Object.keys(pkg.exports).sort(), Object.keys(deno.exports).sort());
     for (const [key, source] of Object.entries(deno.exports)) {
       const entry = pkg.exports[key];
-      assert.equal(typeof entry, "object", `package.json exports["${key}"] must be a condition map`);
+      assert.equal(
+        typeof entry,
+        "object",
+        `package.json exports["${key}"] must be a condition map`,
+      );
       // Types and Bun use the TypeScript source JSR publishes; everything else the built file.
       assert.equal(entry.types, source, `exports["${key}"].types`);
       assert.equal(entry.bun, source, `exports["${key}"].bun`);
       const built = `./dist/${(source as string).replace(/^\.\//, "").replace(/\.ts$/, ".js")}`;
       assert.equal(entry.default, built, `exports["${key}"].default`);
-      assert.equal(Object.keys(entry).at(-1), "default", `exports["${key}"]: "default" must come last`);
+      assert.equal(
+        Object.keys(entry).at(-1),
+        "default",
+        `exports["${key}"]: "default" must come last`,
+      );
     }
     for (const file of pkg.files as string[]) {
       assert.doesNotMatch(file, FORBIDDEN, `package.json files must not list ${file}`);
@@ -70,14 +81,18 @@ describe("package metadata", () => {
 describe("JSR publishing", () => {
   it("deno publish --dry-run passes with no slow types and no escape hatch", async () => {
     // --allow-dirty only skips the git-clean check (the working tree is dirty during development).
-    const r = await runCommand(denoBin(), ["publish", "--dry-run", "--allow-dirty"], { timeoutMs: 150_000 });
+    const r = await runCommand(denoBin(), ["publish", "--dry-run", "--allow-dirty"], {
+      timeoutMs: 150_000,
+    });
     const out = r.stdout + r.stderr;
     assert.equal(r.code, 0, `deno publish --dry-run failed:\n${out}`);
     assert.match(out, /Success Dry run complete/);
     // The slow-type check ran and found nothing; no diagnostics (errors or warnings) at all.
     assert.match(out, /Checking for slow types in the public API/);
     assert.doesNotMatch(out, /^\s*(error|warning)\[/m);
-    const published = [...out.matchAll(/^\s+file:\/\/(\S+) \(/gm)].map((m) => m[1].slice(ROOT.length + 1));
+    const published = [...out.matchAll(/^\s+file:\/\/(\S+) \(/gm)].map((m) =>
+      m[1].slice(ROOT.length + 1)
+    );
     assert.ok(published.length > 0, `no file list in:\n${out}`);
     for (const entry of ["mod.ts", "edge.ts", "LICENSE"]) {
       assert.ok(published.includes(entry), `${entry} is not published: ${published.join(", ")}`);
@@ -112,10 +127,13 @@ describe("JSR publishing", () => {
       }
     }
     const missing: string[] = [];
-    const hasExample = (jsDoc: Json) => jsDoc?.tags?.some((t: Json) => t.kind === "example") ?? false;
+    const hasExample = (jsDoc: Json) =>
+      jsDoc?.tags?.some((t: Json) => t.kind === "example") ?? false;
     for (const [specifier, m] of modules) {
       const file = specifier.slice(specifier.lastIndexOf("/") + 1);
-      if (!m.module_doc?.doc || !hasExample(m.module_doc)) missing.push(`${file} (no module doc with @example)`);
+      if (!m.module_doc?.doc || !hasExample(m.module_doc)) {
+        missing.push(`${file} (no module doc with @example)`);
+      }
       for (const s of m.symbols) {
         // Re-exports ("reference" declarations) are judged by their definition.
         const decls = s.declarations.some((d: Json) => d.kind !== "reference")
@@ -123,7 +141,9 @@ describe("JSR publishing", () => {
           : defined.get(s.name) ?? s.declarations;
         // Named once, by symbol (edge.ts re-exports mod.ts).
         if (!decls.some((d: Json) => d.jsDoc?.doc)) missing.push(`${s.name} (no doc comment)`);
-        else if (!decls.some((d: Json) => hasExample(d.jsDoc))) missing.push(`${s.name} (no @example)`);
+        else if (!decls.some((d: Json) => hasExample(d.jsDoc))) {
+          missing.push(`${s.name} (no @example)`);
+        }
       }
     }
     assert.deepEqual([...new Set(missing)], [], "exports without a documented @example");

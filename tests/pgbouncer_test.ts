@@ -76,13 +76,26 @@ admin_users = ${cluster.user}
   );
   const u = serverUser();
   const [cmd, args] = u
-    ? ["setpriv", [`--reuid=${u.uid}`, `--regid=${u.gid}`, "--clear-groups", bin, join(dir, "pgbouncer.ini")]]
+    ? ["setpriv", [
+      `--reuid=${u.uid}`,
+      `--regid=${u.gid}`,
+      "--clear-groups",
+      bin,
+      join(dir, "pgbouncer.ini"),
+    ]]
     : [bin, [join(dir, "pgbouncer.ini")]];
   bouncer = new Service("pgbouncer", cmd, args, { cwd: dir });
   await bouncer.waitForOutput(/listening on 127\.0\.0\.1:\d+/, 15_000);
 
   pool = new Pool({
-    db: { host: "127.0.0.1", port: bouncerPort, name: cluster.database, user: cluster.user, pass: cluster.password, prepare: false },
+    db: {
+      host: "127.0.0.1",
+      port: bouncerPort,
+      name: cluster.database,
+      user: cluster.user,
+      pass: cluster.password,
+      prepare: false,
+    },
     groups: {
       auto: { connection_count: 12 },
       tx: { connection_count: 6, autocommit: false },
@@ -127,7 +140,9 @@ const serverConnections = () => cluster.countConnections();
 
 describe("behind PgBouncer (transaction mode, prepare: false)", () => {
   it("connects through PgBouncer", async () => {
-    const [row] = await pool!.query("auto", "SELECT inet_server_port() AS port, $1::text AS s", ["hello"]);
+    const [row] = await pool!.query("auto", "SELECT inet_server_port() AS port, $1::text AS s", [
+      "hello",
+    ]);
     assert.equal(row.port, cluster.primary.port);
     assert.equal(row.s, "hello");
   });
@@ -147,7 +162,12 @@ describe("behind PgBouncer (transaction mode, prepare: false)", () => {
             "SELECT $1::int AS a, $2::text AS b, $3::bool AS c, ($4::text)::jsonb ->> 'k' AS d",
             [h * 1000 + r, `h${h}r${r}`, r % 2 === 0, JSON.stringify({ k: `v${r}` })],
           );
-          assert.deepEqual({ ...rows[0] }, { a: h * 1000 + r, b: `h${h}r${r}`, c: r % 2 === 0, d: `v${r}` });
+          assert.deepEqual({ ...rows[0] }, {
+            a: h * 1000 + r,
+            b: `h${h}r${r}`,
+            c: r % 2 === 0,
+            d: `v${r}`,
+          });
           seen.push(rows[0].b);
         }
         return seen.length;
@@ -155,14 +175,20 @@ describe("behind PgBouncer (transaction mode, prepare: false)", () => {
     );
     assert.deepEqual(results, Array(handlers).fill(rounds));
     const n = await serverConnections();
-    assert.ok(n <= POOL_SIZE, `PgBouncer should hold at most ${POOL_SIZE} server connections, saw ${n}`);
+    assert.ok(
+      n <= POOL_SIZE,
+      `PgBouncer should hold at most ${POOL_SIZE} server connections, saw ${n}`,
+    );
   });
 
   it("commits and rolls back transactions (autocommit: false)", async () => {
     {
       await using db = pool!.handler("tx");
       await db.query("INSERT INTO bounced (v) VALUES ($1)", ["committed"]);
-      const [{ n }] = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM bounced WHERE v = $1", ["committed"]);
+      const [{ n }] = await db.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM bounced WHERE v = $1",
+        ["committed"],
+      );
       assert.equal(n, 1, "the transaction sees its own row");
       await db.commit();
     }
@@ -186,7 +212,10 @@ describe("behind PgBouncer (transaction mode, prepare: false)", () => {
       pool!.transaction("tx", async (db) => {
         await db.query("INSERT INTO bounced (v) VALUES ($1)", [v]);
         // A statement later in the same transaction still sees the row: same server session.
-        const [{ n }] = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM bounced WHERE v = $1", [v]);
+        const [{ n }] = await db.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM bounced WHERE v = $1",
+          [v],
+        );
         assert.equal(n, 1);
         if (i % 2 === 1) throw new Error(`rollback ${v}`);
       }).catch((err) => {
@@ -198,7 +227,10 @@ describe("behind PgBouncer (transaction mode, prepare: false)", () => {
   });
 
   it("closes every client connection to PgBouncer on pool.close()", async () => {
-    assert.ok((await bouncerClients()) > 0, "the pool's connections should show up in SHOW CLIENTS");
+    assert.ok(
+      (await bouncerClients()) > 0,
+      "the pool's connections should show up in SHOW CLIENTS",
+    );
     await pool!.close();
     await waitFor(async () => (await bouncerClients()) === 0, {
       timeoutMs: 10_000,

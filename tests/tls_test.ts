@@ -29,7 +29,9 @@ function endpoint(extra: Partial<EndpointConfig>): EndpointConfig {
 }
 
 /** Opens a pool on one endpoint, reports whether its session uses TLS, closes the pool. */
-async function sessionSsl(db: EndpointConfig | string): Promise<{ ssl: boolean; version: string | null }> {
+async function sessionSsl(
+  db: EndpointConfig | string,
+): Promise<{ ssl: boolean; version: string | null }> {
   const pool = new Pool({ db, groups: { g: { connection_count: 1 } }, application_name: APP });
   try {
     const [row] = await pool.query<{ ssl: boolean; version: string | null }>(
@@ -61,10 +63,15 @@ describe("TLS modes", () => {
   });
 
   it('"verify-full" with ssl_root_cert verifies the chain and the host name', async () => {
-    assert.equal((await sessionSsl(endpoint({ ssl: "verify-full", ssl_root_cert: rootCert }))).ssl, true);
+    assert.equal(
+      (await sessionSsl(endpoint({ ssl: "verify-full", ssl_root_cert: rootCert }))).ssl,
+      true,
+    );
     // The certificate names DNS:localhost too.
     assert.equal(
-      (await sessionSsl(endpoint({ host: "localhost", ssl: "verify-full", ssl_root_cert: rootCert }))).ssl,
+      (await sessionSsl(
+        endpoint({ host: "localhost", ssl: "verify-full", ssl_root_cert: rootCert }),
+      )).ssl,
       true,
     );
   });
@@ -84,8 +91,14 @@ describe("TLS modes", () => {
     });
     try {
       await assert.rejects(pool.query("g", "SELECT 1"), (err: Error & { code?: string }) => {
-        const text = `${err.name} ${err.message} ${err.code ?? ""} ${err.stack ?? ""} ${JSON.stringify(err)}`;
-        assert.match(text, /certificate|self[- ]signed|DEPTH_ZERO_SELF_SIGNED_CERT|UNABLE_TO_VERIFY/i, text);
+        const text = `${err.name} ${err.message} ${err.code ?? ""} ${err.stack ?? ""} ${
+          JSON.stringify(err)
+        }`;
+        assert.match(
+          text,
+          /certificate|self[- ]signed|DEPTH_ZERO_SELF_SIGNED_CERT|UNABLE_TO_VERIFY/i,
+          text,
+        );
         assert.ok(!text.includes(cluster.password), `the error shows the password: ${text}`);
         const cause = (err as { cause?: unknown }).cause;
         if (cause !== undefined) assert.ok(!String(cause).includes(cluster.password));

@@ -41,7 +41,9 @@ const replicaPorts = () => cluster.replicas.map((r) => r.port).sort();
 
 describe("roles and routing", () => {
   it("detects roles without configuration", async () => {
-    await using p = pool("roles", { any: { connection_count: 3 } }, { health_check_interval_ms: 0 });
+    await using p = pool("roles", { any: { connection_count: 3 } }, {
+      health_check_interval_ms: 0,
+    });
     await p.refresh();
     assert.deepEqual(
       p.stats().endpoints.map((e) => [e.port, e.role, e.state]),
@@ -88,7 +90,10 @@ describe("roles and routing", () => {
     await portOf(p, "read");
     const downs: string[] = [];
     const ups: number[] = [];
-    p.addEventListener("endpointdown", (e) => downs.push(String((e as PoolEvent).detail.endpoint?.port)));
+    p.addEventListener(
+      "endpointdown",
+      (e) => downs.push(String((e as PoolEvent).detail.endpoint?.port)),
+    );
     p.addEventListener("endpointup", (e) => ups.push((e as PoolEvent).detail.endpoint!.port));
     await Promise.all(cluster.replicas.map((r) => r.stop("fast")));
     try {
@@ -132,12 +137,16 @@ describe("roles and routing", () => {
 describe("stale connections", () => {
   it("after 1000 killed backends the next 1000 checkouts see zero errors", async () => {
     const size = 50;
-    await using p = pool("killed", { any: { connection_count: size } }, { validate_after_ms: 60_000 });
+    await using p = pool("killed", { any: { connection_count: size } }, {
+      validate_after_ms: 60_000,
+    });
     let killed = 0;
     let errors = 0;
     let checkouts = 0;
     while (killed < 1000 || checkouts < 1000) {
-      await Promise.all(Array.from({ length: size }, () => p.query("any", "SELECT pg_sleep(0.001)")));
+      await Promise.all(
+        Array.from({ length: size }, () => p.query("any", "SELECT pg_sleep(0.001)")),
+      );
       for (const server of cluster.servers) {
         const rows = await server.query(
           "SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = 'killed'",
@@ -158,7 +167,9 @@ describe("stale connections", () => {
 
 describe("replica lag", () => {
   it("excludes a replica whose replay is paused beyond max_replica_lag_ms", async () => {
-    await using p = pool("lag", { read: { connection_count: 4, role: "replica", max_replica_lag_ms: 300 } });
+    await using p = pool("lag", {
+      read: { connection_count: 4, role: "replica", max_replica_lag_ms: 300 },
+    });
     const lagging = cluster.replicas[0];
     await portOf(p, "read"); // the pool is lazy: the first checkout starts its probes
     await lagging.query("SELECT pg_wal_replay_pause()");
@@ -171,7 +182,9 @@ describe("replica lag", () => {
         await waitFor(() => p.stats().endpoints[1].lag_ms > 300, {
           message: "lag of the paused replica seen by the pool",
         });
-        for (let i = 0; i < 10; i++) assert.equal(await portOf(p, "read"), cluster.replicas[1].port);
+        for (let i = 0; i < 10; i++) {
+          assert.equal(await portOf(p, "read"), cluster.replicas[1].port);
+        }
       } finally {
         clearInterval(writer);
       }
@@ -203,7 +216,9 @@ describe("read-your-writes", () => {
       assert.equal(p.token, token);
       for (let i = 0; i < 4; i++) {
         await using db = p.handler("read", { after: token });
-        const rows = await db.query("SELECT inet_server_port() AS port, count(*)::int AS n FROM notes WHERE v = 'ryw-1'");
+        const rows = await db.query(
+          "SELECT inet_server_port() AS port, count(*)::int AS n FROM notes WHERE v = 'ryw-1'",
+        );
         assert.equal(rows[0].n, 1, "the write is visible");
         assert.equal(rows[0].port, cluster.replicas[1].port, "never the paused replica");
       }
@@ -215,7 +230,9 @@ describe("read-your-writes", () => {
         assert.notEqual(token2, token);
         const started = performance.now();
         await using db = p.handler("read", { after: token2 });
-        const rows = await db.query("SELECT inet_server_port() AS port, count(*)::int AS n FROM notes WHERE v = 'ryw-2'");
+        const rows = await db.query(
+          "SELECT inet_server_port() AS port, count(*)::int AS n FROM notes WHERE v = 'ryw-2'",
+        );
         assert.equal(rows[0].port, cluster.primary.port, "falls back to the primary");
         assert.equal(rows[0].n, 1);
         assert.ok(performance.now() - started >= 250, "waited for a replica first");
@@ -229,13 +246,18 @@ describe("read-your-writes", () => {
 
   it("rejects a malformed token", async () => {
     await using p = pool("ryw-bad", { read: { connection_count: 1 } });
-    assert.throws(() => p.handler("read", { after: "yesterday" }), /after must be a token .*"yesterday"/);
+    assert.throws(
+      () => p.handler("read", { after: "yesterday" }),
+      /after must be a token .*"yesterday"/,
+    );
   });
 });
 
 describe("connection upkeep", () => {
   it("closes connections idle longer than idle_timeout_ms", async () => {
-    await using p = pool("idle", { g: { connection_count: 2, endpoints: [0], idle_timeout_ms: 200 } });
+    await using p = pool("idle", {
+      g: { connection_count: 2, endpoints: [0], idle_timeout_ms: 200 },
+    });
     await Promise.all([p.query("g", "SELECT 1"), p.query("g", "SELECT 1")]);
     assert.equal(p.stats().groups.g.open, 2);
     await waitFor(async () => (await cluster.countConnections({ applicationName: "idle" })) === 0, {
@@ -245,15 +267,18 @@ describe("connection upkeep", () => {
   });
 
   it("retires connections after max_lifetime_ms with a warm replacement", async () => {
-    await using p = pool("lifetime", { g: { connection_count: 1, endpoints: [0], max_lifetime_ms: 300 } });
-    const pid = async () => (await p.query<{ pid: number }>("g", "SELECT pg_backend_pid() AS pid"))[0].pid;
+    await using p = pool("lifetime", {
+      g: { connection_count: 1, endpoints: [0], max_lifetime_ms: 300 },
+    });
+    const pid = async () =>
+      (await p.query<{ pid: number }>("g", "SELECT pg_backend_pid() AS pid"))[0].pid;
     const first = await pid();
     await waitFor(async () => {
       const s = p.stats().groups.g;
       return s.idle === 1 && (await cluster.primary.query(
-        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'lifetime' AND pid <> $1",
-        [first],
-      ))[0].n === 1;
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'lifetime' AND pid <> $1",
+            [first],
+          ))[0].n === 1;
     }, { message: "a replacement connection opened in the background" });
     assert.notEqual(await pid(), first);
   });
@@ -264,7 +289,12 @@ describe("hung hosts", () => {
     const proxies = await Promise.all(cluster.servers.slice(0, 2).map((s) => startProxy(s)));
     try {
       await using p = new Pool({
-        db: proxies.map((x) => ({ ...cluster.endpoints()[0], host: x.host, port: x.port, connect_timeout: 1 })),
+        db: proxies.map((x) => ({
+          ...cluster.endpoints()[0],
+          host: x.host,
+          port: x.port,
+          connect_timeout: 1,
+        })),
         groups: { g: { connection_count: 2 } },
         health_check_interval_ms: 100,
         validate_after_ms: 0,

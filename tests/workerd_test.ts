@@ -70,7 +70,12 @@ before(async () => {
   const [port] = await freePorts(1);
   base = `http://127.0.0.1:${port}`;
   writeFileSync(join(dir, "config.capnp"), capnpConfig(port, cluster.endpoints()), { mode: 0o600 });
-  workerd = new Service("workerd", workerdBin(), ["serve", join(dir, "config.capnp"), "--verbose"], { cwd: dir });
+  workerd = new Service(
+    "workerd",
+    workerdBin(),
+    ["serve", join(dir, "config.capnp"), "--verbose"],
+    { cwd: dir },
+  );
   await waitFor(async () => (await http(`${base}/`, { timeoutMs: 2000 })).status === 404, {
     timeoutMs: 30_000,
     message: `workerd answering on ${base}`,
@@ -90,7 +95,11 @@ after(async () => {
 
 async function get(path: string): Promise<Record<string, unknown>> {
   const res = await http(`${base}${path}`, { timeoutMs: 20_000 });
-  assert.equal(res.status, 200, `GET ${path} -> ${res.status} ${res.body}\n--- workerd output ---\n${workerd?.output}`);
+  assert.equal(
+    res.status,
+    200,
+    `GET ${path} -> ${res.status} ${res.body}\n--- workerd output ---\n${workerd?.output}`,
+  );
   return JSON.parse(res.body);
 }
 
@@ -124,7 +133,9 @@ describe("edge entry in workerd", () => {
   });
 
   it("reports PostgreSQL errors without leaking the password", async () => {
-    await cluster.primary.query("ALTER TABLE worker_items ADD CONSTRAINT short_v CHECK (length(v) < 20)");
+    await cluster.primary.query(
+      "ALTER TABLE worker_items ADD CONSTRAINT short_v CHECK (length(v) < 20)",
+    );
     try {
       const res = await http(`${base}/write?v=${"x".repeat(30)}`, { timeoutMs: 20_000 });
       assert.equal(res.status, 500);
