@@ -77,7 +77,8 @@ out.port = row.port;
 }
 out.rows = (await pool.query("auto", "SELECT v FROM node_items")).map((r) => r.v);
 out.handler = pool.handler("auto") instanceof Handler;
-out.edgeSharesClasses = edge.PoolError === PoolError && edge.Handler === Handler && edge.Connection === Connection;
+out.edgeSharesClasses = edge.PoolError === PoolError && edge.Handler === Handler &&
+  Object.getPrototypeOf(edge.Connection) === Connection;
 out.edgePoolIsPool = new edge.Pool({ db: JSON.parse(process.env.PGDBPOOL_DB), groups: { g: { connection_count: 1 } } }) instanceof Pool;
 await pool.close();
 await assert.rejects(pool.query("auto", "SELECT 1"), PoolClosedError);
