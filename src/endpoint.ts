@@ -81,6 +81,8 @@ export class Endpoint {
   state: EndpointState = "up";
   /** Connection-level errors seen on this endpoint. */
   errors = 0;
+  /** Why the endpoint was last marked down (an error code or message, never credentials). */
+  lastError: string | undefined;
   /** Consecutive failed probes or connects; drives the back-off. */
   failures = 0;
   /** While down: when the next (single, half-open) probe may run. */

@@ -241,8 +241,10 @@ export class Group {
     await topology.refresh();
     if (this.closed) throw new PoolClosedError();
     if (this.#members.length > 0) return;
-    const states = this.#all.map((m) =>
-      `${m.endpoint.info.host}:${m.endpoint.info.port} ${m.endpoint.state} ${m.endpoint.role}`
+    const states = this.#all.map(({ endpoint: e }) =>
+      `${e.info.host}:${e.info.port} ${e.state} ${e.role}${
+        e.state === "down" && e.lastError ? ` (${e.lastError})` : ""
+      }`
     );
     throw new NoEndpointAvailableError(
       this.name,

@@ -46,16 +46,24 @@ function codeOf(err: unknown): string | undefined {
   return typeof code === "string" ? code : undefined;
 }
 
+// TLS handshake failures (untrusted or mismatched certificate, protocol errors): the session
+// never started, so nothing ran.
+function isTlsCode(code: string): boolean {
+  return code.includes("CERT") || code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL");
+}
+
 /** True when `err` means the server connection is unusable (lost, refused, terminated). */
 export function isConnectionError(err: unknown): boolean {
   const code = codeOf(err);
-  return code !== undefined && (connectionCodes.has(code) || code.startsWith("08"));
+  return code !== undefined &&
+    (connectionCodes.has(code) || code.startsWith("08") || isTlsCode(code));
 }
 
 /** True when `err` proves the statement was never executed (connect failure or terminated backend). */
 export function isNotExecuted(err: unknown): boolean {
   const code = codeOf(err);
-  return code !== undefined && (notExecutedCodes.has(code) || code === "08001" || code === "08004");
+  return code !== undefined &&
+    (notExecutedCodes.has(code) || code === "08001" || code === "08004" || isTlsCode(code));
 }
 
 /** True when a write reached a read-only server (a replica, or a demoted primary). */

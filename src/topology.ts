@@ -246,6 +246,7 @@ export class Topology {
   /** Opens the circuit: routing skips the endpoint until a probe after the back-off succeeds. */
   markDown(endpoint: Endpoint, err: unknown): void {
     endpoint.failures++;
+    endpoint.lastError = reasonOf(err);
     const step = Math.min(
       this.#options.backoffMaxMs,
       BACKOFF_BASE_MS * 2 ** Math.min(endpoint.failures - 1, 20),
