@@ -226,7 +226,12 @@ class Cluster implements PgCluster {
     const stops = await Promise.allSettled(this.servers.map((s) => s.stop("immediate")));
     // A failed stop must not leave a postmaster behind (it would also keep files open).
     killAll(this.dir);
-    const left = processesIn(this.dir);
+    // Killed children may take a moment to be reaped; wait for them with a deadline.
+    let left = processesIn(this.dir);
+    for (const until = Date.now() + 10_000; left && left.length > 0 && Date.now() < until;) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      left = processesIn(this.dir);
+    }
     await rm(this.dir, { recursive: true, force: true });
     untrack(this);
     const failed = stops.find((r) => r.status === "rejected");
