@@ -13,8 +13,8 @@
  * import type { Pool, PoolEventType } from "@x/pgdbpool";
  *
  * const types: PoolEventType[] = ["endpointdown", "endpointup", "rolechange", "acquiretimeout", "connectionerror"];
- * function logAll(pool: Pool) {
- *   for (const type of types) pool.addEventListener(type, (e) => console.log(e.type));
+ * function record(pool: Pool, seen: string[]) {
+ *   for (const type of types) pool.addEventListener(type, (e) => seen.push(e.type));
  * }
  * ```
  */
@@ -51,7 +51,7 @@ export interface PoolEventDetail {
 /**
  * An event of a pool.
  *
- * @example Logging topology changes
+ * @example Recording topology changes
  * ```ts
  * import { Pool, type PoolEvent } from "@x/pgdbpool";
  *
@@ -59,9 +59,10 @@ export interface PoolEventDetail {
  *   db: [{ host: "127.0.0.1", name: "app", user: "app", pass: "secret" }],
  *   groups: { default: { connection_count: 2 } },
  * });
+ * const changes: string[] = [];
  * pool.addEventListener("rolechange", (e) => {
  *   const { endpoint, from, to } = (e as PoolEvent).detail;
- *   console.log(`${endpoint?.host}:${endpoint?.port} ${from} -> ${to}`);
+ *   changes.push(`${endpoint?.host}:${endpoint?.port} ${from} -> ${to}`);
  * });
  * await pool.close();
  * ```
