@@ -14,6 +14,7 @@ import { dirname, resolve } from "node:path";
 import process from "node:process";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { measure } from "mitata";
+import type { Stats } from "./report.ts";
 
 /** The part of Deno's bench context the bench files may use. */
 interface BenchContext {
@@ -34,23 +35,13 @@ interface BenchDef {
   origin: string;
 }
 
-/** Statistics in the shape of `deno bench --json`'s `results[].ok`, in ns. */
-export interface BenchStats {
-  n: number;
-  min: number;
-  max: number;
-  avg: number;
-  p75: number;
-  p99: number;
-}
-
 /** One bench in the shape of `deno bench --json`. */
 export interface BenchRecord {
   origin: string;
   group?: string;
   name: string;
   baseline: boolean;
-  results: Array<{ ok: BenchStats } | { failed: string }>;
+  results: Array<{ ok: Stats } | { failed: string }>;
 }
 
 const defs: BenchDef[] = [];
