@@ -118,11 +118,6 @@ export class Endpoint {
       : sslOption[s.ssl];
   }
 
-  /** Index in the configuration's `db` list. */
-  get index(): number {
-    return this.#settings.index;
-  }
-
   /** Seconds allowed to connect. */
   get connectTimeoutS(): number {
     return this.#settings.connectTimeoutS;

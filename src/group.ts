@@ -44,7 +44,6 @@ export interface GroupContext {
 export interface GroupCounters {
   checkouts: number;
   timeouts: number;
-  waits: number;
 }
 
 /** Statements pipelined on one connection at most, as postgres.js's `max_pipeline`. */
@@ -57,7 +56,7 @@ export class Group {
   readonly name: string;
   readonly settings: ResolvedGroup;
   readonly context: GroupContext;
-  readonly counters: GroupCounters = { checkouts: 0, timeouts: 0, waits: 0 };
+  readonly counters: GroupCounters = { checkouts: 0, timeouts: 0 };
   readonly waitSamples: WaitSamples = new WaitSamples();
   closed = false;
   readonly #sem: Semaphore;
@@ -211,7 +210,6 @@ export class Group {
       if (!this.context.threaded) throw new PoolExhaustedError(this.name, this.settings.size);
       const limit = timeoutMs ?? this.settings.acquireTimeoutMs;
       const started = performance.now();
-      this.counters.waits++;
       try {
         await this.#sem.wait(signal, limit, onQueued);
       } catch (err) {
