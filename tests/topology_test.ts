@@ -82,6 +82,29 @@ describe("roles and routing", () => {
     for (let i = 0; i < 4; i++) assert.ok(replicaPorts().includes(await portOf(p, "prefer")));
   });
 
+  it("re-checks a server's role at once when a write hits it read-only (25006)", async () => {
+    // No background probes: only the immediate re-check can fill in the probe figures.
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { pinned: { connection_count: 1, endpoints: [1] } },
+      health_check_interval_ms: 0,
+    });
+    const reasons: string[] = [];
+    p.addEventListener(
+      "connectionerror",
+      (e) => reasons.push(String((e as PoolEvent).detail.reason)),
+    );
+    await assert.rejects(
+      p.query("pinned", "INSERT INTO notes (v) VALUES ('on a replica')"),
+      (err: Error & { code?: string }) => err.code === "25006",
+    );
+    assert.deepEqual(reasons, ["25006"]);
+    await waitFor(() => p.stats().endpoints[1].latency_ms !== null, {
+      message: "an immediate probe of the read-only server",
+    });
+    assert.equal(p.stats().endpoints[1].role, "replica");
+  });
+
   it("a replica group fails fast when every replica is down; prefer-replica falls back", async () => {
     await using p = pool("replicas-down", {
       read: { connection_count: 2, role: "replica" },
