@@ -399,14 +399,11 @@ export class Group {
   }
 
   async #rollbackThenCheckin(conn: ServerConnection): Promise<void> {
-    conn.txOpen = false;
-    if (!conn.broken && conn.epoch === conn.txEpoch) {
-      try {
-        await conn.sql.unsafe("ROLLBACK");
-      } catch {
-        // The server rolls back by itself when the session ends.
-        conn.broken = true;
-      }
+    try {
+      await conn.rollback();
+    } catch {
+      // Not reusable in an unknown state; the server rolls back when the session ends.
+      conn.broken = true;
     }
     this.checkin(conn);
   }

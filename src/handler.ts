@@ -342,17 +342,7 @@ export class Handler implements Disposable, AsyncDisposable {
     const conn = this.#conn ?? await this.#connection();
     this.#phase = USED;
     this.#lost = null;
-    if (!conn.txOpen) return;
-    conn.txOpen = false;
-    // When the session is gone the server has rolled back already.
-    if (conn.broken || conn.epoch !== conn.txEpoch) return;
-    try {
-      await conn.sql.unsafe("ROLLBACK");
-      conn.lastUsed = performance.now();
-    } catch (err) {
-      if (!isConnectionError(err)) throw err;
-      conn.broken = true;
-    }
+    if (conn.txOpen) await conn.rollback();
   }
 
   /** Returns the connection to its group (rolling back open work first). Idempotent. */
@@ -395,10 +385,9 @@ export class Handler implements Disposable, AsyncDisposable {
         performance.now() - conn.lastUsed > this.#group.context.validateAfterMs);
   }
 
-  /** Pings a connection that idled past `validate_after_ms`; swaps it when dead. */
+  /** Pings a connection found stale by `#stale()`; swaps it when broken or dead. */
   async #validate(conn: ServerConnection): Promise<ServerConnection> {
     if (conn.broken) return this.#replace(conn);
-    if (!this.#stale(conn)) return conn;
     try {
       await conn.ping(conn.endpoint.connectTimeoutS * 1000);
       conn.lastUsed = performance.now();

@@ -7,6 +7,7 @@
 
 import type postgres from "postgres";
 import type { Endpoint } from "./endpoint.ts";
+import { isConnectionError } from "./sqlstate.ts";
 
 const noop = () => {};
 
@@ -47,7 +48,6 @@ export class ServerConnection {
   users = 0;
   /** `performance.now()` after which this connection is retired at check-in. */
   readonly retireAt: number;
-  readonly #onParameter: (conn: ServerConnection, key: string, value: string) => void;
 
   constructor(
     member: Member,
@@ -56,7 +56,6 @@ export class ServerConnection {
   ) {
     this.member = member;
     this.retireAt = retireAt;
-    this.#onParameter = onParameter;
     this.sql = member.endpoint.client({
       onclose: () => {
         this.epoch++;
@@ -65,7 +64,7 @@ export class ServerConnection {
       onnotice: (notice) => {
         if (notice.code === "25P01") this.sawNoTransaction = true;
       },
-      onparameter: (key, value) => this.#onParameter(this, key, value),
+      onparameter: (key, value) => onParameter(this, key, value),
     });
   }
 
@@ -82,6 +81,22 @@ export class ServerConnection {
     this.txEpoch = this.epoch;
     this.sawNoTransaction = false;
     return begin;
+  }
+
+  /**
+   * Ends the open transaction with ROLLBACK. When the session is gone the server has rolled back
+   * already; a connection error marks the client broken. Other errors are thrown.
+   */
+  async rollback(): Promise<void> {
+    this.txOpen = false;
+    if (this.broken || this.epoch !== this.txEpoch) return;
+    try {
+      await this.sql.unsafe("ROLLBACK");
+      this.lastUsed = performance.now();
+    } catch (err) {
+      if (!isConnectionError(err)) throw err;
+      this.broken = true;
+    }
   }
 
   /** True when the open transaction's session has closed since `BEGIN`. */
