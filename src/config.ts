@@ -219,6 +219,14 @@ const groupKeys = [
   "idle_timeout_ms",
   "read_your_writes_timeout_ms",
 ];
+/**
+ * Longest duration the pool accepts, in milliseconds (2^31 - 1, about 24.8 days): timers store
+ * delays as signed 32-bit integers, and a longer `setTimeout` fires at once instead of late.
+ */
+export const MAX_TIMER_MS: number = 2_147_483_647;
+/** Longest `connect_timeout`, in seconds; postgres.js arms it as a timer in milliseconds. */
+const MAX_CONNECT_TIMEOUT_S = MAX_TIMER_MS / 1000;
+
 const sslModes: readonly SslMode[] = ["disable", "prefer", "require", "verify-full"];
 const groupRoles: readonly GroupRole[] = ["primary", "replica", "prefer-replica", "any"];
 
@@ -270,8 +278,12 @@ function duration(path: string, value: unknown, fallback: number): number;
 function duration(path: string, value: unknown, fallback: undefined): number | undefined;
 function duration(path: string, value: unknown, fallback: number | undefined): number | undefined {
   if (value === undefined) return fallback;
-  if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
-    throw new ConfigError(path, `must be a non-negative number (got ${show(value)})`);
+  // NaN fails every comparison, so it is caught by the negated range test.
+  if (typeof value !== "number" || !(value >= 0 && value <= MAX_TIMER_MS)) {
+    throw new ConfigError(
+      path,
+      `must be a non-negative number of milliseconds, at most ${MAX_TIMER_MS} (got ${show(value)})`,
+    );
   }
   return value;
 }
@@ -298,25 +310,55 @@ function sslMode(path: string, value: unknown): SslMode {
   return value as SslMode;
 }
 
+/** Decodes one `%`-escaped part of a URL; a bad escape names the part, quoting it only if safe. */
+function decodePart(path: string, part: string, raw: string, quote: boolean): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    // The URIError says nothing useful and may be printed with its input: not kept as cause.
+    throw new ConfigError(
+      path,
+      `has a malformed %-escape in its ${part}; write a literal % as %25${
+        quote ? ` (got ${show(raw)})` : ""
+      }`,
+    );
+  }
+}
+
 /** Turns a `postgres://` URL into endpoint keys; the password never reaches a message. */
 function parseUrl(path: string, url: string): Record<string, unknown> {
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
+    // Deno's message quotes the whole URL, password included: neither shown nor kept as cause.
     throw new ConfigError(
       path,
       `must be a postgres:// URL or an endpoint object (got ${show(redactUrl(url))})`,
     );
   }
   if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
-    throw new ConfigError(path, `must use the postgres:// scheme (got ${show(parsed.protocol)})`);
+    // Only the scheme is quoted: the parser limits it to letters, digits, "+", "-" and ".".
+    throw new ConfigError(
+      path,
+      `must use the postgres:// scheme or its alias postgresql:// (got ${show(parsed.protocol)})`,
+    );
+  }
+  // An unescaped "/", "?" or "#" in a password ends the authority early, so the rest of the
+  // password would be read as database name, parameter or fragment and could surface later.
+  if (parsed.hash !== "" || (parsed.pathname + parsed.search).includes("@")) {
+    throw new ConfigError(
+      path,
+      `must write / ? # @ inside its password or database name as %2F %3F %23 %40 (got ${
+        show(redactUrl(url))
+      })`,
+    );
   }
   const out: Record<string, unknown> = {
-    host: decodeURIComponent(parsed.hostname).replace(/^\[(.*)\]$/, "$1"),
-    name: decodeURIComponent(parsed.pathname.replace(/^\//, "")),
-    user: decodeURIComponent(parsed.username),
-    pass: decodeURIComponent(parsed.password),
+    host: decodePart(path, "host", parsed.hostname, true).replace(/^\[(.*)\]$/, "$1"),
+    name: decodePart(path, "database name", parsed.pathname.replace(/^\//, ""), true),
+    user: decodePart(path, "user name", parsed.username, true),
+    pass: decodePart(path, "password", parsed.password, false),
   };
   if (parsed.port) out.port = Number(parsed.port);
   for (const [key, value] of parsed.searchParams) {
@@ -334,9 +376,43 @@ function parseUrl(path: string, url: string): Record<string, unknown> {
   return out;
 }
 
-/** A URL with its password replaced by `***`, for messages. */
+/**
+ * Returns `url` with its password replaced by `***`, for messages. Works on text that is not a
+ * valid URL too: any scheme or none (`//user:pass@host`), and passwords holding `@`, `:` or `/`.
+ * The password is taken to run from the first `:` after `//` (or after the start when there is
+ * no `//`) to the last `@`, so a malformed URL loses too much rather than too little.
+ *
+ * @example Redacting a connection string for a log line
+ * ```ts
+ * import { redactUrl } from "./config.ts";
+ *
+ * redactUrl("postgres://app:p@ss/w0rd@db1:5432/app"); // "postgres://app:***@db1:5432/app"
+ * ```
+ */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z]+:\/\/[^:/@]*:)[^@]*@/i, "$1***@");
+  const at = url.lastIndexOf("@");
+  if (at < 0) return url;
+  // Scheme-like prefixes (`postgres:`, `jdbc:postgresql:`, none) followed by `//`.
+  const authority = /^\s*(?:[A-Za-z][A-Za-z0-9+.-]*:)*[/\\]{2}/.exec(url);
+  const start = authority !== null && authority[0].length <= at ? authority[0].length : 0;
+  const colon = url.indexOf(":", start);
+  if (colon < 0 || colon > at) return url; // user name only, no password
+  return `${url.slice(0, colon + 1)}***${url.slice(at)}`;
+}
+
+/**
+ * A host as postgres.js takes it: one name, IP address (IPv6 without brackets) or socket
+ * directory. A comma would be read as a list of hosts, and whitespace is always a mistake.
+ */
+function host(path: string, value: unknown): string {
+  const text = string(path, value);
+  if (/[,\s]/.test(text)) {
+    throw new ConfigError(
+      path,
+      `must be one host name or IP address, without commas or whitespace (got ${show(text)})`,
+    );
+  }
+  return text;
 }
 
 function resolveEndpoint(path: string, raw: unknown, index: number): ResolvedEndpoint {
@@ -356,7 +432,7 @@ function resolveEndpoint(path: string, raw: unknown, index: number): ResolvedEnd
   const queryTimeout = duration(`${path}.query_timeout`, value.query_timeout, undefined);
   return Object.freeze({
     index,
-    host: string(`${path}.host`, value.host),
+    host: host(`${path}.host`, value.host),
     port: value.port === undefined ? 5432 : integer(`${path}.port`, value.port, 1, 65535),
     database: string(`${path}.name`, value.name),
     user: string(`${path}.user`, value.user),
@@ -366,7 +442,7 @@ function resolveEndpoint(path: string, raw: unknown, index: number): ResolvedEnd
       : string(`${path}.ssl_root_cert`, value.ssl_root_cert),
     connectTimeoutS: value.connect_timeout === undefined
       ? 10
-      : positive(`${path}.connect_timeout`, value.connect_timeout),
+      : seconds(`${path}.connect_timeout`, value.connect_timeout),
     queryTimeoutMs: queryTimeout,
     tmpBufferMb: value.session_tmp_buffer === undefined
       ? undefined
@@ -376,9 +452,12 @@ function resolveEndpoint(path: string, raw: unknown, index: number): ResolvedEnd
   });
 }
 
-function positive(path: string, value: unknown): number {
-  if (typeof value !== "number" || !Number.isFinite(value) || value <= 0) {
-    throw new ConfigError(path, `must be a positive number (got ${show(value)})`);
+function seconds(path: string, value: unknown): number {
+  if (typeof value !== "number" || !(value > 0 && value <= MAX_CONNECT_TIMEOUT_S)) {
+    throw new ConfigError(
+      path,
+      `must be a positive number of seconds, at most ${MAX_CONNECT_TIMEOUT_S} (got ${show(value)})`,
+    );
   }
   return value;
 }

@@ -2,6 +2,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { inspect } from "node:util";
 import { ConfigError, Pool, type PoolConfig } from "../mod.ts";
+import { redactUrl, resolveConfig } from "../src/config.ts";
 
 const secret = "s3cr3t-Pa55";
 const good = (): PoolConfig => ({
@@ -124,5 +125,203 @@ describe("config validation", () => {
         String(pool),
       ]
     ) assert.ok(!text.includes(secret), text);
+  });
+
+  it("bounds every duration by the largest timer delay, 2147483647 ms", () => {
+    const max = 2147483647;
+    const groupKeys = [
+      "acquire_timeout_ms",
+      "max_replica_lag_ms",
+      "max_lifetime_ms",
+      "idle_timeout_ms",
+      "read_your_writes_timeout_ms",
+    ];
+    for (const key of groupKeys) {
+      const path = `groups.read.${key}`;
+      const group = (value: number) => ({
+        ...good(),
+        groups: { read: { connection_count: 1, [key]: value } },
+      });
+      configError(group(3e9), path, `at most ${max} (got 3000000000)`);
+      configError(group(max + 1), path, `(got ${max + 1})`);
+      for (const bad of [NaN, Infinity, -Infinity, -1]) {
+        configError(group(bad), path, `(got ${bad})`);
+      }
+      assert.equal(resolveConfig(group(max)).groups[0].name, "read");
+    }
+    const topKeys = [
+      "validate_after_ms",
+      "health_check_interval_ms",
+      "retry_backoff_max_ms",
+      "close_timeout_ms",
+    ];
+    for (const key of topKeys) {
+      configError({ ...good(), [key]: 3e9 }, key, `at most ${max} (got 3000000000)`);
+      configError({ ...good(), [key]: NaN }, key, "(got NaN)");
+      configError({ ...good(), [key]: -5 }, key, "(got -5)");
+      resolveConfig({ ...good(), [key]: max });
+    }
+    const endpoint = (extra: Record<string, unknown>) => ({
+      ...good(),
+      db: [{ ...(good().db as object[])[0], ...extra }],
+    });
+    configError(
+      endpoint({ query_timeout: 3e9 }),
+      "db[0].query_timeout",
+      `at most ${max} (got 3000000000)`,
+    );
+    configError(endpoint({ query_timeout: Infinity }), "db[0].query_timeout", "(got Infinity)");
+    assert.equal(resolveConfig(endpoint({ query_timeout: max })).endpoints[0].queryTimeoutMs, max);
+    // connect_timeout is in seconds: the same bound divided by 1000.
+    configError(
+      endpoint({ connect_timeout: 2147484 }),
+      "db[0].connect_timeout",
+      "at most 2147483.647 (got 2147484)",
+    );
+    for (const bad of [0, -1, NaN, Infinity]) {
+      configError(endpoint({ connect_timeout: bad }), "db[0].connect_timeout", `(got ${bad})`);
+    }
+    assert.equal(
+      resolveConfig(endpoint({ connect_timeout: 2147483.647 })).endpoints[0].connectTimeoutS,
+      2147483.647,
+    );
+    // URL parameters go through the same checks.
+    configError(
+      {
+        db: [`postgres://app:${secret}@db.example/app?query_timeout=3000000000`],
+        groups: { g: { connection_count: 1 } },
+      },
+      "db[0].query_timeout",
+      "(got 3000000000)",
+    );
+    configError(
+      {
+        db: [`postgres://app:${secret}@db.example/app?connect_timeout=1e7`],
+        groups: { g: { connection_count: 1 } },
+      },
+      "db[0].connect_timeout",
+      "(got 10000000)",
+    );
+  });
+
+  it("keeps the password out of every URL error, however the URL is broken", () => {
+    const pw = "Pw-9@x:y/z";
+    const encoded = encodeURIComponent(pw);
+    const cases: Array<[url: string, path: string, fragment: string]> = [
+      // The raw password's "/" makes the URL unparsable: the redacted text is quoted instead.
+      [`pg+tls://u:${pw}@h/db`, "db[0]", '(got "pg+tls://u:***@h/db")'],
+      [`pg+tls://u:${encoded}@h/db`, "db[0]", '(got "pg+tls:")'],
+      [`mysql://u:${encoded}@h/db`, "db[0]", "postgres:// scheme"],
+      [`//u:${pw}@host/db`, "db[0]", '(got "//u:***@host/db")'],
+      [`//u:${encoded}@host/db`, "db[0]", '(got "//u:***@host/db")'],
+      // Not a scheme (space): everything from the first ":" to the last "@" goes.
+      [`pg tls://u:${pw}@h/db`, "db[0]", '(got "pg tls:***@h/db")'],
+      [`postgres://u:${pw}@h/db`, "db[0]", '(got "postgres://u:***@h/db")'],
+      [`postgres://u:${pw}@h:99999/db`, "db[0]", '(got "postgres://u:***@h:99999/db")'],
+      [`postgres:u:${pw}@h/db`, "db[0]", '"postgres:***@h/db"'],
+      // "/", "?" and "#" end the authority early: the rest must not become a name or parameter.
+      ["postgres://u:12/Pw-9@h/db", "db[0]", "as %2F %3F %23 %40"],
+      ["postgres://u:12?Pw-9@h/db", "db[0]", "as %2F %3F %23 %40"],
+      ["postgres://u:12#Pw-9@h/db", "db[0]", "as %2F %3F %23 %40"],
+      ["postgres://u:Pw-9%zz@h/db", "db[0]", "malformed %-escape in its password"],
+      ["postgres://u:Pw-9%E0%A4%A@h/db", "db[0]", "malformed %-escape in its password"],
+      ["postgres://u%E0%A4%A:Pw-9@h/db", "db[0]", "in its user name; write a literal % as %25"],
+      ["postgres://u:Pw-9@h/d%E0%A4%A", "db[0]", "in its database name; write a literal % as %25"],
+      ["postgres://u:Pw-9@h%zz/db", "db[0]", 'in its host; write a literal % as %25 (got "h%zz")'],
+      ["postgres://u:Pw-9@a%2Cb/db", "db[0].host", '(got "a,b")'],
+    ];
+    for (const [url, path, fragment] of cases) {
+      const secretPart = url.includes(pw) || url.includes(encoded) ? pw : "Pw-9";
+      assert.throws(
+        () => new Pool({ db: [url], groups: { g: { connection_count: 1 } } }),
+        (err: unknown) => {
+          assert.ok(err instanceof ConfigError, `${url}: expected ConfigError, got ${err}`);
+          assert.equal(err.path, path, url);
+          assert.ok(err.message.includes(fragment), `${url}: ${err.message}`);
+          assert.equal(err.cause, undefined, url);
+          for (
+            const text of [String(err), err.message, String(err.stack), inspect(err)]
+          ) {
+            for (const leak of [secretPart, encodeURIComponent(secretPart), "Pw-9"]) {
+              assert.ok(!text.includes(leak), `${url}: leaks ${leak} in ${text}`);
+            }
+          }
+          return true;
+        },
+      );
+    }
+  });
+
+  it("decodes user, password and database of a URL", () => {
+    const pw = "p@ss:w/rd%?#";
+    const url = `postgresql://${encodeURIComponent("ü s")}:${
+      encodeURIComponent(pw)
+    }@db.example:6543/${encodeURIComponent("my db")}?connect_timeout=3&prepare=false`;
+    const [endpoint] = resolveConfig({ db: url, groups: { g: { connection_count: 1 } } }).endpoints;
+    assert.equal(endpoint.user, "ü s");
+    assert.equal(endpoint.password(), pw);
+    assert.equal(endpoint.database, "my db");
+    assert.equal(endpoint.host, "db.example");
+    assert.equal(endpoint.port, 6543);
+    assert.equal(endpoint.connectTimeoutS, 3);
+    assert.equal(endpoint.prepare, false);
+    // "@" and ":" typed raw in the password: the URL parser splits at the last "@".
+    const raw = resolveConfig({
+      db: "postgres://u:a@b:c@h/db",
+      groups: { g: { connection_count: 1 } },
+    }).endpoints[0];
+    assert.equal(raw.password(), "a@b:c");
+    assert.equal(raw.host, "h");
+  });
+
+  it("takes IPv6 literal hosts from URLs and objects unchanged", () => {
+    const groups = { g: { connection_count: 1 } };
+    const fromUrl = (url: string) => resolveConfig({ db: url, groups }).endpoints[0];
+    assert.equal(fromUrl(`postgres://u:${secret}@[::1]:5433/db`).host, "::1");
+    assert.equal(fromUrl(`postgres://u:${secret}@[::1]:5433/db`).port, 5433);
+    assert.equal(fromUrl(`postgres://u:${secret}@[fd12:3456::10]/db`).host, "fd12:3456::10");
+    const fromObject = (host: string) =>
+      resolveConfig({ db: { host, name: "db", user: "u", pass: secret }, groups }).endpoints[0];
+    for (const host of ["::1", "fd12:3456::10", "127.0.0.1", "db-1.internal", "/var/run/pg"]) {
+      assert.equal(fromObject(host).host, host);
+      assert.equal(fromObject(host).port, 5432);
+    }
+  });
+
+  it("rejects a host with a comma or whitespace: postgres.js would read a host list", () => {
+    for (const bad of ["a,b", "db1:5432,db2:5432", " db", "db ", "d b", "db\n", "db\t"]) {
+      const config = good();
+      (config.db as { host: string }[])[0].host = bad;
+      configError(
+        config,
+        "db[0].host",
+        `without commas or whitespace (got ${JSON.stringify(bad)})`,
+      );
+    }
+  });
+
+  it("redactUrl hides the password of any URL-like text", () => {
+    const cases: Array<[string, string]> = [
+      ["postgres://u:pw@h/db", "postgres://u:***@h/db"],
+      [
+        "POSTGRESQL://u:pw@h:5432/db?sslmode=require",
+        "POSTGRESQL://u:***@h:5432/db?sslmode=require",
+      ],
+      ["pg+tls://u:pw@h/db", "pg+tls://u:***@h/db"],
+      ["jdbc:postgresql://u:pw@h/db", "jdbc:postgresql://u:***@h/db"],
+      ["//user:pw@host/db", "//user:***@host/db"],
+      ["  //user:pw@host/db", "  //user:***@host/db"],
+      ["postgres://u:p@w@h/db", "postgres://u:***@h/db"],
+      ["postgres://u:p:w@h/db", "postgres://u:***@h/db"],
+      ["postgres://u:p/w@h/db", "postgres://u:***@h/db"],
+      ["postgres://u:p//w@h/db", "postgres://u:***@h/db"],
+      ["postgres:u:p//w@h/db", "postgres:***@h/db"],
+      ["u:pw@h/db", "u:***@h/db"],
+      ["postgres://u:@h/db", "postgres://u:***@h/db"],
+      ["postgres://u@h/db", "postgres://u@h/db"],
+      ["postgres://h:5432/db", "postgres://h:5432/db"],
+      ["", ""],
+    ];
+    for (const [input, want] of cases) assert.equal(redactUrl(input), want, input);
   });
 });
