@@ -222,6 +222,14 @@ const groupKeys = [
 /**
  * Longest duration the pool accepts, in milliseconds (2^31 - 1, about 24.8 days): timers store
  * delays as signed 32-bit integers, and a longer `setTimeout` fires at once instead of late.
+ *
+ * @example Clamping a computed delay before arming a timer
+ * ```ts
+ * import { MAX_TIMER_MS } from "./config.ts";
+ *
+ * const delay = Math.min(2 ** 40, MAX_TIMER_MS);
+ * clearTimeout(setTimeout(() => {}, delay));
+ * ```
  */
 export const MAX_TIMER_MS: number = 2_147_483_647;
 /** Longest `connect_timeout`, in seconds; postgres.js arms it as a timer in milliseconds. */
