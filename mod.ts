@@ -37,6 +37,8 @@ export {
   PoolClosedError,
   PoolError,
   PoolExhaustedError,
+  SessionLostError,
+  type StatementOutcome,
   TransactionAbortedError,
   TransactionLostError,
   UnconfiguredGroupError,

@@ -5,8 +5,8 @@
  * @module
  */
 
-import postgres from "postgres";
 import type { ResolvedEndpoint, SslMode } from "./config.ts";
+import { type DriverSsl, Session, type SessionHooks } from "./driver/postgres.ts";
 
 /**
  * Detected role of an endpoint. `unknown` until its first connection or probe.
@@ -57,14 +57,7 @@ export interface EndpointInfo {
   readonly index: number;
 }
 
-/** Callbacks a client reports to its owner. */
-export interface ClientHooks {
-  onclose(): void;
-  onnotice(notice: { code?: string }): void;
-  onparameter(key: string, value: string): void;
-}
-
-const sslOption: Record<SslMode, false | "prefer" | "require" | "verify-full"> = {
+const sslOption: Record<SslMode, DriverSsl> = {
   "disable": false,
   "prefer": "prefer",
   "require": "require",
@@ -83,8 +76,10 @@ export class Endpoint {
   errors = 0;
   /** Why the endpoint was last marked down (an error code or message, never credentials). */
   lastError: string | undefined;
-  /** Consecutive failed probes or connects; drives the back-off. */
+  /** Failed probes since the server last stayed up for a whole back-off period. */
   failures = 0;
+  /** `performance.now()` when the endpoint last came up (0: up since the start). */
+  upSince = 0;
   /** While down: when the next (single, half-open) probe may run. */
   retryAt = 0;
   /** `performance.now()` of the last finished probe. */
@@ -111,7 +106,7 @@ export class Endpoint {
     this.queryOptions = { prepare: settings.prepare };
   }
 
-  #ssl(): false | "prefer" | "require" | "verify-full" | { ca: string; rejectUnauthorized: true } {
+  #ssl(): DriverSsl {
     const s = this.#settings;
     return s.ssl === "verify-full" && s.sslRootCert !== undefined
       ? { ca: s.sslRootCert, rejectUnauthorized: true }
@@ -124,51 +119,44 @@ export class Endpoint {
   }
 
   /**
-   * Opens (lazily) a single-connection postgres.js client. One client per pooled connection:
-   * postgres.js's own multi-host and `reserve()` paths hang or misroute (see ARCHITECTURE.md).
+   * Opens (lazily, on its first statement) one pooled session. One session per pooled
+   * connection: postgres.js's own multi-host and `reserve()` paths hang or misroute (see
+   * ARCHITECTURE.md).
    */
-  client(hooks: ClientHooks): postgres.Sql {
+  session(hooks: SessionHooks): Session {
     const s = this.#settings;
-    const connection: Record<string, string | number> = {
+    const parameters: Record<string, string | number> = {
       application_name: this.#applicationName,
     };
-    if (s.queryTimeoutMs !== undefined) connection.statement_timeout = s.queryTimeoutMs;
-    if (s.tmpBufferMb !== undefined) connection.temp_buffers = `${s.tmpBufferMb}MB`;
-    return this.#open({
-      prepare: s.prepare,
-      connection,
-      onclose: hooks.onclose,
-      onnotice: hooks.onnotice,
-      onparameter: hooks.onparameter,
-    });
+    if (s.queryTimeoutMs !== undefined) parameters.statement_timeout = s.queryTimeoutMs;
+    if (s.tmpBufferMb !== undefined) parameters.temp_buffers = `${s.tmpBufferMb}MB`;
+    return this.#open(s.prepare, true, parameters, hooks);
   }
 
-  /** A client for health probes, told apart on the server by its `application_name`. */
-  probeClient(): postgres.Sql {
-    return this.#open({
-      prepare: false,
-      fetch_types: false,
-      connection: { application_name: `${this.#applicationName}/health` },
-      onnotice: () => {},
-    });
+  /** A session for health probes, told apart on the server by its `application_name`. */
+  probeSession(): Session {
+    return this.#open(false, false, { application_name: `${this.#applicationName}/health` }, {});
   }
 
-  #open(extra: Partial<postgres.Options<Record<string, postgres.PostgresType>>>): postgres.Sql {
+  #open(
+    prepare: boolean,
+    fetchTypes: boolean,
+    parameters: Record<string, string | number>,
+    hooks: SessionHooks,
+  ): Session {
     const s = this.#settings;
-    return postgres({
+    return new Session({
       host: s.host,
       port: s.port,
       database: s.database,
-      username: s.user,
-      password: s.password(),
+      user: s.user,
+      password: s.password,
       ssl: this.#ssl(),
-      max: 1,
-      connect_timeout: s.connectTimeoutS,
-      // The pool retires connections itself (max_lifetime_ms, idle_timeout_ms).
-      idle_timeout: 0,
-      max_lifetime: null,
-      ...extra,
-    } as postgres.Options<Record<string, postgres.PostgresType>>);
+      connectTimeoutS: s.connectTimeoutS,
+      prepare,
+      fetchTypes,
+      parameters,
+    }, hooks);
   }
 
   /** JSON form: identity and state, never credentials. */

@@ -148,9 +148,50 @@ export class PoolClosedError extends PoolError {
 }
 
 /**
- * The server connection was lost inside an open transaction. Its work is gone (or, when the loss
- * hit `commit()`, its outcome is unknown); the pool never replays it silently on a new connection.
- * Call `rollback()` (or release the handler) and retry the whole transaction.
+ * What is known of a statement whose session was lost: `"unknown"` when it may have run (and,
+ * outside a transaction, committed), `"not-executed"` when the pool can prove it never ran.
+ *
+ * @example Deciding whether a retry is safe
+ * ```ts
+ * import { SessionLostError, type StatementOutcome } from "@x/pgdbpool";
+ *
+ * const safeToRetry = (err: unknown) =>
+ *   err instanceof SessionLostError && (err.outcome satisfies StatementOutcome) === "not-executed";
+ * ```
+ */
+export type StatementOutcome = "unknown" | "not-executed";
+
+/**
+ * The server session of a checkout was lost after its first statement ran. The pool never moves
+ * a checkout to another session silently (locks, `SET` values and temporary tables would be gone),
+ * so this statement and every later one of the checkout reject with this error; release the
+ * handler and start over. `outcome` says whether the statement may have run.
+ *
+ * @example Reporting a statement whose outcome is unknown
+ * ```ts
+ * import { SessionLostError } from "@x/pgdbpool";
+ *
+ * const needsCheck = (err: unknown) => err instanceof SessionLostError && err.outcome === "unknown";
+ * ```
+ */
+export class SessionLostError extends PoolError {
+  /** The group of the handler whose session was lost. */
+  readonly group: string;
+  /** Whether the statement that got this error may have run. */
+  readonly outcome: StatementOutcome;
+  /** Creates the error for `group`; `cause` is the connection error, when one was seen. */
+  constructor(group: string, outcome: StatementOutcome, detail: string, options?: ErrorOptions) {
+    super(`Session of group ${JSON.stringify(group)} was lost: ${detail}`, options);
+    this.name = "SessionLostError";
+    this.group = group;
+    this.outcome = outcome;
+  }
+}
+
+/**
+ * The server session was lost inside an open transaction. Its work is gone (or, when the loss
+ * hit `commit()`, its outcome is `"unknown"`); the pool never replays it on a new session. Call
+ * `rollback()` (or release the handler) and retry the whole transaction.
  *
  * @example Retrying a whole transaction
  * ```ts
@@ -159,14 +200,17 @@ export class PoolClosedError extends PoolError {
  * const retryable = (err: unknown) => err instanceof TransactionLostError;
  * ```
  */
-export class TransactionLostError extends PoolError {
-  /** The group of the handler whose transaction was lost. */
-  readonly group: string;
+export class TransactionLostError extends SessionLostError {
   /** Creates the error for `group`; `cause` is the connection error, when one was seen. */
-  constructor(group: string, detail: string, options?: ErrorOptions) {
-    super(`Transaction on group ${JSON.stringify(group)} was lost: ${detail}`, options);
+  constructor(
+    group: string,
+    outcome: StatementOutcome,
+    detail: string,
+    options?: ErrorOptions,
+  ) {
+    super(group, outcome, detail, options);
+    this.message = `Transaction on group ${JSON.stringify(group)} was lost: ${detail}`;
     this.name = "TransactionLostError";
-    this.group = group;
   }
 }
 

@@ -17,7 +17,7 @@ import {
 import { PoolEvent, reasonOf } from "./events.ts";
 import { route } from "./routing.ts";
 import { Semaphore } from "./semaphore.ts";
-import { type Member, ServerConnection } from "./server_connection.ts";
+import { type Member, ServerConnection, withDeadline } from "./server_connection.ts";
 import type { Topology } from "./topology.ts";
 import { WaitSamples } from "./wait_samples.ts";
 
@@ -34,6 +34,8 @@ export interface GroupSource {
 export interface GroupContext {
   readonly threaded: boolean;
   readonly validateAfterMs: number;
+  /** Background upkeep is off (`health_check_interval_ms: 0`): retire lazily at check-in. */
+  readonly lazyUpkeep: boolean;
   readonly topology: Topology;
   readonly events: EventTarget;
   onParameter(conn: ServerConnection, key: string, value: string): void;
@@ -46,10 +48,15 @@ export interface GroupCounters {
   timeouts: number;
 }
 
-/** Statements pipelined on one connection at most, as postgres.js's `max_pipeline`. */
-const MAX_PIPELINE = 100;
+/** Statements pipelined on one connection at most, below postgres.js's `max_pipeline`. */
+const MAX_PIPELINE = 64;
+
+const ROLLBACK = { prepare: false };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** How often lazy upkeep may scan the idle lists. */
+const LAZY_UPKEEP_MS = 1000;
 
 /** The connections of one configured group. */
 export class Group {
@@ -58,8 +65,13 @@ export class Group {
   readonly context: GroupContext;
   readonly counters: GroupCounters = { checkouts: 0, timeouts: 0 };
   readonly waitSamples: WaitSamples = new WaitSamples();
-  closed = false;
+  /** `close()` began: no new checkout, no new connection. Held checkouts may still finish. */
+  closing = false;
+  /** `close()` finished: every connection is ended; every statement fails. */
+  ended = false;
   readonly #sem: Semaphore;
+  #drained: (() => void) | undefined;
+  #lastUpkeep = 0;
   readonly #all: Member[];
   #members: Member[];
   #share: number;
@@ -147,10 +159,12 @@ export class Group {
       this.#share = Math.ceil(this.settings.size / Math.max(1, members.length));
       this.#cursor = 0;
     }
-    if (this.settings.role === "primary" || this.settings.role === "prefer-replica") {
-      if (members.length === 0) topology.primaryWanted = true;
-      else if (this.settings.role === "primary") topology.primaryWanted = false;
-    }
+  }
+
+  /** This group would use a primary now and has nothing routable (probing runs faster). */
+  get wantsPrimary(): boolean {
+    return this.#members.length === 0 &&
+      (this.settings.role === "primary" || this.settings.role === "prefer-replica");
   }
 
   /**
@@ -159,7 +173,7 @@ export class Group {
    * With no routable endpoint it returns `null` too: the slow path probes and decides.
    */
   tryCheckout(): ServerConnection | null {
-    if (this.#members.length === 0) return null;
+    if (this.#members.length === 0 || this.closing) return null;
     if (!this.#sem.tryAcquire()) {
       if (this.context.threaded) return null;
       throw new PoolExhaustedError(this.name, this.settings.size);
@@ -177,7 +191,7 @@ export class Group {
     if (this.#sem.waiting > 0) return null;
     let best: ServerConnection | null = null;
     for (const conn of this.#shared) {
-      if (!conn.broken && conn.users < MAX_PIPELINE && (best === null || conn.users < best.users)) {
+      if (!conn.dead && conn.users < MAX_PIPELINE && (best === null || conn.users < best.users)) {
         best = conn;
       }
     }
@@ -190,6 +204,7 @@ export class Group {
 
   /** Marks a connection just checked out by a one-shot statement as open to pipelining. */
   share(conn: ServerConnection): void {
+    conn.state = "shared";
     conn.users = 1;
     this.#shared.push(conn);
   }
@@ -205,7 +220,7 @@ export class Group {
     after?: bigint,
     onQueued?: (cancel: (reason: unknown) => void) => void,
   ): Promise<ServerConnection> {
-    if (this.closed) throw new PoolClosedError();
+    if (this.closing) throw new PoolClosedError();
     if (!this.#sem.tryAcquire()) {
       if (!this.context.threaded) throw new PoolExhaustedError(this.name, this.settings.size);
       const limit = timeoutMs ?? this.settings.acquireTimeoutMs;
@@ -223,7 +238,7 @@ export class Group {
       this.waitSamples.add(performance.now() - started);
     }
     try {
-      if (this.closed) throw new PoolClosedError();
+      if (this.closing) throw new PoolClosedError();
       if (this.#members.length === 0) await this.#findEndpoint();
       this.counters.checkouts++;
       return after === undefined ? this.#take() : await this.#takeAfter(after, signal);
@@ -237,7 +252,7 @@ export class Group {
     const topology = this.context.topology;
     topology.start();
     await topology.refresh();
-    if (this.closed) throw new PoolClosedError();
+    if (this.closing) throw new PoolClosedError();
     if (this.#members.length > 0) return;
     const states = this.#all.map(({ endpoint: e }) =>
       `${e.info.host}:${e.info.port} ${e.state} ${e.role}${
@@ -299,7 +314,7 @@ export class Group {
     for (let k = 0; k < n; k++) {
       const member = members[i];
       if (++i === n) i = 0;
-      const conn = member.idle.pop();
+      const conn = this.#popIdle(member);
       if (conn !== undefined) {
         this.#cursor = i;
         return conn;
@@ -317,7 +332,27 @@ export class Group {
   }
 
   #takeFrom(member: Member): ServerConnection {
-    return member.idle.pop() ?? this.#open(member);
+    return this.#popIdle(member) ?? this.#open(member);
+  }
+
+  /** The most recently used idle connection still worth using; dead or expired ones close. */
+  #popIdle(member: Member): ServerConnection | undefined {
+    for (;;) {
+      const conn = member.idle.pop();
+      if (conn === undefined) return undefined;
+      if (conn.dead || this.#expired(conn, performance.now())) {
+        this.#discard(conn);
+        continue;
+      }
+      conn.state = "held";
+      return conn;
+    }
+  }
+
+  #expired(conn: ServerConnection, now: number): boolean {
+    const idleLimit = this.settings.idleTimeoutMs;
+    return now > conn.retireAt ||
+      (idleLimit !== undefined && conn.lastUsed > 0 && now - conn.lastUsed > idleLimit);
   }
 
   #open(member: Member): ServerConnection {
@@ -339,22 +374,36 @@ export class Group {
     conn.end(0);
   }
 
+  /** Pool connections open right now, by state (for stats and invariant checks). */
+  connectionStates(): Record<ServerConnection["state"], number> {
+    const out = { idle: 0, held: 0, shared: 0, closing: 0 };
+    for (const conn of this.#conns) out[conn.state]++;
+    return out;
+  }
+
   /** Opens a replacement in the background so that retiring never makes a caller wait. */
   #warm(member: Member): void {
-    if (this.closed || !member.active || member.open >= this.#share) return;
+    if (this.closing || !member.active || member.open >= this.#share) return;
     const conn = this.#open(member);
     conn.ping(member.endpoint.connectTimeoutS * 1000).then(
       () => {
         conn.lastUsed = performance.now();
-        if (this.closed || !member.active || conn.broken) this.#discard(conn);
-        else member.idle.push(conn);
+        if (this.closing || !member.active || conn.dead) this.#discard(conn);
+        else {
+          conn.state = "idle";
+          member.idle.push(conn);
+        }
       },
       () => this.#discard(conn),
     );
   }
 
-  /** Swaps a broken connection of a checkout for another under the same permit. */
+  /**
+   * Swaps the connection of a checkout for another under the same permit (only before the
+   * checkout's first statement ran). During `close()` nothing new opens: `PoolClosedError`.
+   */
   replace(conn: ServerConnection): ServerConnection {
+    if (this.closing) throw new PoolClosedError();
     const member = conn.member;
     this.#discard(conn);
     if (this.#members.length === 0) {
@@ -377,51 +426,63 @@ export class Group {
   }
 
   /**
-   * Returns a connection and its permit. An open transaction is rolled back first: the next
-   * user must never inherit a session inside someone else's transaction.
+   * Returns a connection and its permit. A transaction left open is rolled back first (the next
+   * user must never inherit it), within the endpoint's `connect_timeout`: a connection that does
+   * not answer in time is ended, and its permit freed all the same.
    */
-  checkin(conn: ServerConnection): Promise<void> | undefined {
-    if (conn.users > 0) {
+  checkin(conn: ServerConnection, txOpen: boolean): Promise<void> | undefined {
+    if (conn.state === "shared") {
       if (--conn.users > 0) return;
       const at = this.#shared.indexOf(conn);
       if (at >= 0) this.#shared.splice(at, 1);
+      conn.state = "held";
     }
-    if (conn.txOpen) return this.#rollbackThenCheckin(conn);
-    if (this.closed || conn.broken || !conn.member.active) {
+    if (txOpen && !conn.dead) return this.#rollbackThenCheckin(conn);
+    this.#return(conn);
+  }
+
+  #return(conn: ServerConnection): void {
+    const now = performance.now();
+    if (this.closing || conn.dead || !conn.member.active) {
       this.#discard(conn);
-    } else if (conn.retireAt !== Infinity && performance.now() > conn.retireAt) {
+    } else if (now > conn.retireAt) {
       this.#discard(conn);
       this.#warm(conn.member);
     } else {
+      conn.state = "idle";
       conn.member.idle.push(conn);
     }
     this.#sem.release();
+    if (this.#drained !== undefined && this.busy === 0) this.#drained();
+    if (this.context.lazyUpkeep && now - this.#lastUpkeep > LAZY_UPKEEP_MS) this.maintain(now);
   }
 
   async #rollbackThenCheckin(conn: ServerConnection): Promise<void> {
     try {
-      await conn.rollback();
+      await withDeadline(
+        conn.session.query("ROLLBACK", undefined, ROLLBACK),
+        conn.endpoint.connectTimeoutS * 1000,
+      );
+      conn.lastUsed = performance.now();
     } catch {
-      // Not reusable in an unknown state; the server rolls back when the session ends.
-      conn.broken = true;
+      // No answer, or an unknown state: not reusable. Ending the session rolls back.
+      conn.end(0);
     }
-    this.checkin(conn);
+    this.#return(conn);
   }
 
   /** Closes idle connections past `idle_timeout_ms`, retires those past their lifetime. */
   maintain(now: number): void {
-    const idleLimit = this.settings.idleTimeoutMs;
+    this.#lastUpkeep = now;
     for (const member of this.#all) {
       const keep: ServerConnection[] = [];
       let retired = 0;
       for (const conn of member.idle) {
-        if (conn.broken) this.#discard(conn);
+        if (conn.dead) this.#discard(conn);
         else if (now > conn.retireAt) {
           this.#discard(conn);
           retired++;
-        } else if (
-          idleLimit !== undefined && conn.lastUsed > 0 && now - conn.lastUsed > idleLimit
-        ) {
+        } else if (this.#expired(conn, now)) {
           this.#discard(conn);
         } else keep.push(conn);
       }
@@ -433,12 +494,30 @@ export class Group {
     }
   }
 
-  /** Fails waiters and ends every connection, idle or busy. */
-  async close(timeoutS: number): Promise<void> {
-    this.closed = true;
+  /**
+   * Graceful close: waiters fail and nothing new opens at once; idle connections end now;
+   * checkouts held at this moment may finish their work for up to `timeoutMs`; then every
+   * connection is ended, and statements on any old handler fail with `PoolClosedError`.
+   */
+  async close(timeoutMs: number): Promise<void> {
+    this.closing = true;
     this.#sem.rejectAll(new PoolClosedError());
-    const ends = [...this.#conns].map((conn) => conn.end(timeoutS));
-    for (const member of this.#all) member.idle.length = 0;
+    for (const member of this.#all) {
+      for (const conn of member.idle.splice(0)) this.#discard(conn);
+    }
+    if (this.busy > 0 && timeoutMs > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        this.#drained = resolve;
+        timer = setTimeout(resolve, timeoutMs);
+      });
+      clearTimeout(timer);
+      this.#drained = undefined;
+    }
+    this.ended = true;
+    const ends = [...this.#conns].map((conn) => conn.end(0));
+    this.#conns.clear();
+    for (const member of this.#all) member.open = 0;
     await Promise.all(ends);
   }
 }

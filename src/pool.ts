@@ -8,7 +8,8 @@ import { type PoolConfig, resolveConfig, type ResolvedConfig } from "./config.ts
 import { Endpoint } from "./endpoint.ts";
 import { PoolClosedError, UnconfiguredGroupError } from "./errors.ts";
 import { Group, type GroupContext, groupLookup } from "./group.ts";
-import { Handler, type HandlerOptions, oneShotHandler, prepareHandler } from "./handler.ts";
+import { Handler, type HandlerOptions, leaseReady } from "./handler.ts";
+import { oneShot } from "./one_shot.ts";
 import type { Row, Rows } from "./rows.ts";
 import { parseLsn } from "./lsn.ts";
 import type { ServerConnection } from "./server_connection.ts";
@@ -55,10 +56,16 @@ export class Pool extends EventTarget implements AsyncDisposable {
     this.#topology = new Topology(this.#endpoints, {
       intervalMs: resolved.healthCheckIntervalMs,
       backoffMaxMs: resolved.retryBackoffMaxMs,
+      // Derived from the groups' current routing on every round, never a sticky flag.
+      primaryWanted: () => {
+        for (const group of this.#groups.values()) if (group.wantsPrimary) return true;
+        return false;
+      },
     }, this);
     const context: GroupContext = {
       threaded: resolved.threaded,
       validateAfterMs: resolved.validateAfterMs,
+      lazyUpkeep: resolved.healthCheckIntervalMs === 0,
       topology: this.#topology,
       events: this,
       onParameter: (conn, key, value) => this.#onParameter(conn, key, value),
@@ -80,7 +87,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
    */
   [groupLookup](name: string): Group {
     const group = this.#groups.get(name);
-    if (group === undefined || group.closed) {
+    if (group === undefined || group.closing) {
       if (this.#closing !== undefined) throw new PoolClosedError();
       throw new UnconfiguredGroupError(name, [...this.#groups.keys()]);
     }
@@ -102,7 +109,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
   async acquire(group: string, options?: HandlerOptions): Promise<Handler> {
     const db = new Handler(group, options, this);
     try {
-      await prepareHandler(db);
+      await db[leaseReady]();
     } catch (err) {
       db.release();
       throw err;
@@ -123,9 +130,8 @@ export class Pool extends EventTarget implements AsyncDisposable {
     params?: readonly unknown[],
   ): Promise<Rows<T>> {
     const g = this[groupLookup](group);
-    const db = g.autocommit && this.#config.threaded
-      ? oneShotHandler(g)
-      : new Handler(group, undefined, this);
+    if (g.autocommit && this.#config.threaded) return oneShot(g, text, params) as Promise<Rows<T>>;
+    const db = new Handler(group, undefined, this);
     try {
       const rows = await db.query<T>(text, params);
       if (db.inTransaction) await db.commit();
@@ -157,14 +163,16 @@ export class Pool extends EventTarget implements AsyncDisposable {
   }
 
   /**
-   * Ends every server connection (statements in flight get `close_timeout_ms`) and makes later
-   * use fail with `PoolClosedError`. Idempotent.
+   * Graceful and final: new checkouts fail at once with `PoolClosedError`; checkouts held now
+   * may finish their work for up to `close_timeout_ms`; then every server connection is ended.
+   * Once it resolves, statements on any old handler reject with `PoolClosedError` and open
+   * nothing. Idempotent.
    */
   close(): Promise<void> {
-    const timeoutS = this.#config.closeTimeoutMs / 1000;
+    const timeoutMs = this.#config.closeTimeoutMs;
     this.#closing ??= Promise.all([
-      ...[...this.#groups.values()].map((g) => g.close(timeoutS)),
-      this.#topology.close(timeoutS),
+      ...[...this.#groups.values()].map((g) => g.close(timeoutMs)),
+      this.#topology.close(0),
     ]).then(() => {});
     return this.#closing;
   }

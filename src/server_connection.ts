@@ -1,15 +1,14 @@
 /**
- * One pooled server connection: a single-connection postgres.js client plus what the pool must
- * know to never run a statement on the wrong session (close epoch, transaction state).
+ * One pooled server connection, as the pool's books see it: its session, where it lives, when it
+ * was last used and when it retires, and who holds it. A connection is, at every moment, exactly
+ * one of: idle in its member's list, held (by one checkout, or by one shared hold of one-shot
+ * statements), or closing.
  *
  * @module
  */
 
-import type postgres from "postgres";
+import { type Outcome, Session } from "./driver/postgres.ts";
 import type { Endpoint } from "./endpoint.ts";
-import { isConnectionError } from "./sqlstate.ts";
-
-const noop = () => {};
 
 /** Where an idle connection waits: one list per endpoint of a group. */
 export interface Member {
@@ -20,33 +19,19 @@ export interface Member {
   active: boolean;
 }
 
-/**
- * A postgres.js `max: 1` client reconnects silently: after its server connection dies, the next
- * statement runs on a brand-new session. `epoch` counts closes so a transaction can notice that
- * its session is gone; `broken` makes the pool discard the client instead of reusing it, because
- * statements sent between a socket error and its close event never settle.
- */
+/** Who holds a connection right now. */
+export type ConnectionState = "idle" | "held" | "shared" | "closing";
+
+/** A pooled connection: one server session for its whole life (never reconnected). */
 export class ServerConnection {
   readonly member: Member;
-  readonly sql: postgres.Sql;
-  /** Bumped whenever the underlying server connection closes. */
-  epoch = 0;
-  /** Set on any connection-level error: never send on this client again. */
-  broken = false;
-  /** A transaction is open on this session. */
-  txOpen = false;
-  /** `epoch` when the open transaction began. */
-  txEpoch = 0;
-  /** The server said "there is no transaction in progress" (25P01) since the last reset. */
-  sawNoTransaction = false;
+  readonly session: Session;
+  state: ConnectionState = "held";
   /** `performance.now()` after the last statement finished; 0 before the first. */
   lastUsed = 0;
-  /**
-   * One-shot statements (`pool.query` in an autocommit group) holding this connection at once;
-   * 0 for an ordinary exclusive checkout. Only the last of them checks it in.
-   */
+  /** One-shot statements holding this connection at once (state `shared`). */
   users = 0;
-  /** `performance.now()` after which this connection is retired at check-in. */
+  /** `performance.now()` after which this connection is retired. */
   readonly retireAt: number;
 
   constructor(
@@ -56,15 +41,8 @@ export class ServerConnection {
   ) {
     this.member = member;
     this.retireAt = retireAt;
-    this.sql = member.endpoint.client({
-      onclose: () => {
-        this.epoch++;
-        this.broken = true;
-      },
-      onnotice: (notice) => {
-        if (notice.code === "25P01") this.sawNoTransaction = true;
-      },
-      onparameter: (key, value) => onParameter(this, key, value),
+    this.session = member.endpoint.session({
+      onParameter: (key, value) => onParameter(this, key, value),
     });
   }
 
@@ -73,59 +51,40 @@ export class ServerConnection {
     return this.member.endpoint;
   }
 
-  /** Sends `BEGIN` without waiting: it is pipelined ahead of the next statement. */
-  begin(): Promise<unknown> {
-    const begin = this.sql.unsafe("BEGIN");
-    begin.catch(noop);
-    this.txOpen = true;
-    this.txEpoch = this.epoch;
-    this.sawNoTransaction = false;
-    return begin;
+  /** The session has ended: never send on it again. */
+  get dead(): boolean {
+    return this.session.dead;
   }
 
-  /**
-   * Ends the open transaction with ROLLBACK. When the session is gone the server has rolled back
-   * already; a connection error marks the client broken. Other errors are thrown.
-   */
-  async rollback(): Promise<void> {
-    this.txOpen = false;
-    if (this.broken || this.epoch !== this.txEpoch) return;
-    try {
-      await this.sql.unsafe("ROLLBACK");
-      this.lastUsed = performance.now();
-    } catch (err) {
-      if (!isConnectionError(err)) throw err;
-      this.broken = true;
-    }
-  }
-
-  /** True when the open transaction's session has closed since `BEGIN`. */
-  get txLost(): boolean {
-    return this.txOpen && (this.broken || this.epoch !== this.txEpoch);
+  /** What is known of a statement that failed on this connection with `err`. */
+  outcomeOf(err: unknown): Outcome {
+    return this.session.outcomeOf(err);
   }
 
   /** A cheap round trip proving the session is alive; rejects after `timeoutMs`. */
-  async ping(timeoutMs: number): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const query = this.sql.unsafe("SELECT 1");
-    try {
-      await Promise.race([
-        query,
-        new Promise((_, reject) => {
-          timer = setTimeout(
-            () => reject(Object.assign(new Error("Ping timed out"), { code: "ETIMEDOUT" })),
-            timeoutMs,
-          );
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
+  ping(timeoutMs: number): Promise<unknown> {
+    return withDeadline(this.session.query("SELECT 1", undefined, PING), timeoutMs);
   }
 
-  /** Ends the client; statements in flight get `timeoutS` seconds before the socket is cut. */
-  end(timeoutS: number): Promise<void> {
-    this.broken = true;
-    return this.sql.end({ timeout: timeoutS }).catch(noop);
+  /** Ends the session; statements in flight get `timeoutMs` before the socket is cut. */
+  end(timeoutMs: number): Promise<void> {
+    this.state = "closing";
+    return this.session.end(timeoutMs);
   }
+}
+
+const PING = { prepare: false };
+
+/** Rejects with an `ETIMEDOUT` error when `promise` has not settled after `ms`. */
+export function withDeadline<T>(promise: PromiseLike<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(Object.assign(new Error(`No answer within ${ms} ms`), { code: "ETIMEDOUT" })),
+        ms,
+      );
+    }),
+  ]).finally(() => clearTimeout(timer));
 }

@@ -1,7 +1,7 @@
 /**
- * What an error from postgres.js means for the pool: is the connection gone, did the statement
- * never reach the executor, did it hit a read-only server. Kept in one place so every routing
- * decision agrees.
+ * What an error means for the pool: is the connection gone, is a server merely full, did a write
+ * hit a read-only server. Kept in one place so every routing decision agrees. Whether a statement
+ * ran is the driver's call (see `driver/postgres.ts`), not the error code's.
  *
  * @module
  */
@@ -24,30 +24,17 @@ const connectionCodes = new Set([
   "57P01", // admin_shutdown (pg_terminate_backend, fast shutdown)
   "57P02", // crash_shutdown
   "57P03", // cannot_connect_now (starting up, shutting down, recovery)
-  "53300", // too_many_connections
+  "53300", // too_many_connections (only ever at connect)
 ]);
 
-// Failures that happen before a statement can have run: nothing to double-apply on retry.
-const notExecutedCodes = new Set([
-  "CONNECT_TIMEOUT",
-  "ECONNREFUSED",
-  "ENOTFOUND",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "EAI_AGAIN",
-  "57P01",
-  "57P02",
-  "57P03",
-  "53300",
-]);
-
-function codeOf(err: unknown): string | undefined {
+/** The error's `code`, when it is a string. */
+export function codeOf(err: unknown): string | undefined {
   const code = (err as { code?: unknown } | null)?.code;
   return typeof code === "string" ? code : undefined;
 }
 
 // TLS handshake failures (untrusted or mismatched certificate, protocol errors): the session
-// never started, so nothing ran.
+// never started.
 function isTlsCode(code: string): boolean {
   return code.includes("CERT") || code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL");
 }
@@ -59,11 +46,14 @@ export function isConnectionError(err: unknown): boolean {
     (connectionCodes.has(code) || code.startsWith("08") || isTlsCode(code));
 }
 
-/** True when `err` proves the statement was never executed (connect failure or terminated backend). */
-export function isNotExecuted(err: unknown): boolean {
+/**
+ * True when a server refused a new session for lack of room (53300 too many connections, 53400
+ * a role's connection limit): a capacity condition of that one checkout, never a sign of ill
+ * health.
+ */
+export function isCapacityError(err: unknown): boolean {
   const code = codeOf(err);
-  return code !== undefined &&
-    (notExecutedCodes.has(code) || code === "08001" || code === "08004" || isTlsCode(code));
+  return code === "53300" || code === "53400";
 }
 
 /** True when a write reached a read-only server (a replica, or a demoted primary). */

@@ -7,11 +7,12 @@
  * @module
  */
 
-import type postgres from "postgres";
+import type { Session } from "./driver/postgres.ts";
 import type { Endpoint, EndpointRole } from "./endpoint.ts";
 import { PoolEvent, reasonOf } from "./events.ts";
 import { parseLsn } from "./lsn.ts";
-import { isNotExecuted, isReadOnlyError } from "./sqlstate.ts";
+import { withDeadline } from "./server_connection.ts";
+import { isCapacityError, isReadOnlyError } from "./sqlstate.ts";
 
 // One round trip: role, WAL position and the replica's own view of its lag. The lag is only
 // meaningful while received WAL waits for replay; otherwise the replica is caught up with what
@@ -40,14 +41,18 @@ interface PrimarySample {
 export interface TopologyOptions {
   readonly intervalMs: number;
   readonly backoffMaxMs: number;
+  /** Whether some group needs a primary and has none routable (then probing runs faster). */
+  readonly primaryWanted: () => boolean;
 }
+
+const PROBE = { prepare: false };
 
 /** Role and health of every endpoint of a pool. */
 export class Topology {
   readonly endpoints: readonly Endpoint[];
   readonly #options: TopologyOptions;
   readonly #events: EventTarget;
-  readonly #clients = new Map<Endpoint, postgres.Sql>();
+  readonly #clients = new Map<Endpoint, Session>();
   readonly #listeners: (() => void)[] = [];
   readonly #tickers: ((now: number) => void)[] = [];
   readonly #history: PrimarySample[] = [];
@@ -55,8 +60,6 @@ export class Topology {
   #started = false;
   #closed = false;
   #refreshing: Promise<void> | undefined;
-  /** Set by groups that need a primary and have none: probe faster until one shows up. */
-  primaryWanted = false;
 
   constructor(endpoints: readonly Endpoint[], options: TopologyOptions, events: EventTarget) {
     this.endpoints = endpoints;
@@ -89,7 +92,9 @@ export class Topology {
       const now = performance.now();
       for (const fn of this.#tickers) fn(now);
       const interval = this.#options.intervalMs;
-      this.#schedule(this.primaryWanted ? Math.min(interval, FAST_INTERVAL_MS) : interval);
+      this.#schedule(
+        this.#options.primaryWanted() ? Math.min(interval, FAST_INTERVAL_MS) : interval,
+      );
     }, delayMs);
   }
 
@@ -136,20 +141,24 @@ export class Topology {
 
   async #probe(endpoint: Endpoint): Promise<void> {
     let client = this.#clients.get(endpoint);
-    if (client === undefined) {
-      client = endpoint.probeClient();
+    if (client === undefined || client.dead) {
+      client = endpoint.probeSession();
       this.#clients.set(endpoint, client);
     }
     const started = performance.now();
     let row: { recovery: boolean; lsn: string | null; lag_ms: number };
     try {
-      const rows = await deadline(client.unsafe(PROBE_SQL), endpoint.connectTimeoutS * 1000);
+      const rows = await withDeadline(
+        client.query(PROBE_SQL, undefined, PROBE),
+        endpoint.connectTimeoutS * 1000,
+      );
       row = rows[0] as unknown as typeof row;
     } catch (err) {
-      // A failed probe client may hold a half-dead socket: never reuse it.
+      // A failed probe session may hold a half-dead socket: never reuse it.
       this.#clients.delete(endpoint);
-      client.end({ timeout: 0 }).catch(() => {});
-      if (!this.#closed) this.markDown(endpoint, err);
+      client.end(0);
+      // A server that is full still answers: capacity is not health.
+      if (!this.#closed && !isCapacityError(err)) this.markDown(endpoint, err);
       return;
     } finally {
       endpoint.lastProbeAt = performance.now();
@@ -176,12 +185,15 @@ export class Topology {
   /** Checks one replica's replay position right now (read-your-writes waits on it). */
   async replayLsn(endpoint: Endpoint): Promise<bigint | undefined> {
     const client = this.#clients.get(endpoint);
-    if (client === undefined || endpoint.state !== "up") {
+    if (client === undefined || client.dead || endpoint.state !== "up") {
       await this.probe(endpoint);
       return endpoint.lsn;
     }
     try {
-      const rows = await deadline(client.unsafe(REPLAY_SQL), endpoint.connectTimeoutS * 1000);
+      const rows = await withDeadline(
+        client.query(REPLAY_SQL, undefined, PROBE),
+        endpoint.connectTimeoutS * 1000,
+      );
       const lsn = parseLsn(rows[0]?.lsn);
       if (lsn !== undefined && endpoint.role === "replica") endpoint.lsn = lsn;
       return lsn;
@@ -228,16 +240,13 @@ export class Topology {
   }
 
   /**
-   * A statement or connect failed on `endpoint`. Refused connects open the circuit at once;
-   * other connection losses and read-only errors trigger an immediate probe.
+   * A statement or connect failed on `endpoint`. Only the endpoint's own probe decides its
+   * health, so this triggers one at once; a full server (53300, 53400) is not probed at all.
    */
   report(endpoint: Endpoint, err: unknown): void {
     if (this.#closed) return;
     endpoint.errors++;
-    if (isNotExecuted(err) && !isTerminated(err)) {
-      this.markDown(endpoint, err);
-      return;
-    }
+    if (isCapacityError(err)) return;
     this.probe(endpoint);
     // A primary that went read-only or away: look for the new one everywhere.
     if (isReadOnlyError(err) || endpoint.role === "primary") this.refresh();
@@ -245,13 +254,19 @@ export class Topology {
 
   /** Opens the circuit: routing skips the endpoint until a probe after the back-off succeeds. */
   markDown(endpoint: Endpoint, err: unknown): void {
+    // The back-off only starts over once the server has stayed up for a full back-off period:
+    // a server that flaps keeps backing off further.
+    const now = performance.now();
+    if (endpoint.state === "up" && now - endpoint.upSince > this.#options.backoffMaxMs) {
+      endpoint.failures = 0;
+    }
     endpoint.failures++;
     endpoint.lastError = reasonOf(err);
     const step = Math.min(
       this.#options.backoffMaxMs,
       BACKOFF_BASE_MS * 2 ** Math.min(endpoint.failures - 1, 20),
     );
-    endpoint.retryAt = performance.now() + step / 2 + Math.random() * step / 2;
+    endpoint.retryAt = now + step / 2 + Math.random() * step / 2;
     if (endpoint.state === "down") return;
     endpoint.state = "down";
     this.#events.dispatchEvent(
@@ -261,9 +276,9 @@ export class Topology {
   }
 
   #markUp(endpoint: Endpoint): boolean {
-    endpoint.failures = 0;
     if (endpoint.state === "up") return false;
     endpoint.state = "up";
+    endpoint.upSince = performance.now();
     this.#events.dispatchEvent(new PoolEvent("endpointup", { endpoint: endpoint.info }));
     return true;
   }
@@ -273,31 +288,12 @@ export class Topology {
   }
 
   /** Stops probing and ends the probe connections. */
-  async close(timeoutS: number): Promise<void> {
+  async close(timeoutMs: number): Promise<void> {
     this.#closed = true;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
     const clients = [...this.#clients.values()];
     this.#clients.clear();
-    await Promise.all(clients.map((c) => c.end({ timeout: timeoutS }).catch(() => {})));
+    await Promise.all(clients.map((c) => c.end(timeoutMs)));
   }
-}
-
-function isTerminated(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return code === "57P01" || code === "57P02";
-}
-
-/** Rejects when `promise` has not settled after `ms`: a hung host must not hang a probe. */
-function deadline<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(Object.assign(new Error(`No answer within ${ms} ms`), { code: "ETIMEDOUT" })),
-        ms,
-      );
-    }),
-  ]).finally(() => clearTimeout(timer));
 }

@@ -84,12 +84,16 @@ describe("observability", () => {
       const timeout = events.find((e) => e.type === "acquiretimeout");
       assert.equal(timeout?.detail.group, "g");
     }
-    // The refused connect is retried once; by then the endpoint is down, so the caller is told so.
+    // A refused connect is the caller's answer (nothing ran); it triggers a probe of that server,
+    // and only the probe marks it down.
     await assert.rejects(
       p.query("nowhere", "SELECT 1"),
       (err: Error & { code?: string }) =>
         err instanceof NoEndpointAvailableError || err.code === "ECONNREFUSED",
     );
+    await waitFor(() => events.some((e) => e.type === "endpointdown"), {
+      message: "endpointdown after the probe",
+    });
     const err = events.find((e) => e.type === "connectionerror");
     assert.ok(err, "connectionerror dispatched");
     assert.equal(err.detail.group, "nowhere");

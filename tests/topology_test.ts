@@ -271,7 +271,7 @@ describe("read-your-writes", () => {
     await using p = pool("ryw-bad", { read: { connection_count: 1 } });
     assert.throws(
       () => p.handler("read", { after: "yesterday" }),
-      /after must be a token .*"yesterday"/,
+      /after of group "read" must be a token .*"yesterday"/,
     );
   });
 });

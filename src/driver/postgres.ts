@@ -1,0 +1,313 @@
+/**
+ * The one place that knows postgres.js. A {@linkcode Session} is one server session on a
+ * single-connection postgres.js client, with the client's habits routed around:
+ *
+ * - it never reconnects: once its connection closes it is dead for good, and anything sent
+ *   later is refused unsent (a `max: 1` client would otherwise open a new session silently);
+ * - it reads nothing from the environment (`PG*` variables) and parses no host strings: every
+ *   option is given explicitly, hosts and ports as arrays, so IPv6 literals work;
+ * - the password is handed over as a function, so no readable property holds it;
+ * - it can tell, after a failure, whether a statement provably never ran.
+ *
+ * @module
+ */
+
+import postgres from "postgres";
+import { isConnectionError } from "../sqlstate.ts";
+
+/** TLS settings in postgres.js's form. */
+export type DriverSsl =
+  | false
+  | "prefer"
+  | "require"
+  | "verify-full"
+  | { ca: string; rejectUnauthorized: true };
+
+/** Everything needed to open one session. */
+export interface SessionOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly database: string;
+  readonly user: string;
+  readonly password: () => string;
+  readonly ssl: DriverSsl;
+  readonly connectTimeoutS: number;
+  readonly prepare: boolean;
+  /** Fetch array types at connect (one catalog query); off for probes. */
+  readonly fetchTypes: boolean;
+  /** Start-up parameters (`application_name`, `statement_timeout`, ...). */
+  readonly parameters: Readonly<Record<string, string | number>>;
+}
+
+/** What a session reports to its owner. */
+export interface SessionHooks {
+  /** A start-up or changed server parameter (`in_hot_standby`, ...). */
+  onParameter?(key: string, value: string): void;
+  /** The server session ended (once). */
+  onClose?(): void;
+}
+
+/**
+ * What is known of a failed statement: `failed` (the server ran it and reported an error; the
+ * session lives on), `not-executed` (provably never ran), `unknown` (the connection was lost
+ * while it may have been running).
+ */
+export type Outcome = "failed" | "not-executed" | "unknown";
+
+/** A statement refused unsent because its session had already ended. */
+export class SessionEndedError extends Error {
+  /** A connection-level code, so every classifier treats it as a lost connection. */
+  readonly code = "CONNECTION_ENDED";
+  constructor() {
+    super("The server session has ended; the statement was not sent");
+    this.name = "SessionEndedError";
+  }
+}
+
+const noop = () => {};
+
+// FATAL errors after which the server executed nothing more on the session: an administrator
+// terminated it (57P01) or it could not start (57P03). 57P02 (crash of another backend) is left
+// out on purpose: quickdie can follow a flushed commit whose acknowledgement never left.
+const terminatedCodes = new Set(["57P01", "57P03"]);
+
+interface NetModule {
+  Socket: new () => NetSocket;
+}
+interface NetSocket {
+  host?: string;
+  port?: number;
+  on(event: "data", fn: (chunk: Uint8Array) => void): unknown;
+  connect(port: number, host: string): unknown;
+}
+
+let net: NetModule | null | undefined;
+
+// node:net exists on Deno, Bun and Node; on workerd postgres.js brings its own sockets, and the
+// FATAL sniffing below is simply not available there (outcomes stay "unknown").
+async function loadNet(): Promise<NetModule | null> {
+  if (net !== undefined) return net;
+  const ua = (globalThis as { navigator?: { userAgent?: string } }).navigator?.userAgent;
+  if (ua === "Cloudflare-Workers") return net = null;
+  try {
+    const specifier = "node:net";
+    net = (await import(specifier)) as NetModule;
+  } catch {
+    net = null;
+  }
+  return net;
+}
+const haveNet = loadNet();
+
+/** Our options object, complete, so postgres.js never falls back to the environment. */
+type ParsedOptions = Record<string, unknown> & {
+  socket?: (() => unknown) | undefined;
+  parsers: Record<string, unknown>;
+  serializers: Record<string, unknown>;
+};
+
+let template: ParsedOptions | undefined;
+
+// postgres.js returns an options object that already carries `shared` as is, without reading
+// process.env. The serializers and parsers come from one template client made with every option
+// explicit (a non-empty target_session_attrs keeps PGTARGETSESSIONATTRS out of it).
+function parsedTemplate(): ParsedOptions {
+  if (template !== undefined) return template;
+  const sql = postgres({
+    host: ["localhost"] as unknown as string,
+    port: [5432] as unknown as number,
+    database: "template",
+    user: "template",
+    pass: noop as unknown as string,
+    target_session_attrs: "primary",
+    ...explicitDefaults,
+    connection: { application_name: "template" },
+  } as unknown as postgres.Options<Record<string, postgres.PostgresType>>);
+  template = sql.options as unknown as ParsedOptions;
+  return template;
+}
+
+const explicitDefaults = {
+  max: 1,
+  ssl: false,
+  sslnegotiation: null,
+  // The pool retires connections itself (max_lifetime_ms, idle_timeout_ms).
+  idle_timeout: 0,
+  connect_timeout: 10,
+  max_lifetime: null,
+  max_pipeline: 100,
+  backoff: 0,
+  keep_alive: 60,
+  prepare: true,
+  debug: false,
+  fetch_types: true,
+  publications: "alltables",
+};
+
+/** One server session. Dies once; never reconnects. */
+export class Session {
+  /** The postgres.js tagged template of this session. */
+  readonly sql: postgres.Sql;
+  readonly #options: ParsedOptions;
+  readonly #hooks: SessionHooks;
+  #dead = false;
+  #established = false;
+  #ending = false;
+  #tail: Uint8Array | undefined;
+  #beforeTail: Uint8Array | undefined;
+  #fatal: string | undefined | null = null;
+
+  constructor(options: SessionOptions, hooks: SessionHooks) {
+    this.#hooks = hooks;
+    const base = parsedTemplate();
+    const parsed: ParsedOptions = {
+      ...base,
+      ...explicitDefaults,
+      host: [options.host],
+      port: [options.port],
+      path: false,
+      database: options.database,
+      user: options.user,
+      pass: options.password,
+      ssl: options.ssl,
+      connect_timeout: options.connectTimeoutS,
+      prepare: options.prepare,
+      fetch_types: options.fetchTypes,
+      connection: { ...options.parameters },
+      target_session_attrs: null,
+      onnotice: noop,
+      onparameter: (key: string, value: string) => {
+        this.#established = true;
+        this.#hooks.onParameter?.(key, value);
+      },
+      onclose: () => this.#closed(),
+      parameters: {},
+      shared: { retries: 0, typeArrayMap: {} },
+      // Array types learnt at connect are added to these: one copy per session.
+      parsers: { ...base.parsers },
+      serializers: { ...base.serializers },
+      socket: undefined,
+    };
+    if (net !== null) parsed.socket = () => this.#openSocket(options);
+    this.#options = parsed;
+    this.sql = postgres(
+      parsed as unknown as postgres.Options<Record<string, postgres.PostgresType>>,
+    );
+  }
+
+  /** Whether the server accepted the session (its start-up finished at some point). */
+  get established(): boolean {
+    return this.#established;
+  }
+
+  /** Whether the session has ended: nothing will be sent on it again. */
+  get dead(): boolean {
+    return this.#dead;
+  }
+
+  /** Sends a statement (on its first `then`/`catch`, postgres.js style), or refuses it unsent. */
+  query(
+    text: string,
+    params: readonly unknown[] | undefined,
+    options: { prepare: boolean },
+  ): Promise<postgres.RowList<postgres.Row[]>> {
+    if (this.#dead) return Promise.reject(new SessionEndedError()) as Promise<never>;
+    return this.sql.unsafe(text, params as postgres.ParameterOrJSON<never>[] | undefined, options);
+  }
+
+  /** What is known of a statement that rejected with `err` on this session. */
+  outcomeOf(err: unknown): Outcome {
+    if (err instanceof SessionEndedError) return "not-executed";
+    const fatal = (err as { severity?: unknown } | null)?.severity === "FATAL";
+    if (!fatal && !isConnectionError(err)) return "failed";
+    // Nothing is written before the start-up exchange has finished.
+    if (!this.#established) return "not-executed";
+    // Written statements are rejected the moment the connection closes; what postgres.js still
+    // held unwritten is rejected by our end() afterwards.
+    if ((err as { code?: unknown }).code === "CONNECTION_DESTROYED" && !this.#ending) {
+      return "not-executed";
+    }
+    return terminatedCodes.has(this.#fatalCode() ?? "") ? "not-executed" : "unknown";
+  }
+
+  /** Ends the session; statements in flight get `timeoutMs` before the socket is cut. */
+  end(timeoutMs: number): Promise<void> {
+    this.#ending = true;
+    this.#dead = true;
+    this.#refuseReconnect();
+    return this.sql.end({ timeout: timeoutMs / 1000 }).catch(noop);
+  }
+
+  #closed(): void {
+    if (this.#dead && this.#ending) return;
+    this.#dead = true;
+    this.#refuseReconnect();
+    // postgres.js re-queues what it still held unwritten onto a reconnect; refused above, then
+    // rejected here (CONNECTION_DESTROYED), never sent.
+    this.sql.end({ timeout: 0 }).catch(noop);
+    this.#hooks.onClose?.();
+  }
+
+  #refuseReconnect(): void {
+    this.#options.socket = () => {
+      throw new SessionEndedError();
+    };
+  }
+
+  async #openSocket(options: SessionOptions): Promise<unknown> {
+    const mod = net ?? await haveNet;
+    if (mod === null) throw new Error("node:net is not available");
+    const socket = new mod.Socket();
+    // postgres.js reads these for TLS server names; connect() is left to us with a socket option.
+    socket.host = options.host;
+    socket.port = options.port;
+    socket.on("data", (chunk) => {
+      this.#beforeTail = this.#tail;
+      this.#tail = chunk;
+    });
+    socket.connect(options.port, options.host);
+    return socket;
+  }
+
+  // The server's last words before it closed: a trailing ErrorResponse, if any. Parsed only
+  // after a failure, from the last two chunks received (TLS hides them: then nothing is known).
+  #fatalCode(): string | undefined {
+    if (this.#fatal !== null) return this.#fatal;
+    const tail = this.#tail;
+    if (tail === undefined) return this.#fatal = undefined;
+    const before = this.#beforeTail;
+    const buf = before === undefined ? tail : concat(before, tail);
+    return this.#fatal = trailingFatal(buf);
+  }
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a, 0);
+  out.set(b, a.length);
+  return out;
+}
+
+/** The SQLSTATE of a FATAL ErrorResponse that ends exactly at the end of `buf`. */
+export function trailingFatal(buf: Uint8Array): string | undefined {
+  const n = buf.length;
+  for (let i = 0; i + 5 <= n; i++) {
+    if (buf[i] !== 0x45) continue; // 'E'
+    const len = ((buf[i + 1] << 24) | (buf[i + 2] << 16) | (buf[i + 3] << 8) | buf[i + 4]) >>> 0;
+    if (i + 1 + len !== n) continue;
+    let severity: string | undefined;
+    let code: string | undefined;
+    let j = i + 5;
+    while (j < n && buf[j] !== 0) {
+      const field = buf[j++];
+      let end = j;
+      while (end < n && buf[end] !== 0) end++;
+      const value = String.fromCharCode(...buf.subarray(j, end));
+      if (field === 0x56 || (field === 0x53 && severity === undefined)) severity = value; // V, S
+      else if (field === 0x43) code = value; // C
+      j = end + 1;
+    }
+    if (severity === "FATAL" || severity === "PANIC") return code;
+  }
+  return undefined;
+}

@@ -1,0 +1,384 @@
+/**
+ * A checkout: the one object that holds a group's permit and connection for a caller, and the
+ * only one that may swap that connection. It owns the checkout's session rules: a dead
+ * connection may be replaced only while nothing of the checkout has been written on it; after
+ * that a lost session stays lost (`SessionLostError`, `TransactionLostError`), and no statement
+ * is ever re-sent unless the driver proves it never ran.
+ *
+ * @module
+ */
+
+import type { EndpointInfo } from "./endpoint.ts";
+import {
+  PoolClosedError,
+  SessionLostError,
+  type StatementOutcome,
+  TransactionAbortedError,
+  TransactionLostError,
+} from "./errors.ts";
+import type { Group } from "./group.ts";
+import type { ResolvedHandlerOptions } from "./handler_options.ts";
+import type { Rows, Sql } from "./rows.ts";
+import type { ServerConnection } from "./server_connection.ts";
+import { isReadOnlyError } from "./sqlstate.ts";
+import { LSN_SQL, mayWrite, readToken } from "./token.ts";
+
+const noop = () => {};
+
+/** How many times the first statement of a checkout may move to a fresh connection. */
+export const MAX_ATTEMPTS = 3;
+
+const HELD = 0;
+const WAITING = 1;
+const RELEASED = 2;
+
+const COMMIT_OPTIONS = { prepare: false };
+
+/** One checkout of a group. `Handler` is its public façade. */
+export class Lease {
+  readonly group: Group;
+  readonly autocommit: boolean;
+  #conn: ServerConnection | null;
+  #pending: Promise<ServerConnection> | null = null;
+  #cancel: ((reason: unknown) => void) | null = null;
+  #state: number;
+  /** A statement of this checkout has been written on the current connection. */
+  #used = false;
+  /** `acquire()` validated the connection: its first statement skips the staleness check. */
+  #validated = false;
+  /** A transaction is open on the current connection. */
+  #tx = false;
+  /** Set once the session is lost; every later statement gets it. */
+  #lost: SessionLostError | null = null;
+  #token: string | undefined;
+  #sql: Sql | undefined;
+  #validating: Promise<ServerConnection> | null = null;
+
+  constructor(group: Group, options: ResolvedHandlerOptions) {
+    this.group = group;
+    this.autocommit = options.autocommit ?? group.settings.autocommit;
+    const conn = options.after === undefined ? group.tryCheckout() : null;
+    this.#conn = conn;
+    if (conn !== null) {
+      this.#state = HELD;
+      return;
+    }
+    this.#state = WAITING;
+    const pending = group.waitCheckout(
+      options.signal,
+      options.timeoutMs,
+      options.after,
+      (cancel) => this.#cancel = cancel,
+    ).then((conn) => {
+      this.#pending = null;
+      if (this.#state === RELEASED) {
+        group.checkin(conn, false);
+        throw this.#afterRelease();
+      }
+      this.#state = HELD;
+      this.#conn = conn;
+      return conn;
+    });
+    pending.catch(noop);
+    this.#pending = pending;
+  }
+
+  /** The server in use; `undefined` while waiting or after release. */
+  get endpoint(): EndpointInfo | undefined {
+    return this.#conn?.endpoint.info;
+  }
+
+  /** Whether a transaction is open. */
+  get inTransaction(): boolean {
+    return this.#tx;
+  }
+
+  /** The read-your-writes token of this checkout's last write, if any. */
+  get token(): string | undefined {
+    return this.#token;
+  }
+
+  /** Resolves once a connection is held and proven alive (for `pool.acquire()`). */
+  async ready(): Promise<void> {
+    const conn = this.#conn ?? await this.#connection();
+    if (!this.#used) {
+      await this.#validate(conn);
+      this.#validated = true;
+    }
+  }
+
+  /** Runs one statement and resolves to its rows. */
+  async query(text: string, params: readonly unknown[] | undefined): Promise<Rows> {
+    let conn = this.#conn ?? await this.#connection();
+    if (!this.#used && !this.#validated) {
+      // Concurrent first statements share one validation: one swap at most.
+      conn = await (this.#validating ??= this.#validate(conn).finally(() => {
+        this.#validating = null;
+      }));
+    }
+    for (let attempt = 1;; attempt++) {
+      conn = this.#usable(conn);
+      const first = !this.#used;
+      this.#used = true;
+      const begin = !this.autocommit && !this.#tx ? this.#begin(conn) : undefined;
+      let lsn: Promise<Rows> | undefined;
+      try {
+        let rows: Rows;
+        if (this.autocommit && conn.endpoint.role === "primary" && mayWrite(text)) {
+          // The token query is pipelined right behind the write: no extra round trip.
+          const sent = conn.session.query(text, params, conn.endpoint.queryOptions).then();
+          lsn = conn.session.query(LSN_SQL, undefined, COMMIT_OPTIONS) as Promise<Rows>;
+          lsn.catch(noop);
+          rows = await sent as unknown as Rows;
+        } else {
+          rows = await conn.session.query(text, params, conn.endpoint.queryOptions) as Rows;
+        }
+        if (begin !== undefined) await begin;
+        conn.lastUsed = performance.now();
+        this.#trackTransaction(rows.command);
+        if (lsn !== undefined) await this.#record(lsn);
+        return rows;
+      } catch (err) {
+        const outcome = conn.outcomeOf(err);
+        if (outcome === "failed") {
+          if (isReadOnlyError(err)) this.group.reportFailure(conn, err);
+          throw err;
+        }
+        this.group.reportFailure(conn, err);
+        // A server that refused the session: its own error says why (nothing ran, nothing lost).
+        if (!conn.session.established) throw err;
+        // Nothing of this checkout ran on that session: it may move, a bounded number of times.
+        if (
+          outcome === "not-executed" && first && this.#lost === null && this.#conn === conn &&
+          attempt < MAX_ATTEMPTS && !this.group.closing
+        ) {
+          this.#tx = false;
+          this.#used = false;
+          conn = this.#swap(conn);
+          continue;
+        }
+        throw this.#lose(conn, err, outcome, "its connection was lost during a statement");
+      }
+    }
+  }
+
+  /**
+   * Commits and resolves to the read-your-writes token: the primary's WAL position read right
+   * after the COMMIT acknowledgement, pipelined behind it (no extra round trip).
+   */
+  async commit(): Promise<string | undefined> {
+    const conn = this.#usable(this.#conn ?? await this.#connection());
+    this.#used = true;
+    if (!this.#tx) return undefined;
+    const commit = conn.session.query("COMMIT", undefined, COMMIT_OPTIONS);
+    // Wire order is the order of the first then/catch: COMMIT first, the position after it.
+    commit.catch(noop);
+    let lsn: Promise<Rows> | undefined;
+    if (conn.endpoint.role !== "replica") {
+      lsn = conn.session.query(LSN_SQL, undefined, COMMIT_OPTIONS) as Promise<Rows>;
+      lsn.catch(noop);
+    }
+    let result: Rows;
+    try {
+      result = await commit as Rows;
+    } catch (err) {
+      const outcome = conn.outcomeOf(err);
+      this.#tx = false;
+      if (outcome === "failed") throw err;
+      this.group.reportFailure(conn, err);
+      throw this.#lose(
+        conn,
+        err,
+        outcome,
+        outcome === "unknown"
+          ? "the connection closed before COMMIT was acknowledged; its outcome is unknown"
+          : "its connection closed before COMMIT ran; nothing was committed",
+      );
+    }
+    this.#tx = false;
+    conn.lastUsed = performance.now();
+    if (result.command === "ROLLBACK") throw new TransactionAbortedError(this.group.name);
+    return lsn === undefined ? undefined : await this.#record(lsn);
+  }
+
+  /**
+   * Rolls back the open transaction (a no-op when none is open). After a lost session this is
+   * the caller's acknowledgement: the checkout continues on a fresh connection.
+   */
+  async rollback(): Promise<void> {
+    let conn = this.#conn ?? await this.#connection();
+    if (this.#lost !== null) {
+      this.#lost = null;
+      this.#tx = false;
+      this.#used = false;
+      this.#swap(conn);
+      return;
+    }
+    conn = this.#usable(conn);
+    if (!this.#tx) return;
+    this.#tx = false;
+    try {
+      await conn.session.query("ROLLBACK", undefined, COMMIT_OPTIONS);
+      conn.lastUsed = performance.now();
+    } catch (err) {
+      const outcome = conn.outcomeOf(err);
+      if (outcome === "failed") throw err;
+      // The session is gone, and its transaction with it: that is a rollback.
+      this.group.reportFailure(conn, err);
+    }
+  }
+
+  /**
+   * The tagged template bound to this checkout's session (in a transaction group the transaction
+   * opens on first use). It refuses use once the checkout is released or its session is lost.
+   */
+  get sql(): Sql {
+    if (this.#conn === null) {
+      if (this.#state === RELEASED) throw this.#afterRelease();
+      throw new TypeError(
+        `Handler of group ${
+          JSON.stringify(this.group.name)
+        } is still waiting for a connection: use await pool.acquire() before using sql`,
+      );
+    }
+    return this.#sql ??= this.#facade();
+  }
+
+  /** Returns the connection (rolling back open work first). Idempotent. */
+  release(): Promise<void> | undefined {
+    if (this.#state === RELEASED) return;
+    this.#state = RELEASED;
+    const conn = this.#conn;
+    if (conn === null) {
+      this.#cancel?.(this.#afterRelease());
+      return;
+    }
+    this.#conn = null;
+    const tx = this.#tx;
+    this.#tx = false;
+    return this.group.checkin(conn, tx);
+  }
+
+  #facade(): Sql {
+    const session = (): Sql => {
+      if (this.#conn === null) throw this.#afterRelease();
+      const conn = this.#usable(this.#conn);
+      this.#used = true;
+      if (!this.autocommit && !this.#tx) this.#begin(conn);
+      conn.lastUsed = performance.now();
+      return conn.session.sql;
+    };
+    const sql =
+      ((first: unknown, ...rest: unknown[]) =>
+        (session() as unknown as (...args: unknown[]) => unknown)(
+          first,
+          ...rest,
+        )) as unknown as Sql;
+    const forward =
+      (name: "unsafe" | "array" | "json" | "typed" | "file") => (...args: unknown[]) =>
+        (session()[name] as (...args: unknown[]) => unknown)(...args);
+    Object.assign(sql, {
+      unsafe: forward("unsafe"),
+      array: forward("array"),
+      json: forward("json"),
+      typed: forward("typed"),
+      file: forward("file"),
+    });
+    return sql;
+  }
+
+  /** The connection to send on now, or throws when this checkout may not send. */
+  #usable(conn: ServerConnection): ServerConnection {
+    if (this.group.ended) throw new PoolClosedError();
+    if (this.#lost !== null) throw this.#lost;
+    if (!conn.dead) return conn;
+    if (this.#used) {
+      throw this.#lose(conn, undefined, "not-executed", "its connection closed");
+    }
+    // Nothing of this checkout ran on it yet: moving is safe and unobservable.
+    return this.#swap(conn);
+  }
+
+  #begin(conn: ServerConnection): Promise<unknown> {
+    const begin = conn.session.query("BEGIN", undefined, COMMIT_OPTIONS);
+    begin.catch(noop);
+    this.#tx = true;
+    return begin;
+  }
+
+  // Transactions opened or ended by the caller's own statements in an autocommit checkout.
+  #trackTransaction(command: string): void {
+    if (command === "BEGIN" || command === "START TRANSACTION") this.#tx = true;
+    else if (command === "COMMIT" || command === "ROLLBACK") this.#tx = false;
+  }
+
+  async #record(lsn: Promise<Rows>): Promise<string | undefined> {
+    const token = await readToken(lsn);
+    if (token !== undefined) {
+      this.#token = token;
+      this.group.context.onToken(token);
+    }
+    return token;
+  }
+
+  /** Pings a connection idle past `validate_after_ms`; swaps it when dead. Nothing is written. */
+  async #validate(conn: ServerConnection): Promise<ServerConnection> {
+    for (let attempt = 1;; attempt++) {
+      if (this.group.ended) throw new PoolClosedError();
+      if (conn.dead) {
+        conn = this.#swap(conn);
+        continue;
+      }
+      const lastUsed = conn.lastUsed;
+      if (lastUsed === 0 || performance.now() - lastUsed <= this.group.context.validateAfterMs) {
+        return conn;
+      }
+      try {
+        await conn.ping(conn.endpoint.connectTimeoutS * 1000);
+        conn.lastUsed = performance.now();
+        return conn;
+      } catch (err) {
+        this.group.reportFailure(conn, err);
+        if (attempt >= MAX_ATTEMPTS) throw err;
+        conn.end(0);
+        conn = this.#swap(conn);
+      }
+    }
+  }
+
+  #swap(conn: ServerConnection): ServerConnection {
+    // Only the connection held right now can be swapped: a stale reference never swaps twice.
+    if (this.#conn !== conn) return this.#conn!;
+    const next = this.group.replace(conn);
+    this.#conn = next;
+    return next;
+  }
+
+  #connection(): Promise<ServerConnection> {
+    if (this.#state === RELEASED) return Promise.reject(this.#afterRelease());
+    return this.#pending!;
+  }
+
+  #lose(
+    conn: ServerConnection,
+    cause: unknown,
+    outcome: StatementOutcome,
+    detail: string,
+  ): SessionLostError {
+    const options = cause === undefined ? undefined : { cause };
+    const Lost = this.#tx ? TransactionLostError : SessionLostError;
+    this.#tx = false;
+    // Later statements of the checkout are refused unsent: for them the outcome is known.
+    this.#lost = new Lost(this.group.name, "not-executed", detail, options);
+    if (!conn.dead) conn.end(0);
+    return outcome === "not-executed"
+      ? this.#lost
+      : new Lost(this.group.name, outcome, detail, options);
+  }
+
+  #afterRelease(): TypeError {
+    return new TypeError(
+      `Handler of group ${JSON.stringify(this.group.name)} was used after release`,
+    );
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * `pool.query()` in an autocommit group (threaded mode): one statement, committed by itself.
+ * When every connection is busy and nobody waits it is pipelined onto a connection other
+ * one-shots hold (one shared hold, one permit), as postgres.js does. A statement that provably
+ * never ran (its connection was dead before it was written, or the server terminated the
+ * session before reading it) moves to another connection; any other loss is reported with its
+ * outcome unknown, never re-sent.
+ *
+ * @module
+ */
+
+import { SessionLostError } from "./errors.ts";
+import type { Group } from "./group.ts";
+import { MAX_ATTEMPTS } from "./lease.ts";
+import type { Rows } from "./rows.ts";
+import type { ServerConnection } from "./server_connection.ts";
+import { isReadOnlyError } from "./sqlstate.ts";
+import { LSN_SQL, mayWrite, readToken } from "./token.ts";
+
+const noop = () => {};
+const LSN_OPTIONS = { prepare: false };
+
+// A connection of its own (shared from now on), or a seat on one that one-shots share.
+function hold(group: Group): ServerConnection | Promise<ServerConnection> {
+  const own = group.tryCheckout();
+  if (own !== null) {
+    group.share(own);
+    return own;
+  }
+  return group.tryShare() ?? group.waitCheckout().then((conn) => {
+    group.share(conn);
+    return conn;
+  });
+}
+
+/** Runs `text` once on `group` and resolves to its rows. */
+export async function oneShot(
+  group: Group,
+  text: string,
+  params: readonly unknown[] | undefined,
+): Promise<Rows> {
+  for (let attempt = 1;; attempt++) {
+    const held = hold(group);
+    let conn = held instanceof Promise ? await held : held;
+    if (conn.users === 1 && isStale(group, conn)) conn = await revalidate(group, conn);
+    let lsn: Promise<Rows> | undefined;
+    try {
+      let rows: Rows;
+      if (conn.endpoint.role === "primary" && mayWrite(text)) {
+        // The token query is pipelined right behind the write: no extra round trip.
+        const sent = conn.session.query(text, params, conn.endpoint.queryOptions).then();
+        lsn = conn.session.query(LSN_SQL, undefined, LSN_OPTIONS) as Promise<Rows>;
+        lsn.catch(noop);
+        rows = await sent as unknown as Rows;
+      } else {
+        rows = await conn.session.query(text, params, conn.endpoint.queryOptions) as Rows;
+      }
+      conn.lastUsed = performance.now();
+      group.checkin(conn, false);
+      if (lsn !== undefined) {
+        const token = await readToken(lsn);
+        if (token !== undefined) group.context.onToken(token);
+      }
+      return rows;
+    } catch (err) {
+      const outcome = conn.outcomeOf(err);
+      if (outcome === "failed") {
+        if (isReadOnlyError(err)) group.reportFailure(conn, err);
+        group.checkin(conn, false);
+        throw err;
+      }
+      group.reportFailure(conn, err);
+      if (!conn.dead) conn.end(0);
+      group.checkin(conn, false);
+      // A server that refused the session: its own error says why (nothing ran).
+      if (!conn.session.established) throw err;
+      if (outcome === "not-executed" && attempt < MAX_ATTEMPTS && !group.closing) continue;
+      throw new SessionLostError(
+        group.name,
+        outcome,
+        outcome === "unknown"
+          ? "the connection was lost while the statement may have been running; it was not retried"
+          : "the server ended every session the statement was sent on before reading it",
+        { cause: err },
+      );
+    }
+  }
+}
+
+function isStale(group: Group, conn: ServerConnection): boolean {
+  return conn.dead ||
+    (conn.lastUsed !== 0 &&
+      performance.now() - conn.lastUsed > group.context.validateAfterMs);
+}
+
+// A connection of our own that sat idle: prove it alive before writing anything on it. While
+// it is being pinged (users === 1), other one-shots may already join it; they are covered by the
+// same rule as any statement on a connection that dies: not-executed moves, unknown reports.
+async function revalidate(group: Group, conn: ServerConnection): Promise<ServerConnection> {
+  if (!conn.dead) {
+    try {
+      await conn.ping(conn.endpoint.connectTimeoutS * 1000);
+      conn.lastUsed = performance.now();
+      return conn;
+    } catch (err) {
+      group.reportFailure(conn, err);
+      conn.end(0);
+    }
+  }
+  // The hold is given up (the dead connection is discarded when its last user leaves) and a
+  // connection is taken afresh.
+  group.checkin(conn, false);
+  const next = hold(group);
+  return next instanceof Promise ? await next : next;
+}
