@@ -82,6 +82,8 @@ export class Endpoint {
   upSince = 0;
   /** While down: when the next (single, half-open) probe may run. */
   retryAt = 0;
+  /** Health probes run so far. */
+  probes = 0;
   /** `performance.now()` of the last finished probe. */
   lastProbeAt = -Infinity;
   /** The probe in flight, so that there is never more than one. */

@@ -34,8 +34,11 @@ export interface GroupSource {
 export interface GroupContext {
   readonly threaded: boolean;
   readonly validateAfterMs: number;
-  /** Background upkeep is off (`health_check_interval_ms: 0`): retire lazily at check-in. */
-  readonly lazyUpkeep: boolean;
+  /**
+   * Set when background upkeep is off (`health_check_interval_ms: 0`): called at check-in so
+   * that idle and old connections of every group still retire (throttled by the pool).
+   */
+  readonly lazyUpkeep: ((now: number) => void) | undefined;
   readonly topology: Topology;
   readonly events: EventTarget;
   onParameter(conn: ServerConnection, key: string, value: string): void;
@@ -55,9 +58,6 @@ const ROLLBACK = { prepare: false };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** How often lazy upkeep may scan the idle lists. */
-const LAZY_UPKEEP_MS = 1000;
-
 /** The connections of one configured group. */
 export class Group {
   readonly name: string;
@@ -71,7 +71,6 @@ export class Group {
   ended = false;
   readonly #sem: Semaphore;
   #drained: (() => void) | undefined;
-  #lastUpkeep = 0;
   readonly #all: Member[];
   #members: Member[];
   #share: number;
@@ -454,7 +453,7 @@ export class Group {
     }
     this.#sem.release();
     if (this.#drained !== undefined && this.busy === 0) this.#drained();
-    if (this.context.lazyUpkeep && now - this.#lastUpkeep > LAZY_UPKEEP_MS) this.maintain(now);
+    this.context.lazyUpkeep?.(now);
   }
 
   async #rollbackThenCheckin(conn: ServerConnection): Promise<void> {
@@ -473,7 +472,6 @@ export class Group {
 
   /** Closes idle connections past `idle_timeout_ms`, retires those past their lifetime. */
   maintain(now: number): void {
-    this.#lastUpkeep = now;
     for (const member of this.#all) {
       const keep: ServerConnection[] = [];
       let retired = 0;

@@ -146,7 +146,10 @@ export class Lease {
         }
         this.group.reportFailure(conn, err);
         // A server that refused the session: its own error says why (nothing ran, nothing lost).
-        if (!conn.session.established) throw err;
+        // A pipelined BEGIN went first and carries the refusal.
+        if (!conn.session.established) {
+          throw begin === undefined ? err : await begin.then(() => err, (first) => first);
+        }
         // Nothing of this checkout ran on that session: it may move, a bounded number of times.
         if (
           outcome === "not-executed" && first && this.#lost === null && this.#conn === conn &&
@@ -366,10 +369,13 @@ export class Lease {
     detail: string,
   ): SessionLostError {
     const options = cause === undefined ? undefined : { cause };
-    const Lost = this.#tx ? TransactionLostError : SessionLostError;
+    // Concurrent statements of one checkout learn of one loss: it keeps the kind it had.
+    const Lost = this.#tx || this.#lost instanceof TransactionLostError
+      ? TransactionLostError
+      : SessionLostError;
     this.#tx = false;
     // Later statements of the checkout are refused unsent: for them the outcome is known.
-    this.#lost = new Lost(this.group.name, "not-executed", detail, options);
+    this.#lost ??= new Lost(this.group.name, "not-executed", detail, options);
     if (!conn.dead) conn.end(0);
     return outcome === "not-executed"
       ? this.#lost

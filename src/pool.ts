@@ -16,6 +16,9 @@ import type { ServerConnection } from "./server_connection.ts";
 import { type PoolStats, statsOf } from "./stats.ts";
 import { Topology } from "./topology.ts";
 
+/** How often check-ins may run the upkeep of every group when background timers are off. */
+const LAZY_UPKEEP_MS = 250;
+
 /**
  * A PostgreSQL connection de-multiplexer: named groups of exclusive connections over one or more
  * endpoints. Construction validates the configuration and opens nothing; connections open on
@@ -44,6 +47,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
   readonly #groups: Map<string, Group>;
   readonly #topology: Topology;
   #closing: Promise<void> | undefined;
+  #lastUpkeep = 0;
   #token: string | undefined;
   #tokenLsn = -1n;
 
@@ -65,7 +69,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
     const context: GroupContext = {
       threaded: resolved.threaded,
       validateAfterMs: resolved.validateAfterMs,
-      lazyUpkeep: resolved.healthCheckIntervalMs === 0,
+      lazyUpkeep: resolved.healthCheckIntervalMs === 0 ? (now) => this.#lazyUpkeep(now) : undefined,
       topology: this.#topology,
       events: this,
       onParameter: (conn, key, value) => this.#onParameter(conn, key, value),
@@ -210,6 +214,14 @@ export class Pool extends EventTarget implements AsyncDisposable {
     if (key === "in_hot_standby") {
       this.#topology.observeRole(conn.endpoint, value === "on" ? "replica" : "primary");
     }
+  }
+
+  // With background timers off, check-ins carry the upkeep of every group, at most once per
+  // LAZY_UPKEEP_MS.
+  #lazyUpkeep(now: number): void {
+    if (now - this.#lastUpkeep < LAZY_UPKEEP_MS) return;
+    this.#lastUpkeep = now;
+    for (const group of this.#groups.values()) group.maintain(now);
   }
 
   #onToken(token: string): void {

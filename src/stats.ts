@@ -61,6 +61,8 @@ export interface EndpointStats {
   connections: number;
   /** Connection-level errors seen. */
   errors: number;
+  /** Health probes run so far. */
+  probes: number;
   /** Smoothed health-probe round trip in ms, once probed. */
   latency_ms: number | null;
   /** Replication lag in ms at the last probe (0 for a primary). */
@@ -121,6 +123,7 @@ export function statsOf(groups: readonly Group[], endpoints: readonly Endpoint[]
       state: e.state,
       connections,
       errors: e.errors,
+      probes: e.probes,
       latency_ms: e.latencyMs ?? null,
       lag_ms: e.lagMs,
       lsn: lsnText(e.lsn),

@@ -12,7 +12,7 @@ import type { Endpoint, EndpointRole } from "./endpoint.ts";
 import { PoolEvent, reasonOf } from "./events.ts";
 import { parseLsn } from "./lsn.ts";
 import { withDeadline } from "./server_connection.ts";
-import { isCapacityError, isReadOnlyError } from "./sqlstate.ts";
+import { isCapacityError, isConnectionError, isReadOnlyError } from "./sqlstate.ts";
 
 // One round trip: role, WAL position and the replica's own view of its lag. The lag is only
 // meaningful while received WAL waits for replay; otherwise the replica is caught up with what
@@ -140,28 +140,17 @@ export class Topology {
   }
 
   async #probe(endpoint: Endpoint): Promise<void> {
-    let client = this.#clients.get(endpoint);
-    if (client === undefined || client.dead) {
-      client = endpoint.probeSession();
-      this.#clients.set(endpoint, client);
-    }
     const started = performance.now();
     let row: { recovery: boolean; lsn: string | null; lag_ms: number };
     try {
-      const rows = await withDeadline(
-        client.query(PROBE_SQL, undefined, PROBE),
-        endpoint.connectTimeoutS * 1000,
-      );
-      row = rows[0] as unknown as typeof row;
+      row = await this.#ask(endpoint);
     } catch (err) {
-      // A failed probe session may hold a half-dead socket: never reuse it.
-      this.#clients.delete(endpoint);
-      client.end(0);
       // A server that is full still answers: capacity is not health.
       if (!this.#closed && !isCapacityError(err)) this.markDown(endpoint, err);
       return;
     } finally {
       endpoint.lastProbeAt = performance.now();
+      endpoint.probes++;
     }
     if (this.#closed) return;
     const rtt = endpoint.lastProbeAt - started;
@@ -180,6 +169,33 @@ export class Topology {
     const changed = this.observeRole(endpoint, row.recovery ? "replica" : "primary", false);
     const cameUp = this.#markUp(endpoint);
     if (changed || cameUp || row.recovery) this.#changed();
+  }
+
+  // One probe round trip. A reused probe session that turns out dead says nothing about the
+  // server (its connection may have been cut long ago): only a fresh session's failure counts.
+  async #ask(
+    endpoint: Endpoint,
+  ): Promise<{ recovery: boolean; lsn: string | null; lag_ms: number }> {
+    for (;;) {
+      let client = this.#clients.get(endpoint);
+      if (client === undefined || client.dead) {
+        client = endpoint.probeSession();
+        this.#clients.set(endpoint, client);
+      }
+      const reused = client.established;
+      try {
+        const rows = await withDeadline(
+          client.query(PROBE_SQL, undefined, PROBE),
+          endpoint.connectTimeoutS * 1000,
+        );
+        return rows[0] as unknown as { recovery: boolean; lsn: string | null; lag_ms: number };
+      } catch (err) {
+        // A failed probe session may hold a half-dead socket: never reuse it.
+        this.#clients.delete(endpoint);
+        client.end(0);
+        if (!reused || this.#closed || !isConnectionError(err)) throw err;
+      }
+    }
   }
 
   /** Checks one replica's replay position right now (read-your-writes waits on it). */

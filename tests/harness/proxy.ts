@@ -23,9 +23,12 @@ export interface TcpProxy {
   close(): Promise<void>;
 }
 
-/** Starts a proxy on a free loopback port forwarding to `target`. */
-export async function startProxy(target: { host: string; port: number }): Promise<TcpProxy> {
-  const proxy = new Proxy(target);
+/** Starts a proxy on a free loopback port (of `listenHost`, default 127.0.0.1) forwarding to `target`. */
+export async function startProxy(
+  target: { host: string; port: number },
+  listenHost = "127.0.0.1",
+): Promise<TcpProxy> {
+  const proxy = new Proxy(target, listenHost);
   await proxy.listen();
   return proxy;
 }
@@ -36,14 +39,13 @@ interface Pair {
 }
 
 class Proxy implements TcpProxy {
-  readonly host = "127.0.0.1";
   delayMs = 0;
   #mode: ProxyMode = "pass";
   #port = 0;
   readonly #pairs = new Set<Pair>();
   readonly #server: Server;
 
-  constructor(readonly target: { host: string; port: number }) {
+  constructor(readonly target: { host: string; port: number }, readonly host: string) {
     this.#server = createServer((client) => this.#accept(client));
   }
 
