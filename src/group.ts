@@ -367,10 +367,10 @@ export class Group {
     return conn;
   }
 
-  #discard(conn: ServerConnection): void {
+  #discard(conn: ServerConnection): Promise<void> | undefined {
     if (!this.#conns.delete(conn)) return;
     conn.member.open--;
-    conn.end(0);
+    return conn.end(0);
   }
 
   /** Pool connections open right now, by state (for stats and invariant checks). */
@@ -500,8 +500,9 @@ export class Group {
   async close(timeoutMs: number): Promise<void> {
     this.closing = true;
     this.#sem.rejectAll(new PoolClosedError());
+    const ends: (Promise<void> | undefined)[] = [];
     for (const member of this.#all) {
-      for (const conn of member.idle.splice(0)) this.#discard(conn);
+      for (const conn of member.idle.splice(0)) ends.push(this.#discard(conn));
     }
     if (this.busy > 0 && timeoutMs > 0) {
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -513,7 +514,7 @@ export class Group {
       this.#drained = undefined;
     }
     this.ended = true;
-    const ends = [...this.#conns].map((conn) => conn.end(0));
+    for (const conn of this.#conns) ends.push(conn.end(0));
     this.#conns.clear();
     for (const member of this.#all) member.open = 0;
     await Promise.all(ends);

@@ -186,8 +186,10 @@ export class Lease {
       result = await commit as Rows;
     } catch (err) {
       const outcome = conn.outcomeOf(err);
-      this.#tx = false;
-      if (outcome === "failed") throw err;
+      if (outcome === "failed") {
+        this.#tx = false;
+        throw err;
+      }
       this.group.reportFailure(conn, err);
       throw this.#lose(
         conn,

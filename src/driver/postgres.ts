@@ -79,7 +79,11 @@ interface NetSocket {
   port?: number;
   on(event: "data", fn: (chunk: Uint8Array) => void): unknown;
   connect(port: number, host: string): unknown;
+  destroy(): unknown;
 }
+
+/** How long `end()` waits for the server to close a session it was asked to end. */
+const CLOSE_WAIT_MS = 1000;
 
 let net: NetModule | null | undefined;
 
@@ -90,8 +94,7 @@ async function loadNet(): Promise<NetModule | null> {
   const ua = (globalThis as { navigator?: { userAgent?: string } }).navigator?.userAgent;
   if (ua === "Cloudflare-Workers") return net = null;
   try {
-    const specifier = "node:net";
-    net = (await import(specifier)) as NetModule;
+    net = (await import("node:net")) as unknown as NetModule;
   } catch {
     net = null;
   }
@@ -156,6 +159,10 @@ export class Session {
   #tail: Uint8Array | undefined;
   #beforeTail: Uint8Array | undefined;
   #fatal: string | undefined | null = null;
+  /** A socket exists and has not closed yet. */
+  #open = false;
+  #socket: NetSocket | undefined;
+  #onClosed: (() => void) | undefined;
 
   constructor(options: SessionOptions, hooks: SessionHooks) {
     this.#hooks = hooks;
@@ -178,6 +185,7 @@ export class Session {
       onnotice: noop,
       onparameter: (key: string, value: string) => {
         this.#established = true;
+        this.#open = true;
         this.#hooks.onParameter?.(key, value);
       },
       onclose: () => this.#closed(),
@@ -230,15 +238,29 @@ export class Session {
     return terminatedCodes.has(this.#fatalCode() ?? "") ? "not-executed" : "unknown";
   }
 
-  /** Ends the session; statements in flight get `timeoutMs` before the socket is cut. */
-  end(timeoutMs: number): Promise<void> {
+  /**
+   * Ends the session; statements in flight get `timeoutMs` before the socket is cut. Resolves
+   * once the connection has closed (or, if the server does not answer, it was torn down).
+   */
+  async end(timeoutMs: number): Promise<void> {
     this.#ending = true;
     this.#dead = true;
     this.#refuseReconnect();
-    return this.sql.end({ timeout: timeoutMs / 1000 }).catch(noop);
+    await this.sql.end({ timeout: timeoutMs / 1000 }).catch(noop);
+    if (!this.#open) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await new Promise<void>((resolve) => {
+      this.#onClosed = resolve;
+      timer = setTimeout(resolve, CLOSE_WAIT_MS);
+    });
+    clearTimeout(timer);
+    // A hung host never closes its side: do not keep the socket around for TCP to give up.
+    if (this.#open) this.#socket?.destroy();
   }
 
   #closed(): void {
+    this.#open = false;
+    this.#onClosed?.();
     if (this.#dead && this.#ending) return;
     this.#dead = true;
     this.#refuseReconnect();
@@ -261,6 +283,8 @@ export class Session {
     // postgres.js reads these for TLS server names; connect() is left to us with a socket option.
     socket.host = options.host;
     socket.port = options.port;
+    this.#socket = socket;
+    this.#open = true;
     socket.on("data", (chunk) => {
       this.#beforeTail = this.#tail;
       this.#tail = chunk;
