@@ -100,7 +100,7 @@ describe("JSR publishing", () => {
     for (const file of published) {
       assert.ok(
         file === "deno.json" || file === "jsr.json" || file === "README.md" || file === "LICENSE" ||
-          ENTRIES.includes(file) || /^src\/[^/]+\.ts$/.test(file),
+          ENTRIES.includes(file) || /^src\/(driver\/)?[^/]+\.ts$/.test(file),
         `unexpected published file ${file}`,
       );
     }

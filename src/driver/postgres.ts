@@ -85,22 +85,21 @@ interface NetSocket {
 /** How long `end()` waits for the server to close a session it was asked to end. */
 const CLOSE_WAIT_MS = 1000;
 
-let net: NetModule | null | undefined;
-
-// node:net exists on Deno, Bun and Node; on workerd postgres.js brings its own sockets, and the
-// FATAL sniffing below is simply not available there (outcomes stay "unknown").
-async function loadNet(): Promise<NetModule | null> {
-  if (net !== undefined) return net;
+// node:net exists on Deno, Bun and Node (reached through process.getBuiltinModule, which keeps
+// this file free of Node types and dynamic imports); on workerd postgres.js brings its own
+// sockets, and the FATAL sniffing below is simply not available there (outcomes stay "unknown").
+const net: NetModule | null = (() => {
   const ua = (globalThis as { navigator?: { userAgent?: string } }).navigator?.userAgent;
-  if (ua === "Cloudflare-Workers") return net = null;
+  if (ua === "Cloudflare-Workers") return null;
+  const process = (globalThis as {
+    process?: { getBuiltinModule?: (id: string) => unknown };
+  }).process;
   try {
-    net = (await import("node:net")) as unknown as NetModule;
+    return (process?.getBuiltinModule?.("node:net") as NetModule | undefined) ?? null;
   } catch {
-    net = null;
+    return null;
   }
-  return net;
-}
-const haveNet = loadNet();
+})();
 
 /** Our options object, complete, so postgres.js never falls back to the environment. */
 type ParsedOptions = Record<string, unknown> & {
@@ -196,7 +195,7 @@ export class Session {
       serializers: { ...base.serializers },
       socket: undefined,
     };
-    if (net !== null) parsed.socket = () => this.#openSocket(options);
+    if (net !== null) parsed.socket = () => this.#openSocket(net, options);
     this.#options = parsed;
     this.sql = postgres(
       parsed as unknown as postgres.Options<Record<string, postgres.PostgresType>>,
@@ -276,10 +275,8 @@ export class Session {
     };
   }
 
-  async #openSocket(options: SessionOptions): Promise<unknown> {
-    const mod = net ?? await haveNet;
-    if (mod === null) throw new Error("node:net is not available");
-    const socket = new mod.Socket();
+  #openSocket(net: NetModule, options: SessionOptions): NetSocket {
+    const socket = new net.Socket();
     // postgres.js reads these for TLS server names; connect() is left to us with a socket option.
     socket.host = options.host;
     socket.port = options.port;
