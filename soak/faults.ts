@@ -223,9 +223,9 @@ async function apply(ctx: FaultContext, kind: FaultKind): Promise<string> {
 }
 
 /**
- * Applies faults one after another, a random 1-3 s apart, until `stop()` says so. Kinds are drawn
- * from a shuffled deck holding every kind once plus weighted extras, so a short run still sees
- * each kind. A fault that cannot be applied or restored is returned as an error (a problem of
+ * Applies faults one after another, a random 0.5-2 s apart, until `stop()` says so. Kinds are
+ * drawn from shuffled decks: the first holds every kind once, so a one-minute run sees each
+ * kind; later ones add weighted extras. A fault that cannot be applied or restored is returned as an error (a problem of
  * the soak or the machine, not a pool violation), after which no further faults are applied.
  */
 export async function runFaults(
@@ -235,10 +235,13 @@ export async function runFaults(
   const errors: string[] = [];
   const kinds = Object.keys(FAULT_WEIGHTS) as FaultKind[];
   let deck: FaultKind[] = [];
-  await sleep(ctx.rng.int(1000, 2000));
+  let round = 0;
+  await sleep(ctx.rng.int(500, 1500));
   while (!stop()) {
     if (deck.length === 0) {
-      deck = ctx.rng.shuffle([...kinds, ...kinds.map(() => ctx.rng.weighted(FAULT_WEIGHTS))]);
+      // The first round holds each kind once; later rounds add weighted extras.
+      const extras = round++ === 0 ? [] : kinds.map(() => ctx.rng.weighted(FAULT_WEIGHTS));
+      deck = ctx.rng.shuffle([...kinds, ...extras]);
     }
     const kind = deck.pop()!;
     const started = performance.now();
@@ -252,7 +255,7 @@ export async function runFaults(
       errors.push(msg);
       break;
     }
-    await sleep(ctx.rng.int(1000, 3000));
+    await sleep(ctx.rng.int(500, 2000));
   }
   return { errors };
 }

@@ -118,9 +118,7 @@ export async function runOp(
       f.hung++;
       ctx.violations.add(
         "hang",
-        `${kind} did not settle within ${ctx.opDeadlineMs} ms (started at ${
-          Math.round(started)
-        } ms)`,
+        `${kind} did not settle within ${ctx.opDeadlineMs} ms; pool now: ${poolState(ctx.pool)}`,
       );
     } else if (result) {
       f.ok++;
@@ -135,6 +133,16 @@ export async function runOp(
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** A one-line summary of pool.stats(): groups (busy/idle/waiting) and endpoints (role, state). */
+export function poolState(pool: Pool): string {
+  const st = pool.stats();
+  const groups = Object.entries(st.groups).map(([name, g]) =>
+    `${name} ${g.busy}/${g.idle}/${g.waiting}`
+  );
+  const endpoints = st.endpoints.map((e) => `:${e.port} ${e.role} ${e.state}`);
+  return `groups busy/idle/waiting ${groups.join(", ")}; endpoints ${endpoints.join(", ")}`;
 }
 
 function write(db: Handler, req: number, checkout: number, kind: string): Promise<unknown> {
@@ -369,7 +377,11 @@ async function acquire(ctx: WorkloadContext, kind: "acquire" | "short-timeout"):
   } catch (err) {
     const c = failed(ctx, kind, err);
     if (err instanceof AcquireTimeoutError || err instanceof NoEndpointAvailableError) {
-      checkDeadline(ctx.violations, ctx.lag, `${kind} on ${group}: ${c.label}`, started, deadline);
+      const g = ctx.pool.stats().groups[group];
+      const state = `${c.label}${
+        err instanceof AcquireTimeoutError ? ` (timeoutMs ${err.timeoutMs})` : ""
+      }; group ${group} now: busy ${g?.busy}, idle ${g?.idle}, waiting ${g?.waiting}`;
+      checkDeadline(ctx.violations, ctx.lag, `${kind} on ${group}: ${state}`, started, deadline);
     }
     return false;
   }
