@@ -83,8 +83,7 @@ try {
     const bin = binaries[runtime]();
     const json = join(scratch, `${runtime}.json`);
     const argv = runtime === "deno"
-      // --expose-gc lets the heap check measure after a full collection (Bun always can).
-      ? ["run", "-A", "--v8-flags=--expose-gc", "soak/main.ts", ...passOn, "--json", json]
+      ? ["run", "-A", "soak/main.ts", ...passOn, "--json", json]
       : ["soak/main.ts", ...passOn, "--json", json];
     console.log(`\n=== soak under ${runtime} (${bin}) ===`);
     const started = Date.now();

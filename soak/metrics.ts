@@ -2,6 +2,8 @@
 // samples. Nothing here grows with the number of operations, so the soak's own bookkeeping does
 // not show up as a heap leak of the pool.
 import process from "node:process";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 
 /** Counts per label. */
 export class Counters {
@@ -135,18 +137,32 @@ export class LoopLag {
   }
 }
 
+let v8Gc: (() => void) | null | undefined;
+
+/** V8's gc(): exposed by --expose-gc, or enabled at run time (Deno and Node allow that). */
+function findV8Gc(): (() => void) | null {
+  const g = globalThis as { gc?: () => void };
+  if (typeof g.gc === "function") return g.gc;
+  try {
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc");
+    return typeof gc === "function" ? gc : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Runs a full garbage collection when the runtime allows it; returns whether it did. */
 export function collectGarbage(): boolean {
-  const g = globalThis as { gc?: () => void; Bun?: { gc(force: boolean): void } };
+  const g = globalThis as { Bun?: { gc(force: boolean): void } };
   if (g.Bun) {
     g.Bun.gc(true);
     return true;
   }
-  if (typeof g.gc === "function") {
-    g.gc();
-    return true;
-  }
-  return false;
+  v8Gc ??= findV8Gc();
+  if (v8Gc === null) return false;
+  v8Gc();
+  return true;
 }
 
 /** heapUsed in bytes. */
