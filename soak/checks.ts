@@ -3,6 +3,7 @@
 // (acknowledged writes present, failed ones absent, no duplicates, one session per checkout),
 // the heap bound and the zero-connections-after-close check.
 import process from "node:process";
+import type { Pool } from "../mod.ts";
 import type { PgCluster, PgServer } from "../tests/harness/cluster.ts";
 import { poolSessions } from "../tests/harness/faults.ts";
 import { waitFor } from "../tests/harness/wait.ts";
@@ -258,5 +259,46 @@ export function checkHeap(heap: HeapMonitor, violations: Violations): void {
     violations.add("heap-growth", `heap ${mb(baseline)} after warm-up, ${mb(end)} at the end`);
   } else if (end > 2 ** 30) {
     violations.add("heap-growth", `heap ${mb(end)} at the end (absolute bound 1 GB)`);
+  }
+}
+
+/**
+ * Samples pool.stats() every 200 ms: a group's busy count (permits in use) must stay within
+ * [0, connection_count] — outside it, permits were released twice or leaked. The largest `open`
+ * per group is kept as an observation (connections the group held at once).
+ */
+export class StatsWatch {
+  readonly maxOpen: Record<string, { open: number; size: number }> = {};
+  readonly #last = new Map<string, string>();
+  #timer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(readonly pool: Pool, readonly violations: Violations) {}
+
+  start(): void {
+    this.#timer = setInterval(() => this.sample(), 200);
+    (this.#timer as { unref?: () => void }).unref?.();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+
+  sample(): void {
+    if (this.pool.closed) return;
+    for (const [name, g] of Object.entries(this.pool.stats().groups)) {
+      const bad = g.busy < 0 || g.busy > g.size || g.waiting < 0;
+      // Reported when a group enters a bad state or its busy count changes while bad.
+      const key = bad ? `${g.busy}/${g.waiting}` : "";
+      if (bad && this.#last.get(name) !== key) {
+        this.violations.add(
+          "permit-accounting",
+          `group ${name}: busy ${g.busy} of size ${g.size}, idle ${g.idle}, open ${g.open}, ` +
+            `waiting ${g.waiting}`,
+        );
+      }
+      this.#last.set(name, key);
+      const m = this.maxOpen[name];
+      if (m === undefined || g.open > m.open) this.maxOpen[name] = { open: g.open, size: g.size };
+    }
   }
 }

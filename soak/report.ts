@@ -57,6 +57,8 @@ export function formatReport(r: SoakReport): string {
       `worst event-loop stall ${r.event_loop_worst_stall_ms} ms; ` +
       `pool sessions after close: ${r.connections_after_close ?? "-"}`,
   );
+  const open = Object.entries(r.max_open).map(([g, o]) => `${g} ${o.open}/${o.size}`);
+  out.push(`most connections open at once (group open/size): ${open.join(", ") || "-"}`);
   out.push("");
   if (r.violations.length === 0) out.push("violations: none");
   else {

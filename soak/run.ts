@@ -14,6 +14,7 @@ import {
   checkWrites,
   describeError,
   installGlobalHooks,
+  StatsWatch,
   Violations,
   type ViolationSummary,
   type WriteFigures,
@@ -62,6 +63,8 @@ export interface SoakReport {
   heap: { baseline_mb: number | null; end_mb: number | null; forced_gc: boolean };
   event_loop_worst_stall_ms: number;
   connections_after_close: number | null;
+  /** Largest number of connections each group had open at once (sampled), with its size. */
+  max_open: Record<string, { open: number; size: number }>;
   violations: ViolationSummary[];
   /** Problems of the soak or the machine (a fault that could not be applied or undone). */
   soak_errors: string[];
@@ -110,6 +113,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   let cluster: PgCluster | undefined;
   let proxy: TcpProxy | undefined;
   let pool: Pool | undefined;
+  let watch: StatsWatch | undefined;
   try {
     log(`seed ${seed}, ${workers} workers, ${opts.seconds} s, ${runtimeName()}`);
     cluster = await startCluster({ replicas: 2 });
@@ -171,6 +175,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       close_timeout_ms: 2000,
       application_name: app,
     });
+    watch = new StatsWatch(pool, violations);
+    watch.start();
     const ctx: WorkloadContext = {
       pool,
       ledger: new Ledger(),
@@ -234,6 +240,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     heap.markEnd();
     checkHeap(heap, violations);
 
+    watch.stop();
     const closing = pool.close();
     const closed = await Promise.race([closing.then(() => true), sleep(15_000).then(() => false)]);
     if (!closed) violations.add("close-hang", "pool.close() did not resolve within 15 s");
@@ -253,6 +260,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     soakErrors.push(`soak aborted: ${describeError(err)}`);
   } finally {
     stopTimers(lag, heap);
+    watch?.stop();
     if (pool && !pool.closed) await Promise.race([pool.close(), sleep(10_000)]).catch(() => {});
     await proxy?.close().catch(() => {});
     await cluster?.close().catch((err) => soakErrors.push(`cluster close: ${describeError(err)}`));
@@ -287,6 +295,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     heap: { baseline_mb: mb(heap.baseline), end_mb: mb(heap.end), forced_gc: heap.forcedGc },
     event_loop_worst_stall_ms: Math.round(lag.worst),
     connections_after_close: leftConnections,
+    max_open: watch?.maxOpen ?? {},
     violations: list,
     soak_errors: soakErrors,
     ok: list.length === 0 && soakErrors.length === 0,
