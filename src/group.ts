@@ -190,7 +190,11 @@ export class Group {
     if (this.#sem.waiting > 0) return null;
     let best: ServerConnection | null = null;
     for (const conn of this.#shared) {
-      if (!conn.dead && conn.users < MAX_PIPELINE && (best === null || conn.users < best.users)) {
+      // Routing holds here too: never join a connection to a server the group left.
+      if (
+        !conn.dead && conn.member.active && conn.users < MAX_PIPELINE &&
+        (best === null || conn.users < best.users)
+      ) {
         best = conn;
       }
     }
