@@ -127,9 +127,12 @@ export async function runOp(
       f.failed++;
     }
   } catch (err) {
-    // Operations catch the pool's errors themselves: this is a bug of the soak.
     f.failed++;
-    ctx.violations.add("soak-internal-error", `${kind}: ${describeError(err)}`);
+    // Operations catch statement errors themselves; what gets here was thrown synchronously
+    // (e.g. by pool.handler()) or is a bug of the soak. Writes it left pending count as unknown.
+    const c = classify(err);
+    if (c.unexpected) ctx.violations.add("soak-internal-error", `${kind}: ${describeError(err)}`);
+    else ctx.errors.add(`${c.label} (thrown by checkout)`);
   } finally {
     clearTimeout(timer);
   }
