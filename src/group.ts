@@ -373,6 +373,7 @@ export class Group {
 
   #discard(conn: ServerConnection): Promise<void> | undefined {
     if (!this.#conns.delete(conn)) return;
+    conn.state = "closing";
     conn.member.open--;
     return conn.end(0);
   }

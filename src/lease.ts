@@ -147,8 +147,10 @@ export class Lease {
         this.group.reportFailure(conn, err);
         // A server that refused the session: its own error says why (nothing ran, nothing lost).
         // A pipelined BEGIN went first and carries the refusal.
-        if (!conn.session.established) {
-          throw begin === undefined ? err : await begin.then(() => err, (first) => first);
+        if (conn.session.isRefusal(err)) throw err;
+        if (begin !== undefined && !conn.session.established) {
+          const refusal = await begin.then(() => undefined, (first) => first);
+          if (conn.session.isRefusal(refusal)) throw refusal;
         }
         // Nothing of this checkout ran on that session: it may move, a bounded number of times.
         if (

@@ -73,7 +73,7 @@ export async function oneShot(
       if (!conn.dead) conn.end(0);
       group.checkin(conn, false);
       // A server that refused the session: its own error says why (nothing ran).
-      if (!conn.session.established) throw err;
+      if (conn.session.isRefusal(err)) throw err;
       if (outcome === "not-executed" && attempt < MAX_ATTEMPTS && !group.closing) continue;
       throw new SessionLostError(
         group.name,

@@ -66,9 +66,11 @@ export class ServerConnection {
     return withDeadline(this.session.query("SELECT 1", undefined, PING), timeoutMs);
   }
 
-  /** Ends the session; statements in flight get `timeoutMs` before the socket is cut. */
+  /**
+   * Ends the session; statements in flight get `timeoutMs` before the socket is cut. Ownership
+   * does not change: a holder keeps a dead connection until it checks it in.
+   */
   end(timeoutMs: number): Promise<void> {
-    this.state = "closing";
     return this.session.end(timeoutMs);
   }
 }

@@ -82,6 +82,13 @@ interface NetSocket {
   destroy(): unknown;
 }
 
+/** The parts of a postgres.js query object the driver relies on (3.4.x internals). */
+interface Handed {
+  /** Set when a connection takes the query (it may be written from then on); null before. */
+  readonly state: unknown;
+  reject(err: unknown): void;
+}
+
 /** How long `end()` waits for the server to close a session it was asked to end. */
 const CLOSE_WAIT_MS = 1000;
 
@@ -162,6 +169,13 @@ export class Session {
   #open = false;
   #socket: NetSocket | undefined;
   #onClosed: (() => void) | undefined;
+  /**
+   * Statements handed to postgres.js that may not have reached its connection yet. When the
+   * connection dies, postgres.js rejects what it wrote, but what it still held in its own queue
+   * can wait forever (its end() skips the sweep when the connection looks idle): those are
+   * rejected here, as never executed.
+   */
+  #handed: Handed[] = [];
 
   constructor(options: SessionOptions, hooks: SessionHooks) {
     this.#hooks = hooks;
@@ -219,7 +233,16 @@ export class Session {
     options: { prepare: boolean },
   ): Promise<postgres.RowList<postgres.Row[]>> {
     if (this.#dead) return Promise.reject(new SessionEndedError()) as Promise<never>;
-    return this.sql.unsafe(text, params as postgres.ParameterOrJSON<never>[] | undefined, options);
+    const query = this.sql.unsafe(
+      text,
+      params as postgres.ParameterOrJSON<never>[] | undefined,
+      options,
+    );
+    const handed = this.#handed;
+    // Written statements (a `state` set by the connection) are postgres.js's to settle: drop them.
+    if (handed.length >= 32) this.#handed = handed.filter((q) => q.state === null);
+    this.#handed.push(query as unknown as Handed);
+    return query;
   }
 
   /** What is known of a statement that rejected with `err` on this session. */
@@ -238,6 +261,16 @@ export class Session {
   }
 
   /**
+   * Whether `err` is this session's refusal itself (connect failed, the server said no at
+   * start-up): the error the caller should see. Statements merely held back because of it
+   * (refused unsent, unwritten when the connection closed) are not.
+   */
+  isRefusal(err: unknown): boolean {
+    return !this.#established && !(err instanceof SessionEndedError) &&
+      (err as { code?: unknown } | null)?.code !== "CONNECTION_DESTROYED";
+  }
+
+  /**
    * Ends the session; statements in flight get `timeoutMs` before the socket is cut. Resolves
    * once the connection has closed (or, if the server does not answer, it was torn down).
    */
@@ -245,6 +278,7 @@ export class Session {
     this.#ending = true;
     this.#dead = true;
     this.#refuseReconnect();
+    this.#rejectUnwritten();
     await this.sql.end({ timeout: timeoutMs / 1000 }).catch(noop);
     if (!this.#open) return;
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -263,10 +297,17 @@ export class Session {
     if (this.#dead && this.#ending) return;
     this.#dead = true;
     this.#refuseReconnect();
+    this.#rejectUnwritten();
     // postgres.js re-queues what it still held unwritten onto a reconnect; refused above, then
     // rejected here (CONNECTION_DESTROYED), never sent.
     this.sql.end({ timeout: 0 }).catch(noop);
     this.#hooks.onClose?.();
+  }
+
+  #rejectUnwritten(): void {
+    const handed = this.#handed;
+    this.#handed = [];
+    for (const query of handed) if (query.state === null) query.reject(new SessionEndedError());
   }
 
   #refuseReconnect(): void {
