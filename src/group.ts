@@ -359,6 +359,13 @@ export class Group {
   }
 
   #open(member: Member): ServerConnection {
+    // Never more server connections than connection_count: an idle one elsewhere makes room
+    // (the least recently used of the member with the most idle).
+    if (this.#conns.size >= this.settings.size) {
+      let most: Member | undefined;
+      for (const m of this.#all) if (m.idle.length > (most?.idle.length ?? 0)) most = m;
+      if (most !== undefined) this.#discard(most.idle.shift()!);
+    }
     const lifetime = this.settings.maxLifetimeMs;
     // Jitter fixed per connection so connections opened together do not retire together.
     const retireAt = lifetime === undefined
@@ -387,7 +394,10 @@ export class Group {
 
   /** Opens a replacement in the background so that retiring never makes a caller wait. */
   #warm(member: Member): void {
-    if (this.closing || !member.active || member.open >= this.#share) return;
+    if (
+      this.closing || !member.active || member.open >= this.#share ||
+      this.#conns.size >= this.settings.size
+    ) return;
     const conn = this.#open(member);
     conn.ping(member.endpoint.connectTimeoutS * 1000).then(
       () => {
