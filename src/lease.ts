@@ -21,7 +21,7 @@ import type { ResolvedHandlerOptions } from "./handler_options.ts";
 import type { Rows, Sql } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
-import { LSN_SQL, mayWrite, readToken } from "./token.ts";
+import { LSN_SQL, mayWrite, readToken, sendWrite } from "./token.ts";
 
 const noop = () => {};
 
@@ -125,11 +125,9 @@ export class Lease {
       try {
         let rows: Rows;
         if (this.autocommit && conn.endpoint.role === "primary" && mayWrite(text)) {
-          // The token query is pipelined right behind the write: no extra round trip.
-          const sent = conn.session.query(text, params, conn.endpoint.queryOptions).then();
-          lsn = conn.session.query(LSN_SQL, undefined, COMMIT_OPTIONS) as Promise<Rows>;
-          lsn.catch(noop);
-          rows = await sent as unknown as Rows;
+          const write = sendWrite(conn, text, params);
+          lsn = write.lsn;
+          rows = await write.sent;
         } else {
           rows = await conn.session.query(text, params, conn.endpoint.queryOptions) as Rows;
         }

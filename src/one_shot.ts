@@ -15,10 +15,7 @@ import { MAX_ATTEMPTS } from "./lease.ts";
 import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
-import { LSN_SQL, mayWrite, readToken } from "./token.ts";
-
-const noop = () => {};
-const LSN_OPTIONS = { prepare: false };
+import { mayWrite, readToken, sendWrite } from "./token.ts";
 
 // A connection of its own (shared from now on), or a seat on one that one-shots share.
 function hold(group: Group): ServerConnection | Promise<ServerConnection> {
@@ -47,11 +44,9 @@ export async function oneShot(
     try {
       let rows: Rows;
       if (conn.endpoint.role === "primary" && mayWrite(text)) {
-        // The token query is pipelined right behind the write: no extra round trip.
-        const sent = conn.session.query(text, params, conn.endpoint.queryOptions).then();
-        lsn = conn.session.query(LSN_SQL, undefined, LSN_OPTIONS) as Promise<Rows>;
-        lsn.catch(noop);
-        rows = await sent as unknown as Rows;
+        const write = sendWrite(conn, text, params);
+        lsn = write.lsn;
+        rows = await write.sent;
       } else {
         rows = await conn.session.query(text, params, conn.endpoint.queryOptions) as Rows;
       }

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { type Outcome, Session } from "./driver/postgres.ts";
+import type { Outcome, Session } from "./driver/postgres.ts";
 import type { Endpoint } from "./endpoint.ts";
 
 /** Where an idle connection waits: one list per endpoint of a group. */

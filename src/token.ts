@@ -7,6 +7,10 @@
  */
 
 import type { Rows } from "./rows.ts";
+import type { ServerConnection } from "./server_connection.ts";
+
+const noop = () => {};
+const LSN_OPTIONS = { prepare: false };
 
 /** NULL on a replica instead of an error: the role may be unknown (PostgreSQL < 14). */
 export const LSN_SQL =
@@ -35,4 +39,22 @@ export async function readToken(lsn: Promise<Rows>): Promise<string | undefined>
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Sends a write with the token query pipelined right behind it (one round trip): `sent` is the
+ * write's result, `lsn` the position read after it committed.
+ */
+export function sendWrite(
+  conn: ServerConnection,
+  text: string,
+  params: readonly unknown[] | undefined,
+): { sent: Promise<Rows>; lsn: Promise<Rows> } {
+  // postgres.js sends on the first then/catch: the write first, the position after it.
+  const sent = conn.session.query(text, params, conn.endpoint.queryOptions).then() as Promise<
+    Rows
+  >;
+  const lsn = conn.session.query(LSN_SQL, undefined, LSN_OPTIONS) as Promise<Rows>;
+  lsn.catch(noop);
+  return { sent, lsn };
 }
