@@ -127,7 +127,14 @@ type GroupName = "auto" | "tx";
 
 type Cmd =
   /** Statements on an empty slot check out first (with the group's defaults). */
-  | { op: "checkout"; slot: number; timeoutMs: number | null; abortAfterMs: number | null }
+  /** after: read-your-writes, `{ after: pool.token }` (autocommit slots, once a token exists). */
+  | {
+    op: "checkout";
+    slot: number;
+    timeoutMs: number | null;
+    abortAfterMs: number | null;
+    after: boolean;
+  }
   /**
    * then: "commit" commits right after the write, in turn (transaction slots); "release"
    * releases the handler at once, the write still in flight (a block left without awaiting).
@@ -173,6 +180,7 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
       slot: slotArb,
       timeoutMs: fc.constantFrom(null, 30, 1000),
       abortAfterMs: fc.constantFrom(null, null, 0, 20),
+      after: fc.boolean(),
     }),
   },
   {
@@ -674,14 +682,20 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
     }
   };
 
-  const checkout = (slot: number, timeoutMs: number | null): Held | undefined => {
+  const checkout = (
+    slot: number,
+    timeoutMs: number | null,
+    afterToken = false,
+  ): Held | undefined => {
     const group = groupOfSlot(slot);
     const ctl = new AbortController();
+    const after = afterToken && group === "auto" ? pool.token : undefined;
     let db: Handler;
     try {
       db = pool.handler(group, {
         signal: ctl.signal,
         ...(timeoutMs === null ? {} : { timeout_ms: timeoutMs }),
+        ...(after === undefined ? {} : { after }),
       });
     } catch (err) {
       log(`handler(${group}) threw ${describeErr(err)}`);
@@ -707,8 +721,8 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
     handlers.push(h);
     slots[slot] = h;
     log(
-      `h${h.id} = handler(${group}${
-        timeoutMs === null ? "" : `, ${timeoutMs} ms`
+      `h${h.id} = handler(${group}${timeoutMs === null ? "" : `, ${timeoutMs} ms`}${
+        after === undefined ? "" : `, after ${after}`
       }) in slot ${slot}`,
     );
     return h;
@@ -936,7 +950,7 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
       switch (cmd.op) {
         case "checkout": {
           if (slots[cmd.slot] !== undefined) break;
-          const h = checkout(cmd.slot, cmd.timeoutMs);
+          const h = checkout(cmd.slot, cmd.timeoutMs, cmd.after);
           if (h !== undefined && cmd.abortAfterMs !== null) {
             const abort = () => h.ctl.abort(new Error(ABORT_MESSAGE));
             if (cmd.abortAfterMs === 0) abort();
