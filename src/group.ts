@@ -38,7 +38,7 @@ export interface GroupContext {
    * Set when background upkeep is off (`health_check_interval_ms: 0`): called at check-in so
    * that idle and old connections of every group still retire (throttled by the pool).
    */
-  readonly lazyUpkeep: ((now: number) => void) | undefined;
+  readonly lazyUpkeep: (() => void) | undefined;
   readonly topology: Topology;
   readonly events: EventTarget;
   onParameter(conn: ServerConnection, key: string, value: string): void;
@@ -71,6 +71,8 @@ export class Group {
   ended = false;
   readonly #sem: Semaphore;
   #drained: (() => void) | undefined;
+  /** The group retires connections (a lifetime or an idle timeout is set). */
+  readonly #expires: boolean;
   readonly #all: Member[];
   #members: Member[];
   #share: number;
@@ -84,6 +86,7 @@ export class Group {
     this.settings = settings;
     this.context = context;
     this.#sem = new Semaphore(settings.size);
+    this.#expires = settings.maxLifetimeMs !== undefined || settings.idleTimeoutMs !== undefined;
     this.#all = settings.endpoints.map((i) => ({
       endpoint: endpoints[i],
       idle: [],
@@ -343,7 +346,8 @@ export class Group {
     for (;;) {
       const conn = member.idle.pop();
       if (conn === undefined) return undefined;
-      if (conn.dead || this.#expired(conn, performance.now())) {
+      // The clock is read only when the group retires connections at all.
+      if (conn.dead || (this.#expires && this.#expired(conn, performance.now()))) {
         this.#discard(conn);
         continue;
       }
@@ -456,10 +460,9 @@ export class Group {
   }
 
   #return(conn: ServerConnection): void {
-    const now = performance.now();
     if (this.closing || conn.dead || !conn.member.active) {
       this.#discard(conn);
-    } else if (now > conn.retireAt) {
+    } else if (conn.retireAt !== Infinity && performance.now() > conn.retireAt) {
       this.#discard(conn);
       this.#warm(conn.member);
     } else {
@@ -468,7 +471,7 @@ export class Group {
     }
     this.#sem.release();
     if (this.#drained !== undefined && this.busy === 0) this.#drained();
-    this.context.lazyUpkeep?.(now);
+    this.context.lazyUpkeep?.();
   }
 
   async #rollbackThenCheckin(conn: ServerConnection): Promise<void> {

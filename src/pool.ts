@@ -69,7 +69,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
     const context: GroupContext = {
       threaded: resolved.threaded,
       validateAfterMs: resolved.validateAfterMs,
-      lazyUpkeep: resolved.healthCheckIntervalMs === 0 ? (now) => this.#lazyUpkeep(now) : undefined,
+      lazyUpkeep: resolved.healthCheckIntervalMs === 0 ? () => this.#lazyUpkeep() : undefined,
       topology: this.#topology,
       events: this,
       onParameter: (conn, key, value) => this.#onParameter(conn, key, value),
@@ -218,7 +218,8 @@ export class Pool extends EventTarget implements AsyncDisposable {
 
   // With background timers off, check-ins carry the upkeep of every group, at most once per
   // LAZY_UPKEEP_MS.
-  #lazyUpkeep(now: number): void {
+  #lazyUpkeep(): void {
+    const now = performance.now();
     if (now - this.#lastUpkeep < LAZY_UPKEEP_MS) return;
     this.#lastUpkeep = now;
     for (const group of this.#groups.values()) group.maintain(now);

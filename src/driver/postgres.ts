@@ -239,9 +239,14 @@ export class Session {
       options,
     );
     const handed = this.#handed;
-    // Written statements (a `state` set by the connection) are postgres.js's to settle: drop them.
-    if (handed.length >= 32) this.#handed = handed.filter((q) => q.state === null);
-    this.#handed.push(query as unknown as Handed);
+    // Written statements (a `state` set by the connection) are postgres.js's to settle: drop
+    // them now and then, in place.
+    if (handed.length >= 32) {
+      let kept = 0;
+      for (const q of handed) if (q.state === null) handed[kept++] = q;
+      handed.length = kept;
+    }
+    handed.push(query as unknown as Handed);
     return query;
   }
 
