@@ -6,7 +6,7 @@
  */
 
 import type { ResolvedEndpoint, SslMode } from "./config.ts";
-import { type DriverSsl, Session, type SessionHooks } from "./driver/postgres.ts";
+import { type DriverSsl, Session, type SessionHooks, type TypeTables } from "./driver/postgres.ts";
 
 /**
  * Detected role of an endpoint. `unknown` until its first connection or probe.
@@ -99,6 +99,8 @@ export class Endpoint {
   /** Options passed with every statement, built once. */
   readonly queryOptions: { prepare: boolean };
   readonly #settings: ResolvedEndpoint;
+  /** Array types learnt by the first session that connected. */
+  #types: TypeTables | undefined;
   readonly #applicationName: string;
 
   constructor(settings: ResolvedEndpoint, applicationName: string) {
@@ -132,17 +134,21 @@ export class Endpoint {
     };
     if (s.queryTimeoutMs !== undefined) parameters.statement_timeout = s.queryTimeoutMs;
     if (s.tmpBufferMb !== undefined) parameters.temp_buffers = `${s.tmpBufferMb}MB`;
-    return this.#open(s.prepare, true, parameters, hooks);
+    // The first sessions learn the server's array types; later ones start from what they learnt.
+    return this.#open(s.prepare, this.#types ?? "fetch", parameters, {
+      ...hooks,
+      onTypes: (tables) => this.#types ??= tables,
+    });
   }
 
   /** A session for health probes, told apart on the server by its `application_name`. */
   probeSession(): Session {
-    return this.#open(false, false, { application_name: `${this.#applicationName}/health` }, {});
+    return this.#open(false, "none", { application_name: `${this.#applicationName}/health` }, {});
   }
 
   #open(
     prepare: boolean,
-    fetchTypes: boolean,
+    types: TypeTables | "fetch" | "none",
     parameters: Record<string, string | number>,
     hooks: SessionHooks,
   ): Session {
@@ -156,7 +162,7 @@ export class Endpoint {
       ssl: this.#ssl(),
       connectTimeoutS: s.connectTimeoutS,
       prepare,
-      fetchTypes,
+      types,
       parameters,
     }, hooks);
   }

@@ -53,6 +53,9 @@ export class Lease {
   #token: string | undefined;
   #sql: Sql | undefined;
   #validating: Promise<ServerConnection> | null = null;
+  /** Statements of this checkout not settled yet: release waits for them before check-in. */
+  #inflight = 0;
+  #drained: (() => void) | undefined;
 
   constructor(group: Group, options: ResolvedHandlerOptions) {
     this.group = group;
@@ -101,22 +104,48 @@ export class Lease {
   /** Resolves once a connection is held and proven alive (for `pool.acquire()`). */
   async ready(): Promise<void> {
     const conn = this.#conn ?? await this.#connection();
-    if (!this.#used) {
+    if (this.#used) return;
+    this.#inflight++;
+    try {
       await this.#validate(conn);
       this.#validated = true;
+    } finally {
+      this.#leave();
     }
+  }
+
+  /** A connection to check before the checkout's first statement: dead, or idle too long. */
+  #stale(conn: ServerConnection): boolean {
+    return conn.dead ||
+      (conn.lastUsed !== 0 &&
+        performance.now() - conn.lastUsed > this.group.context.validateAfterMs);
   }
 
   /** Runs one statement and resolves to its rows. */
   async query(text: string, params: readonly unknown[] | undefined): Promise<Rows> {
     let conn = this.#conn ?? await this.#connection();
-    if (!this.#used && !this.#validated) {
-      // Concurrent first statements share one validation: one swap at most.
-      conn = await (this.#validating ??= this.#validate(conn).finally(() => {
-        this.#validating = null;
-      }));
+    this.#inflight++;
+    try {
+      if (!this.#used && !this.#validated && this.#stale(conn)) {
+        // Concurrent first statements share one validation: one swap at most.
+        conn = await (this.#validating ??= this.#validate(conn).finally(() => {
+          this.#validating = null;
+        }));
+      }
+      return await this.#send(conn, text, params);
+    } finally {
+      this.#leave();
     }
+  }
+
+  async #send(
+    conn: ServerConnection,
+    text: string,
+    params: readonly unknown[] | undefined,
+  ): Promise<Rows> {
     for (let attempt = 1;; attempt++) {
+      // Released while this statement waited: it must not go out on a returned connection.
+      if (this.#state === RELEASED) throw this.#afterRelease();
       conn = this.#usable(conn);
       const first = !this.#used;
       this.#used = true;
@@ -170,7 +199,17 @@ export class Lease {
    * after the COMMIT acknowledgement, pipelined behind it (no extra round trip).
    */
   async commit(): Promise<string | undefined> {
-    const conn = this.#usable(this.#conn ?? await this.#connection());
+    const held = this.#conn ?? await this.#connection();
+    if (this.#state === RELEASED) throw this.#afterRelease();
+    this.#inflight++;
+    try {
+      return await this.#commit(this.#usable(held));
+    } finally {
+      this.#leave();
+    }
+  }
+
+  async #commit(conn: ServerConnection): Promise<string | undefined> {
     this.#used = true;
     if (!this.#tx) return undefined;
     const commit = conn.session.query("COMMIT", undefined, COMMIT_OPTIONS);
@@ -211,7 +250,17 @@ export class Lease {
    * the caller's acknowledgement: the checkout continues on a fresh connection.
    */
   async rollback(): Promise<void> {
-    let conn = this.#conn ?? await this.#connection();
+    const conn = this.#conn ?? await this.#connection();
+    if (this.#state === RELEASED) throw this.#afterRelease();
+    this.#inflight++;
+    try {
+      await this.#rollback(conn);
+    } finally {
+      this.#leave();
+    }
+  }
+
+  async #rollback(conn: ServerConnection): Promise<void> {
     if (this.#lost !== null) {
       this.#lost = null;
       this.#tx = false;
@@ -253,15 +302,32 @@ export class Lease {
   release(): Promise<void> | undefined {
     if (this.#state === RELEASED) return;
     this.#state = RELEASED;
-    const conn = this.#conn;
-    if (conn === null) {
+    if (this.#conn === null) {
       this.#cancel?.(this.#afterRelease());
       return;
     }
+    // A statement still in flight keeps the connection: it is checked in once it settles.
+    if (this.#inflight > 0) return new Promise((resolve) => this.#drained = resolve);
+    return this.#checkin();
+  }
+
+  #checkin(): Promise<void> | undefined {
+    const conn = this.#conn!;
     this.#conn = null;
     const tx = this.#tx;
     this.#tx = false;
     return this.group.checkin(conn, tx);
+  }
+
+  #leave(): void {
+    if (--this.#inflight > 0 || this.#state !== RELEASED || this.#conn === null) return;
+    const done = this.#drained;
+    this.#drained = undefined;
+    const checkedIn = this.#checkin();
+    if (done !== undefined) {
+      if (checkedIn === undefined) done();
+      else checkedIn.then(done, done);
+    }
   }
 
   #facade(): Sql {
@@ -360,6 +426,7 @@ export class Lease {
   }
 
   #connection(): Promise<ServerConnection> {
+    if (this.group.ended) return Promise.reject(new PoolClosedError());
     if (this.#state === RELEASED) return Promise.reject(this.#afterRelease());
     return this.#pending!;
   }

@@ -212,9 +212,12 @@ describe("session integrity", () => {
           await assert.rejects(db.commit(), TransactionLostError);
         }
         await db[Symbol.asyncDispose]();
-        // The loss triggered a probe; let it finish, so that the next cut hits no probe mid-connect.
-        await p.refresh();
-        assert.equal(p.stats().endpoints[0].state, "up");
+        // The loss triggered a probe, which the cut may have hit too: wait until the server is
+        // seen up again before the next round.
+        await waitFor(async () => {
+          await p.refresh();
+          return p.stats().endpoints[0].state === "up";
+        }, { message: "the endpoint to be probed up again" });
       }
       await waitFor(async () =>
         (await sessions("i4", "AND state = 'idle in transaction'")) === 0 &&
@@ -465,6 +468,46 @@ describe("session integrity", () => {
         [first, firstLife],
       ))[0].n === 0
     );
+  });
+
+  it("array types are learnt once per server and used by every later connection", async () => {
+    await using p = pool("types", { g: { connection_count: 3, endpoints: [0] } });
+    const held = [p.handler("g"), p.handler("g"), p.handler("g")];
+    // The first connection learns the array types; the others start from them.
+    const [{ a }] = await held[0].query("SELECT ARRAY[1, 2]::int[] AS a, pg_backend_pid() AS pid");
+    assert.deepEqual(a, [1, 2]);
+    for (const db of held.slice(1)) {
+      const [{ a, t }] = await db.query(
+        "SELECT ARRAY[3, 4]::int[] AS a, ARRAY['x', 'y']::text[] AS t",
+      );
+      assert.deepEqual([a, t], [[3, 4], ["x", "y"]]);
+      const [{ n }] = await db.query("SELECT cardinality($1::int[]) AS n", [[5, 6, 7]]);
+      assert.equal(n, 3);
+    }
+    for (const db of held) db.release();
+  });
+
+  it("a statement issued right before release never runs on the returned connection", async () => {
+    await using p = pool("inflight", {
+      tx: { connection_count: 1, autocommit: false, endpoints: [0] },
+    }, { validate_after_ms: 0 });
+    for (let i = 0; i < 5; i++) {
+      let write: Promise<unknown>;
+      {
+        using db = p.handler("tx");
+        write = db.query("INSERT INTO writes (v) VALUES ('released')");
+        write.catch(() => {});
+      }
+      await write.catch(() => {});
+      // The next checkout gets a clean session: no inherited transaction, no released write.
+      await using next = await p.acquire("tx");
+      const [{ n }] = await next.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM writes WHERE v = 'released'",
+      );
+      assert.equal(n, 0, "the next checkout sees the released checkout's write");
+      await next.commit();
+    }
+    assert.equal(await count("released"), 0);
   });
 
   it("12. probing keeps its interval when every group is prefer-replica", async () => {

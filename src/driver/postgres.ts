@@ -33,14 +33,27 @@ export interface SessionOptions {
   readonly ssl: DriverSsl;
   readonly connectTimeoutS: number;
   readonly prepare: boolean;
-  /** Fetch array types at connect (one catalog query); off for probes. */
-  readonly fetchTypes: boolean;
+  /**
+   * Array types of the server: `"fetch"` learns them at connect (one catalog query, and a
+   * window in which postgres.js leaves a rejection unhandled if the session dies), a table
+   * learnt by an earlier session of the same server skips both, `"none"` for probes.
+   */
+  readonly types: TypeTables | "fetch" | "none";
   /** Start-up parameters (`application_name`, `statement_timeout`, ...). */
   readonly parameters: Readonly<Record<string, string | number>>;
 }
 
+/** Array-type tables a session learnt at connect, to seed later sessions of the same server. */
+export interface TypeTables {
+  readonly parsers: Readonly<Record<string, unknown>>;
+  readonly serializers: Readonly<Record<string, unknown>>;
+  readonly typeArrayMap: Readonly<Record<string, unknown>>;
+}
+
 /** What a session reports to its owner. */
 export interface SessionHooks {
+  /** The array types the server reported at connect (sessions with `types: "fetch"`). */
+  onTypes?(tables: TypeTables): void;
   /** A start-up or changed server parameter (`in_hot_standby`, ...). */
   onParameter?(key: string, value: string): void;
   /** The server session ended (once). */
@@ -176,9 +189,13 @@ export class Session {
    * rejected here, as never executed.
    */
   #handed: Handed[] = [];
+  /** The first statement's success proves the array types were learnt: report them once. */
+  #learnTypes: boolean;
 
   constructor(options: SessionOptions, hooks: SessionHooks) {
     this.#hooks = hooks;
+    this.#learnTypes = options.types === "fetch" && hooks.onTypes !== undefined;
+    const known = typeof options.types === "object" ? options.types : undefined;
     const base = parsedTemplate();
     const parsed: ParsedOptions = {
       ...base,
@@ -192,7 +209,7 @@ export class Session {
       ssl: options.ssl,
       connect_timeout: options.connectTimeoutS,
       prepare: options.prepare,
-      fetch_types: options.fetchTypes,
+      fetch_types: options.types === "fetch",
       connection: { ...options.parameters },
       target_session_attrs: null,
       onnotice: noop,
@@ -203,10 +220,10 @@ export class Session {
       },
       onclose: () => this.#closed(),
       parameters: {},
-      shared: { retries: 0, typeArrayMap: {} },
       // Array types learnt at connect are added to these: one copy per session.
-      parsers: { ...base.parsers },
-      serializers: { ...base.serializers },
+      shared: { retries: 0, typeArrayMap: { ...(known?.typeArrayMap ?? {}) } },
+      parsers: { ...(known ?? base).parsers },
+      serializers: { ...(known ?? base).serializers },
       socket: undefined,
     };
     if (net !== null) parsed.socket = () => this.#openSocket(net, options);
@@ -247,6 +264,11 @@ export class Session {
       handed.length = kept;
     }
     handed.push(query as unknown as Handed);
+    if (this.#learnTypes) {
+      this.#learnTypes = false;
+      // Sends it now, which is the order every caller sends in anyway.
+      query.then(() => this.#hooks.onTypes?.(this.#tables()), noop);
+    }
     return query;
   }
 
@@ -309,6 +331,15 @@ export class Session {
     this.#hooks.onClose?.();
   }
 
+  #tables(): TypeTables {
+    const o = this.#options;
+    return {
+      parsers: o.parsers,
+      serializers: o.serializers,
+      typeArrayMap: (o.shared as { typeArrayMap: Record<string, unknown> }).typeArrayMap,
+    };
+  }
+
   #rejectUnwritten(): void {
     const handed = this.#handed;
     this.#handed = [];
@@ -322,6 +353,12 @@ export class Session {
   }
 
   #openSocket(net: NetModule, options: SessionOptions): NetSocket {
+    // postgres.js retries a connect that closed during start-up without telling anyone (no
+    // onclose): one socket per session, so that retry is a dead session instead.
+    if (this.#socket !== undefined) {
+      this.#closed();
+      throw new SessionEndedError();
+    }
     const socket = new net.Socket();
     // postgres.js reads these for TLS server names; connect() is left to us with a socket option.
     socket.host = options.host;
