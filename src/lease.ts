@@ -426,8 +426,8 @@ export class Lease {
   }
 
   #connection(): Promise<ServerConnection> {
-    if (this.group.ended) return Promise.reject(new PoolClosedError());
     if (this.#state === RELEASED) return Promise.reject(this.#afterRelease());
+    if (this.group.ended) return Promise.reject(new PoolClosedError());
     return this.#pending!;
   }
 
