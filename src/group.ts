@@ -39,6 +39,11 @@ export interface GroupContext {
    * that idle and old connections of every group still retire (throttled by the pool).
    */
   readonly lazyUpkeep: (() => void) | undefined;
+  /**
+   * Set when background probing is off: called before a statement is sent, so that a server
+   * that goes silent under a statement is still probed (and its connections cut) in time.
+   */
+  readonly watch: ((endpoint: Endpoint) => void) | undefined;
   readonly topology: Topology;
   readonly events: EventTarget;
   onParameter(conn: ServerConnection, key: string, value: string): void;

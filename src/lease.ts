@@ -151,6 +151,7 @@ export class Lease {
       this.#used = true;
       const begin = !this.autocommit && !this.#tx ? this.#begin(conn) : undefined;
       let lsn: Promise<Rows> | undefined;
+      this.group.context.watch?.(conn.endpoint);
       try {
         let rows: Rows;
         if (this.autocommit && conn.endpoint.role === "primary" && mayWrite(text)) {

@@ -41,6 +41,7 @@ export async function oneShot(
     let conn = held instanceof Promise ? await held : held;
     if (conn.users === 1 && isStale(group, conn)) conn = await revalidate(group, conn);
     let lsn: Promise<Rows> | undefined;
+    group.context.watch?.(conn.endpoint);
     try {
       let rows: Rows;
       if (conn.endpoint.role === "primary" && mayWrite(text)) {

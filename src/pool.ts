@@ -70,6 +70,9 @@ export class Pool extends EventTarget implements AsyncDisposable {
       threaded: resolved.threaded,
       validateAfterMs: resolved.validateAfterMs,
       lazyUpkeep: resolved.healthCheckIntervalMs === 0 ? () => this.#lazyUpkeep() : undefined,
+      watch: resolved.healthCheckIntervalMs === 0
+        ? (endpoint) => this.#topology.watch(endpoint)
+        : undefined,
       topology: this.#topology,
       events: this,
       onParameter: (conn, key, value) => this.#onParameter(conn, key, value),

@@ -53,6 +53,7 @@ export class Topology {
   readonly #options: TopologyOptions;
   readonly #events: EventTarget;
   readonly #clients = new Map<Endpoint, Session>();
+  readonly #watchdogs = new Map<Endpoint, ReturnType<typeof setTimeout>>();
   readonly #listeners: (() => void)[] = [];
   readonly #tickers: ((now: number) => void)[] = [];
   readonly #history: PrimarySample[] = [];
@@ -128,6 +129,23 @@ export class Topology {
       }
     })();
     return this.#refreshing;
+  }
+
+  /**
+   * With background probing off: makes sure `endpoint` is probed `connect_timeout` from now
+   * (one timer per endpoint, armed by statements as they are sent). A server that went silent
+   * under a statement is then marked down and its connections are cut, instead of the
+   * statement waiting for TCP to give up.
+   */
+  watch(endpoint: Endpoint): void {
+    if (this.#watchdogs.has(endpoint) || this.#closed) return;
+    this.#watchdogs.set(
+      endpoint,
+      setTimeout(() => {
+        this.#watchdogs.delete(endpoint);
+        this.probe(endpoint);
+      }, endpoint.connectTimeoutS * 1000),
+    );
   }
 
   /** Probes one endpoint (at most one probe in flight per endpoint). */
@@ -307,6 +325,8 @@ export class Topology {
   async close(timeoutMs: number): Promise<void> {
     this.#closed = true;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
+    for (const timer of this.#watchdogs.values()) clearTimeout(timer);
+    this.#watchdogs.clear();
     this.#timer = undefined;
     const clients = [...this.#clients.values()];
     this.#clients.clear();

@@ -93,6 +93,7 @@ interface NetSocket {
   on(event: "data", fn: (chunk: Uint8Array) => void): unknown;
   connect(port: number, host: string): unknown;
   destroy(): unknown;
+  emit(event: string, ...args: unknown[]): boolean;
 }
 
 /** The parts of a postgres.js query object the driver relies on (3.4.x internals). */
@@ -191,10 +192,18 @@ export class Session {
   #handed: Handed[] = [];
   /** The first statement's success proves the array types were learnt: report them once. */
   #learnTypes: boolean;
+  /**
+   * postgres.js is fetching array types (between start-up and the first statement's answer).
+   * It drops that fetch's promise, so a connection lost now would reject it unhandled: the
+   * driver then takes the loss away from postgres.js and settles everything itself.
+   */
+  #fetchingTypes: boolean;
+  /** postgres.js was never told this session ended: it must never be asked to end it either. */
+  #abandoned = false;
 
   constructor(options: SessionOptions, hooks: SessionHooks) {
     this.#hooks = hooks;
-    this.#learnTypes = options.types === "fetch" && hooks.onTypes !== undefined;
+    this.#learnTypes = this.#fetchingTypes = options.types === "fetch";
     const known = typeof options.types === "object" ? options.types : undefined;
     const base = parsedTemplate();
     const parsed: ParsedOptions = {
@@ -267,7 +276,10 @@ export class Session {
     if (this.#learnTypes) {
       this.#learnTypes = false;
       // Sends it now, which is the order every caller sends in anyway.
-      query.then(() => this.#hooks.onTypes?.(this.#tables()), noop);
+      query.then(() => {
+        this.#fetchingTypes = false;
+        this.#hooks.onTypes?.(this.#tables());
+      }, () => this.#fetchingTypes = false);
     }
     return query;
   }
@@ -302,6 +314,10 @@ export class Session {
    * once the connection has closed (or, if the server does not answer, it was torn down).
    */
   async end(timeoutMs: number): Promise<void> {
+    if (this.#abandoned) return;
+    if (this.#fetchingTypes && this.#established && this.#socket !== undefined) {
+      return this.#abandon();
+    }
     this.#ending = true;
     this.#dead = true;
     this.#refuseReconnect();
@@ -328,6 +344,31 @@ export class Session {
     // postgres.js re-queues what it still held unwritten onto a reconnect; refused above, then
     // rejected here (CONNECTION_DESTROYED), never sent.
     this.sql.end({ timeout: 0 }).catch(noop);
+    this.#hooks.onClose?.();
+  }
+
+  // The connection is lost (or ended) while postgres.js fetches array types: postgres.js is
+  // never told (it would reject its dropped promise), every statement handed to it is settled
+  // here, and the socket is destroyed. The client object is left to the garbage collector.
+  #abandon(): void {
+    if (this.#abandoned) return;
+    this.#abandoned = true;
+    this.#dead = true;
+    this.#open = false;
+    this.#refuseReconnect();
+    const handed = this.#handed;
+    this.#handed = [];
+    for (const query of handed) {
+      query.reject(
+        query.state === null
+          ? new SessionEndedError()
+          : Object.assign(new Error("The connection closed during start-up"), {
+            code: "CONNECTION_CLOSED",
+          }),
+      );
+    }
+    this.#socket?.destroy();
+    this.#onClosed?.();
     this.#hooks.onClose?.();
   }
 
@@ -369,6 +410,17 @@ export class Session {
       this.#beforeTail = this.#tail;
       this.#tail = chunk;
     });
+    const emit = socket.emit;
+    socket.emit = (event: string, ...args: unknown[]): boolean => {
+      if (
+        (event === "close" || event === "error") &&
+        (this.#abandoned || (this.#fetchingTypes && this.#established))
+      ) {
+        this.#abandon();
+        return true;
+      }
+      return emit.call(socket, event, ...args);
+    };
     socket.connect(options.port, options.host);
     return socket;
   }
