@@ -51,21 +51,16 @@ const VERBOSE = process.env.PGDBPOOL_FC_VERBOSE === "1";
 /** Development: log violations and carry on instead of failing (nothing is shrunk). */
 const SURVEY = process.env.PGDBPOOL_FC_SURVEY === "1";
 /**
- * Known open defects the programs steer around, so that the property keeps looking for new
- * ones (comma-separated; each has deterministic regression tests below):
+ * Defects the programs can be told to steer around while one is open (comma-separated; each has
+ * deterministic regression tests below). All three are fixed, so nothing is avoided by default:
  * - "startup": faults (kill, reset, blackhole, close) that land while postgres.js is still
- *   starting a session up produce unhandled rejections. Timing-dependent, and a runtime fails
- *   the test at once (no shrinking), so avoided by default.
- * - "release-in-flight": a handler released while its first statement is in flight still sends
- *   it afterwards. Deterministic and shrinkable: not avoided by default.
+ *   starting a session up (fixed: the driver settles such a session itself);
+ * - "release-in-flight": a handler released while its first statement is in flight (fixed:
+ *   release waits for it);
  * - "silent-host-no-probe": with health_check_interval_ms: 0 a statement on a blackholed host
- *   never settles. Avoided by default (programs only use 200 ms): every shrinking step of a
- *   hang costs the whole operation deadline.
- * Set PGDBPOOL_FC_AVOID="" once they are fixed.
+ *   (fixed: statements arm a probe after connect_timeout).
  */
-const AVOID = new Set(
-  (process.env.PGDBPOOL_FC_AVOID ?? "startup,silent-host-no-probe").split(",").filter(Boolean),
-);
+const AVOID = new Set((process.env.PGDBPOOL_FC_AVOID ?? "").split(",").filter(Boolean));
 const STARTUP_FAULTS = !AVOID.has("startup");
 const RELEASE_IN_FLIGHT = !AVOID.has("release-in-flight");
 const NO_PROBE_CONFIGS = !AVOID.has("silent-host-no-probe");
