@@ -3,7 +3,8 @@
  *
  * The same API as the main entry, with one difference: {@linkcode Pool} turns background
  * timers off by default (`health_check_interval_ms: 0`), so health checks only run on demand
- * (a connection idle longer than `validate_after_ms` is pinged before use).
+ * (a connection idle longer than `validate_after_ms` is pinged before use, and a statement arms
+ * one probe of its server `connect_timeout` later, so a host that goes silent is still cut off).
  *
  * Workers forbid I/O on behalf of another request ("Cannot perform I/O on behalf of a different
  * request"), so a pool must not outlive its request: create one per request and close it with
