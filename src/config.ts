@@ -6,6 +6,7 @@
  */
 
 import { ConfigError } from "./errors.ts";
+import { quote } from "./quote.ts";
 
 /**
  * TLS mode for an endpoint, as libpq's `sslmode`. `true` means `require`, `false` `disable`.
@@ -238,20 +239,6 @@ const MAX_CONNECT_TIMEOUT_S = MAX_TIMER_MS / 1000;
 const sslModes: readonly SslMode[] = ["disable", "prefer", "require", "verify-full"];
 const groupRoles: readonly GroupRole[] = ["primary", "replica", "prefer-replica", "any"];
 
-/** Quotes a user-supplied value for an error message, briefly. */
-function show(value: unknown): string {
-  if (typeof value === "string") {
-    return JSON.stringify(value.length > 80 ? value.slice(0, 77) + "..." : value);
-  }
-  if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") {
-    return String(value);
-  }
-  if (value === null) return "null";
-  if (value === undefined) return "undefined";
-  if (Array.isArray(value)) return "an array";
-  return typeof value === "object" ? "an object" : typeof value;
-}
-
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
@@ -269,7 +256,7 @@ function checkKeys(path: string, value: Record<string, unknown>, allowed: readon
 
 function string(path: string, value: unknown): string {
   if (typeof value !== "string" || value === "") {
-    throw new ConfigError(path, `must be a non-empty string (got ${show(value)})`);
+    throw new ConfigError(path, `must be a non-empty string (got ${quote(value)})`);
   }
   return value;
 }
@@ -277,7 +264,7 @@ function string(path: string, value: unknown): string {
 function integer(path: string, value: unknown, min: number, max: number): number {
   if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
     const what = min === 1 ? "a positive integer" : `an integer from ${min} to ${max}`;
-    throw new ConfigError(path, `must be ${what} (got ${show(value)})`);
+    throw new ConfigError(path, `must be ${what} (got ${quote(value)})`);
   }
   return value;
 }
@@ -290,7 +277,9 @@ function duration(path: string, value: unknown, fallback: number | undefined): n
   if (typeof value !== "number" || !(value >= 0 && value <= MAX_TIMER_MS)) {
     throw new ConfigError(
       path,
-      `must be a non-negative number of milliseconds, at most ${MAX_TIMER_MS} (got ${show(value)})`,
+      `must be a non-negative number of milliseconds, at most ${MAX_TIMER_MS} (got ${
+        quote(value)
+      })`,
     );
   }
   return value;
@@ -299,7 +288,7 @@ function duration(path: string, value: unknown, fallback: number | undefined): n
 function boolean(path: string, value: unknown, fallback: boolean): boolean {
   if (value === undefined) return fallback;
   if (typeof value !== "boolean") {
-    throw new ConfigError(path, `must be true or false (got ${show(value)})`);
+    throw new ConfigError(path, `must be true or false (got ${quote(value)})`);
   }
   return value;
 }
@@ -311,7 +300,7 @@ function sslMode(path: string, value: unknown): SslMode {
     throw new ConfigError(
       path,
       `must be one of ${sslModes.map((m) => `"${m}"`).join(", ")} or a boolean (got ${
-        show(value)
+        quote(value)
       })`,
     );
   }
@@ -319,7 +308,7 @@ function sslMode(path: string, value: unknown): SslMode {
 }
 
 /** Decodes one `%`-escaped part of a URL; a bad escape names the part, quoting it only if safe. */
-function decodePart(path: string, part: string, raw: string, quote: boolean): string {
+function decodePart(path: string, part: string, raw: string, showRaw: boolean): string {
   try {
     return decodeURIComponent(raw);
   } catch {
@@ -327,7 +316,7 @@ function decodePart(path: string, part: string, raw: string, quote: boolean): st
     throw new ConfigError(
       path,
       `has a malformed %-escape in its ${part}; write a literal % as %25${
-        quote ? ` (got ${show(raw)})` : ""
+        showRaw ? ` (got ${quote(raw)})` : ""
       }`,
     );
   }
@@ -342,14 +331,14 @@ function parseUrl(path: string, url: string): Record<string, unknown> {
     // Deno's message quotes the whole URL, password included: neither shown nor kept as cause.
     throw new ConfigError(
       path,
-      `must be a postgres:// URL or an endpoint object (got ${show(redactUrl(url))})`,
+      `must be a postgres:// URL or an endpoint object (got ${quote(redactUrl(url))})`,
     );
   }
   if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
     // Only the scheme is quoted: the parser limits it to letters, digits, "+", "-" and ".".
     throw new ConfigError(
       path,
-      `must use the postgres:// scheme or its alias postgresql:// (got ${show(parsed.protocol)})`,
+      `must use the postgres:// scheme or its alias postgresql:// (got ${quote(parsed.protocol)})`,
     );
   }
   // An unescaped "/", "?" or "#" in a password ends the authority early, so the rest of the
@@ -358,7 +347,7 @@ function parseUrl(path: string, url: string): Record<string, unknown> {
     throw new ConfigError(
       path,
       `must write / ? # @ inside its password or database name as %2F %3F %23 %40 (got ${
-        show(redactUrl(url))
+        quote(redactUrl(url))
       })`,
     );
   }
@@ -417,7 +406,7 @@ function host(path: string, value: unknown): string {
   if (/[,\s]/.test(text)) {
     throw new ConfigError(
       path,
-      `must be one host name or IP address, without commas or whitespace (got ${show(text)})`,
+      `must be one host name or IP address, without commas or whitespace (got ${quote(text)})`,
     );
   }
   return text;
@@ -428,7 +417,7 @@ function resolveEndpoint(path: string, raw: unknown, index: number): ResolvedEnd
   if (!isRecord(value)) {
     throw new ConfigError(
       path,
-      `must be an endpoint object or a postgres:// URL (got ${show(value)})`,
+      `must be an endpoint object or a postgres:// URL (got ${quote(value)})`,
     );
   }
   checkKeys(path, value, endpointKeys);
@@ -464,7 +453,9 @@ function seconds(path: string, value: unknown): number {
   if (typeof value !== "number" || !(value > 0 && value <= MAX_CONNECT_TIMEOUT_S)) {
     throw new ConfigError(
       path,
-      `must be a positive number of seconds, at most ${MAX_CONNECT_TIMEOUT_S} (got ${show(value)})`,
+      `must be a positive number of seconds, at most ${MAX_CONNECT_TIMEOUT_S} (got ${
+        quote(value)
+      })`,
     );
   }
   return value;
@@ -476,7 +467,7 @@ function resolveGroup(
   endpointCount: number,
 ): ResolvedGroup {
   const path = `groups.${name}`;
-  if (!isRecord(raw)) throw new ConfigError(path, `must be an object (got ${show(raw)})`);
+  if (!isRecord(raw)) throw new ConfigError(path, `must be an object (got ${quote(raw)})`);
   checkKeys(path, raw, groupKeys);
   const size = integer(`${path}.connection_count`, raw.connection_count, 1, 100_000);
   let endpoints: number[];
@@ -486,7 +477,7 @@ function resolveGroup(
     if (!Array.isArray(raw.endpoints) || raw.endpoints.length === 0) {
       throw new ConfigError(
         `${path}.endpoints`,
-        `must be a non-empty array of indices into db (got ${show(raw.endpoints)})`,
+        `must be a non-empty array of indices into db (got ${quote(raw.endpoints)})`,
       );
     }
     endpoints = raw.endpoints.map((index: unknown, i: number) =>
@@ -501,7 +492,7 @@ function resolveGroup(
   if (!groupRoles.includes(role as GroupRole)) {
     throw new ConfigError(
       `${path}.role`,
-      `must be one of ${groupRoles.map((r) => `"${r}"`).join(", ")} (got ${show(role)})`,
+      `must be one of ${groupRoles.map((r) => `"${r}"`).join(", ")} (got ${quote(role)})`,
     );
   }
   return Object.freeze({
@@ -528,12 +519,12 @@ function resolveGroup(
  */
 export function resolveConfig(config: unknown): ResolvedConfig {
   if (!isRecord(config)) {
-    throw new ConfigError("config", `must be an object (got ${show(config)})`);
+    throw new ConfigError("config", `must be an object (got ${quote(config)})`);
   }
   checkKeys("", config, topKeys);
   const type = config.type === undefined ? "threaded" : config.type;
   if (type !== "threaded" && type !== "non-threaded") {
-    throw new ConfigError("type", `must be "threaded" or "non-threaded" (got ${show(type)})`);
+    throw new ConfigError("type", `must be "threaded" or "non-threaded" (got ${quote(type)})`);
   }
   const rawDb = config.db;
   if (rawDb === undefined) throw new ConfigError("db", "is required");
@@ -544,7 +535,7 @@ export function resolveConfig(config: unknown): ResolvedConfig {
   );
   const rawGroups = config.groups;
   if (!isRecord(rawGroups)) {
-    throw new ConfigError("groups", `must be an object of named groups (got ${show(rawGroups)})`);
+    throw new ConfigError("groups", `must be an object of named groups (got ${quote(rawGroups)})`);
   }
   const names = Object.keys(rawGroups);
   if (names.length === 0) throw new ConfigError("groups", "must define at least one group");

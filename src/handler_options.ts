@@ -12,6 +12,7 @@
 
 import { MAX_TIMER_MS } from "./config.ts";
 import { parseLsn } from "./lsn.ts";
+import { quote } from "./quote.ts";
 
 /**
  * A checkout's options after validation. Absent options are `undefined`; every resolved object
@@ -63,19 +64,6 @@ const KNOWN = "signal, timeout_ms, autocommit, after";
 // would accept trailing garbage ("0/16B3748xyz"), because `parseInt` stops at the first non-digit.
 const TOKEN = /^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/;
 
-/** Quotes a caller's value for a message, briefly. */
-function show(value: unknown): string {
-  if (typeof value === "string") {
-    return JSON.stringify(value.length > 80 ? value.slice(0, 77) + "..." : value);
-  }
-  if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") {
-    return String(value);
-  }
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "an array";
-  return typeof value === "object" ? "an object" : typeof value;
-}
-
 function isAbortSignal(value: unknown): value is AbortSignal {
   if (value instanceof AbortSignal) return true;
   // Signals from another realm or a polyfill fail `instanceof` but work the same.
@@ -123,7 +111,7 @@ export function resolveHandlerOptions(group: string, options: unknown): Resolved
   if (options === undefined) return NO_HANDLER_OPTIONS;
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
     throw new TypeError(
-      `Handler options of group ${JSON.stringify(group)} must be an object (got ${show(options)})`,
+      `Handler options of group ${JSON.stringify(group)} must be an object (got ${quote(options)})`,
     );
   }
   const o = options as Record<string, unknown>;
@@ -149,7 +137,7 @@ export function resolveHandlerOptions(group: string, options: unknown): Resolved
   if (signal !== undefined && !isAbortSignal(signal)) {
     throw new TypeError(
       `Handler option signal of group ${JSON.stringify(group)} must be an AbortSignal (got ${
-        show(signal)
+        quote(signal)
       })`,
     );
   }
@@ -161,13 +149,13 @@ export function resolveHandlerOptions(group: string, options: unknown): Resolved
     throw new RangeError(
       `Handler option timeout_ms of group ${
         JSON.stringify(group)
-      } must be a number from 0 to ${MAX_TIMER_MS} (got ${show(timeoutMs)})`,
+      } must be a number from 0 to ${MAX_TIMER_MS} (got ${quote(timeoutMs)})`,
     );
   }
   if (autocommit !== undefined && typeof autocommit !== "boolean") {
     throw new TypeError(
       `Handler option autocommit of group ${JSON.stringify(group)} must be true or false (got ${
-        show(autocommit)
+        quote(autocommit)
       })`,
     );
   }
@@ -178,7 +166,7 @@ export function resolveHandlerOptions(group: string, options: unknown): Resolved
       throw new TypeError(
         `Handler option after of group ${
           JSON.stringify(group)
-        } must be a token from commit() (got ${show(after)})`,
+        } must be a token from commit() (got ${quote(after)})`,
       );
     }
   }

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type postgres from "postgres";
+import type { DriverSql } from "./driver/postgres.ts";
 
 /**
  * One result row: column name to parsed value.
@@ -54,4 +54,4 @@ export interface Rows<T extends Row = Row> extends Array<T> {
  * }
  * ```
  */
-export type Sql = postgres.Sql;
+export type Sql = DriverSql;

@@ -15,6 +15,9 @@
 import postgres from "postgres";
 import { isConnectionError } from "../sqlstate.ts";
 
+/** The postgres.js tagged template of a session (public as `Sql`). */
+export type DriverSql = postgres.Sql;
+
 /** TLS settings in postgres.js's form. */
 export type DriverSsl =
   | false
