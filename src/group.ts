@@ -17,7 +17,8 @@ import {
 import { PoolEvent, reasonOf } from "./events.ts";
 import { route } from "./routing.ts";
 import { Semaphore } from "./semaphore.ts";
-import { type Member, ServerConnection, withDeadline } from "./server_connection.ts";
+import { withDeadline } from "./deadline.ts";
+import { type Member, ServerConnection } from "./server_connection.ts";
 import type { Topology } from "./topology.ts";
 import { WaitSamples } from "./wait_samples.ts";
 
@@ -392,13 +393,6 @@ export class Group {
     conn.state = "closing";
     conn.member.open--;
     return conn.end(0);
-  }
-
-  /** Pool connections open right now, by state (for stats and invariant checks). */
-  connectionStates(): Record<ServerConnection["state"], number> {
-    const out = { idle: 0, held: 0, shared: 0, closing: 0 };
-    for (const conn of this.#conns) out[conn.state]++;
-    return out;
   }
 
   /** Opens a replacement in the background so that retiring never makes a caller wait. */

@@ -8,6 +8,7 @@
  */
 
 import type { Outcome, Session } from "./driver/postgres.ts";
+import { withDeadline } from "./deadline.ts";
 import type { Endpoint } from "./endpoint.ts";
 
 /** Where an idle connection waits: one list per endpoint of a group. */
@@ -76,17 +77,3 @@ export class ServerConnection {
 }
 
 const PING = { prepare: false };
-
-/** Rejects with an `ETIMEDOUT` error when `promise` has not settled after `ms`. */
-export function withDeadline<T>(promise: PromiseLike<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(Object.assign(new Error(`No answer within ${ms} ms`), { code: "ETIMEDOUT" })),
-        ms,
-      );
-    }),
-  ]).finally(() => clearTimeout(timer));
-}

@@ -28,7 +28,7 @@ const connectionCodes = new Set([
 ]);
 
 /** The error's `code`, when it is a string. */
-export function codeOf(err: unknown): string | undefined {
+function codeOf(err: unknown): string | undefined {
   const code = (err as { code?: unknown } | null)?.code;
   return typeof code === "string" ? code : undefined;
 }

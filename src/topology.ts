@@ -11,7 +11,7 @@ import type { Session } from "./driver/postgres.ts";
 import type { Endpoint, EndpointRole } from "./endpoint.ts";
 import { PoolEvent, reasonOf } from "./events.ts";
 import { parseLsn } from "./lsn.ts";
-import { withDeadline } from "./server_connection.ts";
+import { withDeadline } from "./deadline.ts";
 import { isCapacityError, isConnectionError, isReadOnlyError } from "./sqlstate.ts";
 
 // One round trip: role, WAL position and the replica's own view of its lag. The lag is only
