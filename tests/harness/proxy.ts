@@ -8,10 +8,13 @@ export interface TcpProxy {
   readonly host: string;
   readonly port: number;
   /**
-   * pass: relay both ways. blackhole: keep sockets open but drop all data both ways (a hung
-   * host; new connections are accepted and never reach the target). refuse: accept and reset
-   * at once (a listening socket cannot refuse at TCP level; clients see ECONNRESET rather than
-   * ECONNREFUSED); switching to refuse also resets the open connections.
+   * pass: relay both ways. blackhole: keep sockets open and deliver nothing either way (a hung
+   * host, or a network partition): data is held, as TCP keeps retransmitting it, and delivered
+   * in order when the mode goes back to pass (the partition heals); connections opened meanwhile
+   * reach the target only then. Nothing is ever dropped from a live connection: real TCP never
+   * loses bytes in the middle of a stream, and a lossy proxy would desynchronise the protocol.
+   * refuse: accept and reset at once (a listening socket cannot refuse at TCP level; clients see
+   * ECONNRESET rather than ECONNREFUSED); switching to refuse also resets the open connections.
    */
   mode: ProxyMode;
   /** Added latency per chunk, each direction, in pass mode (order is kept). */
@@ -36,6 +39,8 @@ export async function startProxy(
 interface Pair {
   client: Socket;
   upstream: Socket | undefined;
+  /** Client bytes received while the pair had no upstream yet (opened during a blackhole). */
+  early: Uint8Array[];
 }
 
 class Proxy implements TcpProxy {
@@ -44,6 +49,8 @@ class Proxy implements TcpProxy {
   #port = 0;
   readonly #pairs = new Set<Pair>();
   readonly #server: Server;
+  /** Called when the mode goes back to pass: deliver what was held. */
+  readonly #heal = new Set<() => void>();
 
   constructor(readonly target: { host: string; port: number }, readonly host: string) {
     this.#server = createServer((client) => this.#accept(client));
@@ -60,6 +67,7 @@ class Proxy implements TcpProxy {
   set mode(mode: ProxyMode) {
     this.#mode = mode;
     if (mode === "refuse") this.dropAll();
+    if (mode === "pass") { for (const heal of [...this.#heal]) heal(); }
   }
 
   get connections(): number {
@@ -99,46 +107,61 @@ class Proxy implements TcpProxy {
       return;
     }
     client.setNoDelay(true);
-    const pair: Pair = { client, upstream: undefined };
+    const pair: Pair = { client, upstream: undefined, early: [] };
     this.#pairs.add(pair);
     client.on("close", () => this.#pairs.delete(pair));
-    // A connection opened during a blackhole never reaches the target: the server would only
-    // see a silent socket and log an incomplete startup packet.
     if (this.#mode === "pass") {
-      const upstream = connect(this.target.port, this.target.host);
-      upstream.setNoDelay(true);
-      upstream.on("error", () => {});
-      pair.upstream = upstream;
-      this.#relay(client, upstream, false);
-      this.#relay(upstream, client, true);
+      this.#connectUpstream(pair);
+      return;
     }
+    // Opened during a blackhole: it reaches the target only when the partition heals.
+    const early = (chunk: Uint8Array) => pair.early.push(chunk);
+    client.on("data", early);
+    const heal = () => {
+      this.#heal.delete(heal);
+      client.off("data", early);
+      if (!client.destroyed) this.#connectUpstream(pair);
+    };
+    this.#heal.add(heal);
+    client.on("close", () => this.#heal.delete(heal));
+  }
+
+  #connectUpstream(pair: Pair): void {
+    const upstream = connect(this.target.port, this.target.host);
+    upstream.setNoDelay(true);
+    upstream.on("error", () => {});
+    pair.upstream = upstream;
+    for (const chunk of pair.early.splice(0)) upstream.write(chunk);
+    this.#relay(pair.client, upstream, false);
+    this.#relay(upstream, pair.client, true);
   }
 
   /**
-   * Forwards `from` to `to` in pass mode, delaying each chunk by delayMs while keeping order.
-   * A clean close is passed on as FIN only after the queued chunks (so a server's last
-   * ErrorResponse, e.g. 57P01, reaches the client), an abortive one as RST. In blackhole mode a
-   * closing server is not passed on (`hangs`: a hung host says nothing), a closing client is.
+   * Forwards `from` to `to`, delaying each chunk by delayMs while keeping order; in blackhole
+   * mode chunks are held and sent when the mode goes back to pass. A clean close is passed on as
+   * FIN only after the queued chunks (so a server's last ErrorResponse, e.g. 57P01, reaches the
+   * client), an abortive one as RST. In blackhole mode a closing server is passed on only when
+   * the partition heals (`hangs`: a hung host says nothing), a closing client at once.
    */
   #relay(from: Socket, to: Socket, hangs: boolean): void {
     const queue: Array<{ due: number; chunk: Uint8Array }> = [];
+    const held: Uint8Array[] = [];
     let timer: ReturnType<typeof setTimeout> | undefined;
     let ended = false;
     const endIfDrained = (): void => {
-      if (ended && queue.length === 0 && !to.destroyed) to.end();
+      if (ended && queue.length === 0 && held.length === 0 && !to.destroyed) to.end();
     };
     const flush = (): void => {
       timer = undefined;
       const now = Date.now();
       while (queue.length > 0 && queue[0].due <= now) {
         const { chunk } = queue.shift()!;
-        if (this.#mode === "pass" && to.writable) to.write(chunk);
+        if (to.writable) to.write(chunk);
       }
       if (queue.length > 0) timer = setTimeout(flush, queue[0].due - now);
       else endIfDrained();
     };
-    from.on("data", (chunk: Uint8Array) => {
-      if (this.#mode !== "pass") return; // blackhole: drop
+    const send = (chunk: Uint8Array): void => {
       if (this.delayMs <= 0 && queue.length === 0) {
         if (to.writable) to.write(chunk);
         return;
@@ -147,21 +170,40 @@ class Proxy implements TcpProxy {
       const due = Math.max(Date.now() + Math.max(0, this.delayMs), queue.at(-1)?.due ?? 0);
       queue.push({ due, chunk });
       timer ??= setTimeout(flush, Math.max(0, queue[0].due - Date.now()));
+    };
+    const heal = (): void => {
+      for (const chunk of held.splice(0)) send(chunk);
+      endIfDrained();
+    };
+    this.#heal.add(heal);
+    from.on("data", (chunk: Uint8Array) => {
+      if (this.#mode !== "pass") held.push(chunk); // blackhole: held until the partition heals
+      else {
+        if (held.length > 0) heal();
+        send(chunk);
+      }
     });
     from.on("close", (hadError: boolean) => {
       if (this.#mode !== "pass") {
-        if (!hangs) to.destroy();
+        // A hung host says nothing about its side closing; a client closing is passed on.
+        if (!hangs) {
+          this.#heal.delete(heal);
+          to.destroy();
+        } else ended = true;
         return;
       }
+      this.#heal.delete(heal);
       if (hadError) {
         clearTimeout(timer);
         queue.length = 0;
+        held.length = 0;
         reset(to);
         return;
       }
       ended = true;
       endIfDrained();
     });
+    to.on("close", () => this.#heal.delete(heal));
   }
 }
 
