@@ -136,8 +136,16 @@ export interface PoolConfig {
   validate_after_ms?: number;
   /** Background role and health probe period; default 1000. 0 turns background probes off. */
   health_check_interval_ms?: number;
-  /** Upper bound of the jittered exponential back-off for a down endpoint; default 10000. */
+  /**
+   * Upper bound of the jittered exponential back-off between probes of a down endpoint; default
+   * 2000, so a server's return is seen within about two seconds.
+   */
   retry_backoff_max_ms?: number;
+  /**
+   * How long one health probe may take (connect included) before its server counts as down;
+   * default 2000, never longer than the endpoint's `connect_timeout`.
+   */
+  probe_timeout_ms?: number;
   /** How long `close()` lets statements in flight finish before cutting connections; default 5000. */
   close_timeout_ms?: number;
   /** Sent as `application_name`; default `"pgdbpool"`. */
@@ -182,6 +190,7 @@ export interface ResolvedConfig {
   readonly validateAfterMs: number;
   readonly healthCheckIntervalMs: number;
   readonly retryBackoffMaxMs: number;
+  readonly probeTimeoutMs: number;
   readonly closeTimeoutMs: number;
   readonly applicationName: string;
 }
@@ -193,6 +202,7 @@ const topKeys = [
   "validate_after_ms",
   "health_check_interval_ms",
   "retry_backoff_max_ms",
+  "probe_timeout_ms",
   "close_timeout_ms",
   "application_name",
 ];
@@ -283,6 +293,12 @@ function duration(path: string, value: unknown, fallback: number | undefined): n
     );
   }
   return value;
+}
+
+function positiveDuration(path: string, value: unknown, fallback: number): number {
+  const ms = duration(path, value, fallback);
+  if (ms === 0) throw new ConfigError(path, "must be more than 0 milliseconds (got 0)");
+  return ms;
 }
 
 function boolean(path: string, value: unknown, fallback: boolean): boolean {
@@ -553,7 +569,8 @@ export function resolveConfig(config: unknown): ResolvedConfig {
       config.health_check_interval_ms,
       1000,
     ),
-    retryBackoffMaxMs: duration("retry_backoff_max_ms", config.retry_backoff_max_ms, 10_000),
+    retryBackoffMaxMs: duration("retry_backoff_max_ms", config.retry_backoff_max_ms, 2000),
+    probeTimeoutMs: positiveDuration("probe_timeout_ms", config.probe_timeout_ms, 2000),
     closeTimeoutMs: duration("close_timeout_ms", config.close_timeout_ms, 5000),
     applicationName,
   });

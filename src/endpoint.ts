@@ -86,6 +86,10 @@ export class Endpoint {
   probes = 0;
   /** `performance.now()` of the last finished probe. */
   lastProbeAt = -Infinity;
+  /** `performance.now()` of the last probe that got an answer. */
+  answeredAt = -Infinity;
+  /** `performance.now()` of the last connection-level failure a statement reported. */
+  reportedAt = -Infinity;
   /** The probe in flight, so that there is never more than one. */
   probing: Promise<void> | undefined;
   /** Replay position (replica) or current WAL position (primary) at the last probe. */

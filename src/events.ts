@@ -23,7 +23,9 @@ export type PoolEventType =
   | "endpointup"
   | "rolechange"
   | "acquiretimeout"
-  | "connectionerror";
+  | "connectionerror"
+  | "replicalagging"
+  | "replicacaughtup";
 
 /**
  * What each event carries. Endpoints are described by host, port and index only.
@@ -38,7 +40,7 @@ export type PoolEventType =
 export interface PoolEventDetail {
   /** Endpoint concerned (all but `acquiretimeout`). */
   endpoint?: { host: string; port: number; index: number };
-  /** Group concerned (`acquiretimeout`, `connectionerror`). */
+  /** Group concerned (`acquiretimeout`, `connectionerror`, `replicalagging`, `replicacaughtup`). */
   group?: string;
   /** Role before and after (`rolechange`). */
   from?: string;
@@ -46,6 +48,8 @@ export interface PoolEventDetail {
   to?: string;
   /** Error code or message behind the event, never credentials. */
   reason?: string;
+  /** Replica lag that moved it out of or back into a group (`replicalagging`, `replicacaughtup`). */
+  lag_ms?: number;
 }
 
 /**

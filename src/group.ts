@@ -86,6 +86,10 @@ export class Group {
   readonly #conns = new Set<ServerConnection>();
   /** Connections held by one-shot statements only: further one-shots may pipeline onto them. */
   readonly #shared: ServerConnection[] = [];
+  /** Connections opened in the background and not proven alive yet (they hold no permit). */
+  readonly #warming = new Set<ServerConnection>();
+  /** Checkouts that found nothing routable, woken as soon as something is. */
+  readonly #awaitingRoute: (() => void)[] = [];
 
   constructor(settings: ResolvedGroup, endpoints: readonly Endpoint[], context: GroupContext) {
     this.name = settings.name;
@@ -98,6 +102,7 @@ export class Group {
       idle: [],
       open: 0,
       active: false,
+      lagging: false,
     }));
     this.#members = [];
     this.#share = settings.size;
@@ -142,9 +147,10 @@ export class Group {
 
   /**
    * Applies the topology's current facts: members that left (down, demoted, lagging) stop
-   * receiving checkouts; their idle connections close now, busy ones at check-in. A server
-   * that went down also loses its busy connections at once, so statements stuck on a hung host
-   * fail instead of hanging.
+   * receiving checkouts; their idle connections close now, busy ones at check-in, and ones still
+   * starting up are cut (nothing ran on them: their statements move). A server that went down
+   * also loses its busy connections at once, so statements stuck on a hung host fail instead of
+   * hanging. When the members change, connections move towards each member's fair share.
    */
   reroute(): void {
     const topology = this.context.topology;
@@ -155,10 +161,14 @@ export class Group {
       member.active = active;
       if (!active) {
         for (const conn of member.idle.splice(0)) this.#discard(conn);
+        for (const conn of this.#conns) {
+          if (conn.member === member && !conn.session.established) conn.end(0);
+        }
       }
       if (member.endpoint.state === "down") {
         for (const conn of this.#conns) if (conn.member === member) conn.end(0);
       }
+      this.#noteLag(member);
     }
     if (
       members.length !== this.#members.length || members.some((m, i) => m !== this.#members[i])
@@ -166,7 +176,62 @@ export class Group {
       this.#members = members;
       this.#share = Math.ceil(this.settings.size / Math.max(1, members.length));
       this.#cursor = 0;
+      this.#rebalance();
     }
+    if (members.length > 0) for (const wake of this.#awaitingRoute.splice(0)) wake();
+  }
+
+  /** Tells listeners when lag moves a replica out of this group's routing, and back in. */
+  #noteLag(member: Member): void {
+    const e = member.endpoint;
+    const limit = this.settings.maxReplicaLagMs;
+    const lagging = member.lagging
+      ? !member.active && e.state === "up" && e.role === "replica"
+      : !member.active && limit !== undefined && this.settings.role !== "primary" &&
+        e.state === "up" && e.role === "replica" && e.lagMs > limit;
+    if (lagging === member.lagging) return;
+    member.lagging = lagging;
+    // Leaving the group for another reason (down, promoted) is not catching up.
+    if (!lagging && !member.active) return;
+    this.context.events.dispatchEvent(
+      new PoolEvent(lagging ? "replicalagging" : "replicacaughtup", {
+        group: this.name,
+        endpoint: e.info,
+        lag_ms: Math.round(e.lagMs),
+      }),
+    );
+  }
+
+  /**
+   * Moves idle connections from members above their fair share to members below it, keeping
+   * the group's total: a server that returns gets its part of the load back within a check-in
+   * or two instead of staying idle while the survivors keep every connection. Busy surplus
+   * moves when it is checked in (`#return`).
+   */
+  #rebalance(): void {
+    if (this.closing) return;
+    let moved = 0;
+    for (const member of this.#members) {
+      while (member.open > this.#share && member.idle.length > 0) {
+        this.#discard(member.idle.shift()!);
+        moved++;
+      }
+    }
+    for (let under = this.#underShare(); moved > 0 && under !== undefined; moved--) {
+      this.#warm(under);
+      under = this.#underShare();
+    }
+  }
+
+  /** A member with fewer connections than its fair share, if any. */
+  #underShare(): Member | undefined {
+    for (const member of this.#members) if (member.open < this.#share) return member;
+    return undefined;
+  }
+
+  /** Whether some endpoint can serve this group right now. */
+  get routable(): boolean {
+    return this.#members.length > 0;
   }
 
   /** This group would use a primary now and has nothing routable (probing runs faster). */
@@ -260,10 +325,23 @@ export class Group {
     }
   }
 
+  /**
+   * Nothing is routable: probes every server and goes on as soon as one can serve the group,
+   * without waiting for the others (a server hanging in its shutdown would hold the checkout
+   * for a whole probe deadline). Gives up once every probe has answered or timed out.
+   */
   async #findEndpoint(): Promise<void> {
     const topology = this.context.topology;
     topology.start();
-    await topology.refresh();
+    const probed = topology.refresh();
+    if (this.#members.length === 0) {
+      let wake!: () => void;
+      const routed = new Promise<void>((resolve) => wake = resolve);
+      this.#awaitingRoute.push(wake);
+      await Promise.race([probed, routed]);
+      const at = this.#awaitingRoute.indexOf(wake);
+      if (at >= 0) this.#awaitingRoute.splice(at, 1);
+    }
     if (this.closing) throw new PoolClosedError();
     if (this.#members.length > 0) return;
     const states = this.#all.map(({ endpoint: e }) =>
@@ -337,7 +415,15 @@ export class Group {
       }
     }
     // Every member is at its share yet a permit was free (connections are still being rolled
-    // back or warmed): open one more on the least loaded member.
+    // back or warmed). A connection warming in the background is as good as a new one (the
+    // statement queues behind its ping) and keeps the group within connection_count; else
+    // open one more on the least loaded member.
+    if (this.#conns.size >= this.settings.size) {
+      for (const conn of this.#warming) {
+        this.#warming.delete(conn);
+        return conn;
+      }
+    }
     let least = members[0];
     for (const member of members) if (member.open < least.open) least = member;
     return this.#open(least);
@@ -402,8 +488,11 @@ export class Group {
       this.#conns.size >= this.settings.size
     ) return;
     const conn = this.#open(member);
+    this.#warming.add(conn);
     conn.ping(member.endpoint.connectTimeoutS * 1000).then(
       () => {
+        // Taken by a checkout meanwhile: it is theirs now.
+        if (!this.#warming.delete(conn)) return;
         conn.lastUsed = performance.now();
         if (this.closing || !member.active || conn.dead) this.#discard(conn);
         else {
@@ -411,19 +500,22 @@ export class Group {
           member.idle.push(conn);
         }
       },
-      () => this.#discard(conn),
+      () => {
+        if (this.#warming.delete(conn)) this.#discard(conn);
+      },
     );
   }
 
   /**
    * Swaps the connection of a checkout for another under the same permit (only before the
-   * checkout's first statement ran). During `close()` nothing new opens: `PoolClosedError`.
+   * checkout's first statement ran), on `sameServer` or wherever routing says. During `close()`
+   * nothing new opens: `PoolClosedError`.
    */
-  replace(conn: ServerConnection): ServerConnection {
+  replace(conn: ServerConnection, sameServer = false): ServerConnection {
     if (this.closing) throw new PoolClosedError();
     const member = conn.member;
     this.#discard(conn);
-    if (this.#members.length === 0) {
+    if (sameServer || this.#members.length === 0) {
       // Nothing routable any more: stay on the same server; the next statement reports why.
       return this.#open(member);
     }
@@ -459,8 +551,13 @@ export class Group {
   }
 
   #return(conn: ServerConnection): void {
+    let under: Member | undefined;
     if (this.closing || conn.dead || !conn.member.active) {
       this.#discard(conn);
+    } else if (conn.member.open > this.#share && (under = this.#underShare()) !== undefined) {
+      // A member holds more than its share while another has less (it came back): move one.
+      this.#discard(conn);
+      this.#warm(under);
     } else if (conn.retireAt !== Infinity && performance.now() > conn.retireAt) {
       this.#discard(conn);
       this.#warm(conn.member);
@@ -517,6 +614,7 @@ export class Group {
   async close(timeoutMs: number): Promise<void> {
     this.closing = true;
     this.#sem.rejectAll(new PoolClosedError());
+    for (const wake of this.#awaitingRoute.splice(0)) wake();
     const ends: (Promise<void> | undefined)[] = [];
     for (const member of this.#all) {
       for (const conn of member.idle.splice(0)) ends.push(this.#discard(conn));

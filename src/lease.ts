@@ -56,10 +56,16 @@ export class Lease {
   /** Statements of this checkout not settled yet: release waits for them before check-in. */
   #inflight = 0;
   #drained: (() => void) | undefined;
+  /**
+   * Read-your-writes: the server was chosen because it has replayed the token, so a
+   * replacement connection goes to the same server, never to one picked by routing.
+   */
+  readonly #pinned: boolean;
 
   constructor(group: Group, options: ResolvedHandlerOptions) {
     this.group = group;
     this.autocommit = options.autocommit ?? group.settings.autocommit;
+    this.#pinned = options.after !== undefined;
     const conn = options.after === undefined ? group.tryCheckout() : null;
     this.#conn = conn;
     if (conn !== null) {
@@ -363,7 +369,12 @@ export class Lease {
   #usable(conn: ServerConnection): ServerConnection {
     if (this.group.ended) throw new PoolClosedError();
     if (this.#lost !== null) throw this.#lost;
-    if (!conn.dead) return conn;
+    if (!conn.dead) {
+      // Taken before routing changed (its server was demoted, promoted, fell behind) and not
+      // used yet: moving is still unobservable, and the group has somewhere better to go.
+      if (this.#used || this.#pinned || conn.member.active || !this.group.routable) return conn;
+      return this.#swap(conn);
+    }
     if (this.#used) {
       throw this.#lose(conn, undefined, "not-executed", "its connection closed");
     }
@@ -421,7 +432,7 @@ export class Lease {
   #swap(conn: ServerConnection): ServerConnection {
     // Only the connection held right now can be swapped: a stale reference never swaps twice.
     if (this.#conn !== conn) return this.#conn!;
-    const next = this.group.replace(conn);
+    const next = this.group.replace(conn, this.#pinned);
     this.#conn = next;
     return next;
   }

@@ -60,6 +60,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
     this.#topology = new Topology(this.#endpoints, {
       intervalMs: resolved.healthCheckIntervalMs,
       backoffMaxMs: resolved.retryBackoffMaxMs,
+      probeTimeoutMs: resolved.probeTimeoutMs,
       // Derived from the groups' current routing on every round, never a sticky flag.
       primaryWanted: () => {
         for (const group of this.#groups.values()) if (group.wantsPrimary) return true;

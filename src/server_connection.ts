@@ -18,6 +18,8 @@ export interface Member {
   open: number;
   /** Routing currently allows this endpoint for the group. */
   active: boolean;
+  /** Left out of the group's routing because its replica lag passed `max_replica_lag_ms`. */
+  lagging: boolean;
 }
 
 /** Who holds a connection right now. */

@@ -41,6 +41,8 @@ interface PrimarySample {
 export interface TopologyOptions {
   readonly intervalMs: number;
   readonly backoffMaxMs: number;
+  /** Deadline of one probe (capped by each endpoint's `connect_timeout`). */
+  readonly probeTimeoutMs: number;
   /** Whether some group needs a primary and has none routable (then probing runs faster). */
   readonly primaryWanted: () => boolean;
 }
@@ -58,9 +60,10 @@ export class Topology {
   readonly #tickers: ((now: number) => void)[] = [];
   readonly #history: PrimarySample[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /** `performance.now()` when the armed background round is due. */
+  #due = Infinity;
   #started = false;
   #closed = false;
-  #refreshing: Promise<void> | undefined;
 
   constructor(endpoints: readonly Endpoint[], options: TopologyOptions, events: EventTarget) {
     this.endpoints = endpoints;
@@ -86,17 +89,29 @@ export class Topology {
   }
 
   #schedule(delayMs: number): void {
-    this.#timer = setTimeout(async () => {
+    this.#due = performance.now() + delayMs;
+    this.#timer = setTimeout(() => {
       this.#timer = undefined;
-      await this.refresh(false);
+      this.#due = Infinity;
       if (this.#closed) return;
+      // Not awaited: a server that hangs holds up its own probe only, never the next round
+      // (which would keep a promotion elsewhere unseen for as long).
+      this.refresh(false);
       const now = performance.now();
       for (const fn of this.#tickers) fn(now);
       const interval = this.#options.intervalMs;
-      this.#schedule(
-        this.#options.primaryWanted() ? Math.min(interval, FAST_INTERVAL_MS) : interval,
-      );
+      this.#schedule(this.#primaryInDoubt() ? Math.min(interval, FAST_INTERVAL_MS) : interval);
     }, delayMs);
+  }
+
+  /**
+   * A primary is wanted and missing, or the one we have failed a statement since it last
+   * answered a probe: a switchover may be under way, so look for the new one quickly.
+   */
+  #primaryInDoubt(): boolean {
+    if (this.#options.primaryWanted()) return true;
+    const primary = this.primary();
+    return primary !== undefined && primary.reportedAt > primary.answeredAt;
   }
 
   /** The current primary: the most recently promoted one if several claim the role. */
@@ -111,24 +126,26 @@ export class Topology {
 
   /**
    * Probes every endpoint that is due: up ones (unless probed a moment ago) and down ones whose
-   * back-off has passed. Concurrent callers share one round.
+   * back-off has passed. Resolves when all of them answered or gave up; concurrent callers share
+   * each endpoint's probe in flight, and nobody waits for a probe it did not need: a caller
+   * that only wants some routable server watches `onChange` instead.
    */
   refresh(force = true): Promise<void> {
     if (this.#closed) return Promise.resolve();
-    this.#refreshing ??= (async () => {
-      try {
-        const now = performance.now();
-        const due = this.endpoints.filter((e) =>
-          e.state === "up"
-            ? force ? now - e.lastProbeAt >= MIN_PROBE_GAP_MS : true
-            : now >= e.retryAt
-        );
-        await Promise.all(due.map((e) => this.probe(e)));
-      } finally {
-        this.#refreshing = undefined;
-      }
-    })();
-    return this.#refreshing;
+    const now = performance.now();
+    const probes: Promise<void>[] = [];
+    for (const e of this.endpoints) {
+      const due = e.state === "up"
+        ? !force || now - e.lastProbeAt >= MIN_PROBE_GAP_MS
+        : now >= e.retryAt;
+      if (due || e.probing !== undefined) probes.push(this.probe(e));
+    }
+    return Promise.all(probes).then(() => {});
+  }
+
+  /** How long a probe of `endpoint` may take. */
+  #deadline(endpoint: Endpoint): number {
+    return Math.min(this.#options.probeTimeoutMs, endpoint.connectTimeoutS * 1000);
   }
 
   /**
@@ -171,6 +188,7 @@ export class Topology {
       endpoint.probes++;
     }
     if (this.#closed) return;
+    endpoint.answeredAt = endpoint.lastProbeAt;
     const rtt = endpoint.lastProbeAt - started;
     endpoint.latencyMs = endpoint.latencyMs === undefined
       ? rtt
@@ -204,7 +222,7 @@ export class Topology {
       try {
         const rows = await withDeadline(
           client.query(PROBE_SQL, undefined, PROBE),
-          endpoint.connectTimeoutS * 1000,
+          this.#deadline(endpoint),
         );
         return rows[0] as unknown as { recovery: boolean; lsn: string | null; lag_ms: number };
       } catch (err) {
@@ -226,7 +244,7 @@ export class Topology {
     try {
       const rows = await withDeadline(
         client.query(REPLAY_SQL, undefined, PROBE),
-        endpoint.connectTimeoutS * 1000,
+        this.#deadline(endpoint),
       );
       const lsn = parseLsn(rows[0]?.lsn);
       if (lsn !== undefined && endpoint.role === "replica") endpoint.lsn = lsn;
@@ -281,6 +299,15 @@ export class Topology {
     if (this.#closed) return;
     endpoint.errors++;
     if (isCapacityError(err)) return;
+    endpoint.reportedAt = performance.now();
+    // The primary failing puts it in doubt: the next round comes now-ish, not a period later.
+    if (
+      endpoint === this.primary() && this.#timer !== undefined &&
+      this.#due > endpoint.reportedAt + FAST_INTERVAL_MS
+    ) {
+      clearTimeout(this.#timer);
+      this.#schedule(FAST_INTERVAL_MS);
+    }
     this.probe(endpoint);
     // A primary that went read-only or away: look for the new one everywhere.
     if (isReadOnlyError(err) || endpoint.role === "primary") this.refresh();

@@ -273,6 +273,7 @@ describe("session integrity", () => {
       const topology = new Topology([endpoint], {
         intervalMs: 0,
         backoffMaxMs: 60_000,
+        probeTimeoutMs: 2000,
         primaryWanted: () => false,
       }, new EventTarget());
       try {
