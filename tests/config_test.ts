@@ -153,6 +153,7 @@ describe("config validation", () => {
       "validate_after_ms",
       "health_check_interval_ms",
       "retry_backoff_max_ms",
+      "probe_timeout_ms",
       "close_timeout_ms",
     ];
     for (const key of topKeys) {
@@ -161,6 +162,10 @@ describe("config validation", () => {
       configError({ ...good(), [key]: -5 }, key, "(got -5)");
       resolveConfig({ ...good(), [key]: max });
     }
+    // A probe with no time at all could never succeed.
+    configError({ ...good(), probe_timeout_ms: 0 }, "probe_timeout_ms", "more than 0 milliseconds (got 0)");
+    assert.equal(resolveConfig(good()).probeTimeoutMs, 2000);
+    assert.equal(resolveConfig(good()).retryBackoffMaxMs, 2000);
     const endpoint = (extra: Record<string, unknown>) => ({
       ...good(),
       db: [{ ...(good().db as object[])[0], ...extra }],

@@ -194,6 +194,13 @@ describe("replica lag", () => {
       read: { connection_count: 4, role: "replica", max_replica_lag_ms: 300 },
     });
     const lagging = cluster.replicas[0];
+    const events: string[] = [];
+    for (const type of ["replicalagging", "replicacaughtup"] as const) {
+      p.addEventListener(type, (e) => {
+        const d = (e as PoolEvent).detail;
+        events.push(`${type} ${d.group} ${d.endpoint?.port} ${d.lag_ms! > 300 === (type === "replicalagging")}`);
+      });
+    }
     await portOf(p, "read"); // the pool is lazy: the first checkout starts its probes
     await lagging.query("SELECT pg_wal_replay_pause()");
     try {
@@ -217,6 +224,11 @@ describe("replica lag", () => {
     await waitFor(async () => (await portOf(p, "read")) === lagging.port, {
       message: "caught-up replica routed again",
     });
+    // Told once each way, with the lag that decided it.
+    assert.deepEqual(events, [
+      `replicalagging read ${lagging.port} true`,
+      `replicacaughtup read ${lagging.port} true`,
+    ]);
   });
 });
 
