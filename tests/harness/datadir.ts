@@ -8,7 +8,16 @@ import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { chownToServer, pidAlive, processesIn, run, writeServerFile } from "./exec.ts";
+import {
+  chownToServer,
+  pidAlive,
+  processesIn,
+  run,
+  serverCanAccess,
+  serverUser,
+  untraversableDir,
+  writeServerFile,
+} from "./exec.ts";
 
 export const USER = "pool_user";
 export const DATABASE = "pooltest";
@@ -38,6 +47,8 @@ const templates = new Map<string, Promise<Template>>();
 let root: string | undefined;
 let certPromise: Promise<Cert> | undefined;
 
+// Only `pgdbpool-<pid>-` names are reaped: the shared binaries copy (binaries.ts,
+// `pgdbpool-bin-<hash>`) must survive every process.
 const ROOT_PREFIX = "pgdbpool-";
 
 /** Registers a cluster for the exit hook (process "exit" / Deno "unload"). */
@@ -53,8 +64,22 @@ export function untrack(d: Tracked): void {
 export function processRoot(): string {
   if (root) return root;
   reapStaleRoots();
-  root = mkdtempSync(join(tmpdir(), `${ROOT_PREFIX}${process.pid}-`));
-  chownToServer(root);
+  const made = mkdtempSync(join(tmpdir(), `${ROOT_PREFIX}${process.pid}-`));
+  chownToServer(made);
+  // Data directories, logs and password files all live here: PostgreSQL (running as the
+  // server user when we are root) must reach it, or every initdb fails obscurely.
+  if (!serverCanAccess(made, "w")) {
+    rmSync(made, { recursive: true, force: true });
+    const name = serverUser()?.name;
+    const blocked = untraversableDir(made);
+    throw new Error(
+      `the PostgreSQL server user '${name}' cannot reach the temporary directory ${tmpdir()}` +
+        (blocked ? ` (it cannot traverse ${blocked})` : "") +
+        `: set TMPDIR to a directory every user can traverse, such as /tmp` +
+        (blocked ? `, or chmod o+x ${blocked}` : ""),
+    );
+  }
+  root = made;
   process.once("exit", onExit);
   // Deno's test runner never emits process "exit"; it does dispatch "unload".
   const g = globalThis as { addEventListener?: (type: string, fn: () => void) => void };

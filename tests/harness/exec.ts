@@ -1,7 +1,15 @@
 // Process, user and port helpers shared by the cluster harness.
 import { spawn, spawnSync } from "node:child_process";
-import { chownSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import {
+  chownSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer, type Server } from "node:net";
+import { dirname, resolve } from "node:path";
 import process from "node:process";
 
 /** The unprivileged account PostgreSQL runs as when we are root (initdb/postgres refuse root). */
@@ -20,9 +28,55 @@ export function serverUser(): ServerUser | null {
   const passwd = readFileSync("/etc/passwd", "utf8").split("\n").map((l) => l.split(":"));
   for (const name of ["postgres", "nobody"]) {
     const row = passwd.find((f) => f[0] === name);
-    if (row) return (cachedUser = { name, uid: Number(row[2]), gid: Number(row[3]) });
+    if (!row) continue;
+    // Checked here, once, so a missing setpriv is one clear message rather than a spawn
+    // error from whichever PostgreSQL command happens to run first.
+    if (spawnSync("setpriv", ["--version"], { stdio: "ignore" }).error) {
+      throw new Error(
+        `running as root, the test harness starts PostgreSQL as '${name}' through setpriv, ` +
+          "which is not installed: install util-linux (it provides setpriv) or run as a non-root user",
+      );
+    }
+    return (cachedUser = { name, uid: Number(row[2]), gid: Number(row[3]) });
   }
   throw new Error("running as root but neither a 'postgres' nor a 'nobody' account exists");
+}
+
+/**
+ * Whether the server user may access `path` (`test -r/-w/-x`, i.e. access(2) as that user, so
+ * every directory above it must be traversable too). Always true when not root.
+ */
+export function serverCanAccess(path: string, mode: "r" | "w" | "x"): boolean {
+  if (!serverUser()) return true;
+  const [file, argv] = wrap("test", [`-${mode}`, path], true);
+  return spawnSync(file, argv, { stdio: "ignore", timeout: 30_000 }).status === 0;
+}
+
+/**
+ * The first directory from / down to `path` that the server user cannot traverse, judged from
+ * owner, group and mode bits (ACLs aside); undefined if none, or when not root. For messages
+ * that say what to change.
+ */
+export function untraversableDir(path: string): string | undefined {
+  const u = serverUser();
+  if (!u) return undefined;
+  const chain: string[] = [];
+  for (let p = resolve(path);; p = dirname(p)) {
+    chain.unshift(p);
+    if (dirname(p) === p) break;
+  }
+  for (const dir of chain) {
+    let st;
+    try {
+      st = statSync(dir);
+    } catch {
+      return undefined; // missing: not a permission problem
+    }
+    if (!st.isDirectory()) return undefined;
+    const bits = st.uid === u.uid ? st.mode >> 6 : st.gid === u.gid ? st.mode >> 3 : st.mode;
+    if ((bits & 1) === 0) return dir;
+  }
+  return undefined;
 }
 
 /** Gives a path to the server user (no-op when not root). */
