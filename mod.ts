@@ -26,7 +26,7 @@
 export { Pool } from "./src/pool.ts";
 export { Connection } from "./src/connection.ts";
 export { Handler, type HandlerOptions } from "./src/handler.ts";
-export type { Row, Rows, Sql } from "./src/rows.ts";
+export type { QueryOptions, Row, Rows, Sql, ValueRows } from "./src/rows.ts";
 export { type AcquireOptions, Semaphore } from "./src/semaphore.ts";
 export type { EndpointConfig, GroupConfig, GroupRole, PoolConfig, SslMode } from "./src/config.ts";
 export type { EndpointInfo, EndpointRole, EndpointState } from "./src/endpoint.ts";

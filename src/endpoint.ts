@@ -6,7 +6,13 @@
  */
 
 import type { ResolvedEndpoint, SslMode } from "./config.ts";
-import { type DriverSsl, Session, type SessionHooks, type TypeTables } from "./driver/postgres.ts";
+import {
+  type DriverSsl,
+  Session,
+  type SessionHooks,
+  type StatementOptions,
+  type TypeTables,
+} from "./driver/postgres.ts";
 
 /**
  * Detected role of an endpoint. `unknown` until its first connection or probe.
@@ -101,7 +107,9 @@ export class Endpoint {
   /** When this endpoint was last seen to become primary (a promotion), for split-brain ties. */
   promotedAt = 0;
   /** Options passed with every statement, built once. */
-  readonly queryOptions: { prepare: boolean };
+  readonly queryOptions: StatementOptions;
+  /** The same, for rows as arrays of values. */
+  readonly arrayOptions: StatementOptions;
   readonly #settings: ResolvedEndpoint;
   /** Array types learnt by the first session that connected. */
   #types: TypeTables | undefined;
@@ -112,6 +120,12 @@ export class Endpoint {
     this.#applicationName = applicationName;
     this.info = Object.freeze({ host: settings.host, port: settings.port, index: settings.index });
     this.queryOptions = { prepare: settings.prepare };
+    this.arrayOptions = { prepare: settings.prepare, arrays: true };
+  }
+
+  /** The database name sessions open. */
+  get database(): string {
+    return this.#settings.database;
   }
 
   #ssl(): DriverSsl {

@@ -7,6 +7,7 @@
  */
 
 import type { ResolvedGroup } from "./config.ts";
+import type { PoolHooks } from "./hooks.ts";
 import type { Endpoint } from "./endpoint.ts";
 import {
   AcquireTimeoutError,
@@ -49,6 +50,8 @@ export interface GroupContext {
   readonly events: EventTarget;
   onParameter(conn: ServerConnection, key: string, value: string): void;
   onToken(token: string): void;
+  /** The installed observer, if any (`@x/pgdbpool/otel`); read at every use. */
+  hooks: PoolHooks | undefined;
 }
 
 /** Running totals of one group, for `pool.stats()`. */
@@ -252,7 +255,14 @@ export class Group {
       throw new PoolExhaustedError(this.name, this.settings.size);
     }
     this.counters.checkouts++;
-    return this.#take();
+    const conn = this.#take();
+    if (this.context.hooks !== undefined) this.#observeCheckout(conn, 0);
+    return conn;
+  }
+
+  #observeCheckout(conn: ServerConnection, waitMs: number): void {
+    conn.heldSince = performance.now();
+    this.context.hooks?.checkout(this.name, waitMs);
   }
 
   /**
@@ -275,6 +285,7 @@ export class Group {
     if (best !== null) {
       best.users++;
       this.counters.checkouts++;
+      this.context.hooks?.checkout(this.name, 0);
     }
     return best;
   }
@@ -298,10 +309,10 @@ export class Group {
     onQueued?: (cancel: (reason: unknown) => void) => void,
   ): Promise<ServerConnection> {
     if (this.closing) throw new PoolClosedError();
+    const started = performance.now();
     if (!this.#sem.tryAcquire()) {
       if (!this.context.threaded) throw new PoolExhaustedError(this.name, this.settings.size);
       const limit = timeoutMs ?? this.settings.acquireTimeoutMs;
-      const started = performance.now();
       try {
         await this.#sem.wait(signal, limit, onQueued);
       } catch (err) {
@@ -318,7 +329,11 @@ export class Group {
       if (this.closing) throw new PoolClosedError();
       if (this.#members.length === 0) await this.#findEndpoint();
       this.counters.checkouts++;
-      return after === undefined ? this.#take() : await this.#takeAfter(after, signal);
+      const conn = after === undefined ? this.#take() : await this.#takeAfter(after, signal);
+      if (this.context.hooks !== undefined) {
+        this.#observeCheckout(conn, performance.now() - started);
+      }
+      return conn;
     } catch (err) {
       this.#sem.release();
       throw err;
@@ -467,7 +482,9 @@ export class Group {
     const retireAt = lifetime === undefined
       ? Infinity
       : performance.now() + lifetime * (0.85 + Math.random() * 0.15);
-    const conn = new ServerConnection(member, retireAt, this.context.onParameter);
+    const conn = new ServerConnection(member, retireAt, this.context.onParameter, (ms) => {
+      this.context.hooks?.connected(this.name, ms);
+    });
     member.open++;
     this.#conns.add(conn);
     this.context.topology.start();
@@ -551,6 +568,10 @@ export class Group {
   }
 
   #return(conn: ServerConnection): void {
+    if (conn.heldSince !== 0) {
+      this.context.hooks?.checkin(this.name, performance.now() - conn.heldSince);
+      conn.heldSince = 0;
+    }
     let under: Member | undefined;
     if (this.closing || conn.dead || !conn.member.active) {
       this.#discard(conn);

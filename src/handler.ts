@@ -10,7 +10,7 @@ import { groupLookup } from "./group.ts";
 import type { Pool } from "./pool.ts";
 import { resolveHandlerOptions } from "./handler_options.ts";
 import { Lease } from "./lease.ts";
-import type { Row, Rows, Sql } from "./rows.ts";
+import type { QueryOptions, Row, Rows, Sql, ValueRows } from "./rows.ts";
 
 /** Key of the method `pool.acquire()` awaits (not part of the public API). */
 export const leaseReady: unique symbol = Symbol("pgdbpool.leaseReady");
@@ -113,8 +113,29 @@ export class Handler implements Disposable, AsyncDisposable {
    * (`TransactionLostError` inside a transaction); its `outcome` says whether the statement may
    * have run.
    */
-  query<T extends Row = Row>(text: string, params?: readonly unknown[]): Promise<Rows<T>> {
-    return this.#lease.query(text, params) as Promise<Rows<T>>;
+  query<T extends Row = Row>(
+    text: string,
+    params?: readonly unknown[],
+    options?: QueryOptions & { rowMode?: "object" },
+  ): Promise<Rows<T>>;
+  /** Runs one statement and resolves to its rows as arrays of values. */
+  query(
+    text: string,
+    params: readonly unknown[] | undefined,
+    options: QueryOptions & { rowMode: "array" },
+  ): Promise<ValueRows>;
+  /** Runs one statement; its rows come back as `options.rowMode` says. */
+  query(
+    text: string,
+    params?: readonly unknown[],
+    options?: QueryOptions,
+  ): Promise<Rows | ValueRows>;
+  query(
+    text: string,
+    params?: readonly unknown[],
+    options?: QueryOptions,
+  ): Promise<Rows | ValueRows> {
+    return this.#lease.query(text, params, options?.rowMode === "array");
   }
 
   /**

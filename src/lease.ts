@@ -17,6 +17,7 @@ import {
   TransactionLostError,
 } from "./errors.ts";
 import type { Group } from "./group.ts";
+import type { PoolHooks } from "./hooks.ts";
 import type { ResolvedHandlerOptions } from "./handler_options.ts";
 import type { Rows, Sql } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
@@ -33,6 +34,17 @@ const WAITING = 1;
 const RELEASED = 2;
 
 const COMMIT_OPTIONS = { prepare: false };
+
+/** Tells the observer a statement is sent; returns what to call when it settles. */
+export function observe(
+  hooks: PoolHooks,
+  group: string,
+  text: string,
+  conn: ServerConnection,
+): (error: unknown) => void {
+  const endpoint = conn.endpoint;
+  return hooks.statement({ group, text, endpoint: endpoint.info, database: endpoint.database });
+}
 
 /** One checkout of a group. `Handler` is its public façade. */
 export class Lease {
@@ -127,8 +139,12 @@ export class Lease {
         performance.now() - conn.lastUsed > this.group.context.validateAfterMs);
   }
 
-  /** Runs one statement and resolves to its rows. */
-  async query(text: string, params: readonly unknown[] | undefined): Promise<Rows> {
+  /** Runs one statement and resolves to its rows (arrays of values with `arrays`). */
+  async query(
+    text: string,
+    params: readonly unknown[] | undefined,
+    arrays = false,
+  ): Promise<Rows> {
     let conn = this.#conn ?? await this.#connection();
     this.#inflight++;
     try {
@@ -138,7 +154,7 @@ export class Lease {
           this.#validating = null;
         }));
       }
-      return await this.#send(conn, text, params);
+      return await this.#send(conn, text, params, arrays);
     } finally {
       this.#leave();
     }
@@ -148,6 +164,7 @@ export class Lease {
     conn: ServerConnection,
     text: string,
     params: readonly unknown[] | undefined,
+    arrays: boolean,
   ): Promise<Rows> {
     for (let attempt = 1;; attempt++) {
       // Released while this statement waited: it must not go out on a returned connection.
@@ -157,22 +174,30 @@ export class Lease {
       this.#used = true;
       const begin = !this.autocommit && !this.#tx ? this.#begin(conn) : undefined;
       let lsn: Promise<Rows> | undefined;
-      this.group.context.watch?.(conn.endpoint);
+      const context = this.group.context;
+      context.watch?.(conn.endpoint);
+      const endpoint = conn.endpoint;
+      const options = arrays ? endpoint.arrayOptions : endpoint.queryOptions;
+      const done = context.hooks === undefined
+        ? undefined
+        : observe(context.hooks, this.group.name, text, conn);
       try {
         let rows: Rows;
-        if (this.autocommit && conn.endpoint.role === "primary" && mayWrite(text)) {
-          const write = sendWrite(conn, text, params);
+        if (this.autocommit && endpoint.role === "primary" && mayWrite(text)) {
+          const write = sendWrite(conn, text, params, options);
           lsn = write.lsn;
           rows = await write.sent;
         } else {
-          rows = await conn.session.query(text, params, conn.endpoint.queryOptions) as Rows;
+          rows = await conn.session.query(text, params, options) as Rows;
         }
         if (begin !== undefined) await begin;
+        done?.(undefined);
         conn.lastUsed = performance.now();
         this.#trackTransaction(rows.command);
         if (lsn !== undefined) await this.#record(lsn);
         return rows;
       } catch (err) {
+        done?.(err);
         const outcome = conn.outcomeOf(err);
         if (outcome === "failed") {
           if (isReadOnlyError(err)) this.group.reportFailure(conn, err);
@@ -222,6 +247,11 @@ export class Lease {
     const commit = conn.session.query("COMMIT", undefined, COMMIT_OPTIONS);
     // Wire order is the order of the first then/catch: COMMIT first, the position after it.
     commit.catch(noop);
+    const hooks = this.group.context.hooks;
+    if (hooks !== undefined) {
+      const done = observe(hooks, this.group.name, "COMMIT", conn);
+      commit.then(() => done(undefined), done);
+    }
     let lsn: Promise<Rows> | undefined;
     if (conn.endpoint.role !== "replica") {
       lsn = conn.session.query(LSN_SQL, undefined, COMMIT_OPTIONS) as Promise<Rows>;

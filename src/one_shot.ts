@@ -11,7 +11,7 @@
 
 import { SessionLostError } from "./errors.ts";
 import type { Group } from "./group.ts";
-import { MAX_ATTEMPTS } from "./lease.ts";
+import { MAX_ATTEMPTS, observe } from "./lease.ts";
 import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
@@ -35,22 +35,30 @@ export async function oneShot(
   group: Group,
   text: string,
   params: readonly unknown[] | undefined,
+  arrays = false,
 ): Promise<Rows> {
   for (let attempt = 1;; attempt++) {
     const held = hold(group);
     let conn = held instanceof Promise ? await held : held;
     if (conn.users === 1 && isStale(group, conn)) conn = await revalidate(group, conn);
     let lsn: Promise<Rows> | undefined;
-    group.context.watch?.(conn.endpoint);
+    const context = group.context;
+    context.watch?.(conn.endpoint);
+    const endpoint = conn.endpoint;
+    const options = arrays ? endpoint.arrayOptions : endpoint.queryOptions;
+    const done = context.hooks === undefined
+      ? undefined
+      : observe(context.hooks, group.name, text, conn);
     try {
       let rows: Rows;
-      if (conn.endpoint.role === "primary" && mayWrite(text)) {
-        const write = sendWrite(conn, text, params);
+      if (endpoint.role === "primary" && mayWrite(text)) {
+        const write = sendWrite(conn, text, params, options);
         lsn = write.lsn;
         rows = await write.sent;
       } else {
-        rows = await conn.session.query(text, params, conn.endpoint.queryOptions) as Rows;
+        rows = await conn.session.query(text, params, options) as Rows;
       }
+      done?.(undefined);
       conn.lastUsed = performance.now();
       group.checkin(conn, false);
       if (lsn !== undefined) {
@@ -59,6 +67,7 @@ export async function oneShot(
       }
       return rows;
     } catch (err) {
+      done?.(err);
       const outcome = conn.outcomeOf(err);
       if (outcome === "failed") {
         if (isReadOnlyError(err)) group.reportFailure(conn, err);

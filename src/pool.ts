@@ -8,9 +8,11 @@ import { type PoolConfig, resolveConfig, type ResolvedConfig } from "./config.ts
 import { Endpoint } from "./endpoint.ts";
 import { PoolClosedError, UnconfiguredGroupError } from "./errors.ts";
 import { Group, type GroupContext, groupLookup } from "./group.ts";
+import { type PoolHooks, poolHooks } from "./hooks.ts";
 import { Handler, type HandlerOptions, leaseReady } from "./handler.ts";
 import { oneShot } from "./one_shot.ts";
-import type { Row, Rows } from "./rows.ts";
+import type { QueryOptions, Row, Rows, ValueRows } from "./rows.ts";
+
 import { parseLsn } from "./lsn.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { type PoolStats, statsOf } from "./stats.ts";
@@ -47,6 +49,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
   readonly #groups: Map<string, Group>;
   readonly #topology: Topology;
   #closing: Promise<void> | undefined;
+  readonly #context: GroupContext;
   #lastUpkeep = 0;
   #token: string | undefined;
   #tokenLsn = -1n;
@@ -78,7 +81,9 @@ export class Pool extends EventTarget implements AsyncDisposable {
       events: this,
       onParameter: (conn, key, value) => this.#onParameter(conn, key, value),
       onToken: (token) => this.#onToken(token),
+      hooks: undefined,
     };
+    this.#context = context;
     this.#groups = new Map(
       resolved.groups.map((g) => [g.name, new Group(g, this.#endpoints, context)]),
     );
@@ -132,16 +137,38 @@ export class Pool extends EventTarget implements AsyncDisposable {
    * so a burst of one-shots keeps postgres.js's throughput. Use a handler for anything that
    * needs its own session.
    */
-  async query<T extends Row = Row>(
+  query<T extends Row = Row>(
     group: string,
     text: string,
     params?: readonly unknown[],
-  ): Promise<Rows<T>> {
+    options?: QueryOptions & { rowMode?: "object" },
+  ): Promise<Rows<T>>;
+  /** Runs one statement on `group` and resolves to its rows as arrays of values. */
+  query(
+    group: string,
+    text: string,
+    params: readonly unknown[] | undefined,
+    options: QueryOptions & { rowMode: "array" },
+  ): Promise<ValueRows>;
+  /** Runs one statement on `group`; its rows come back as `options.rowMode` says. */
+  query(
+    group: string,
+    text: string,
+    params?: readonly unknown[],
+    options?: QueryOptions,
+  ): Promise<Rows | ValueRows>;
+  async query(
+    group: string,
+    text: string,
+    params?: readonly unknown[],
+    options?: QueryOptions,
+  ): Promise<Rows | ValueRows> {
     const g = this[groupLookup](group);
-    if (g.autocommit && this.#config.threaded) return oneShot(g, text, params) as Promise<Rows<T>>;
+    const arrays = options?.rowMode === "array";
+    if (g.autocommit && this.#config.threaded) return oneShot(g, text, params, arrays);
     const db = new Handler(group, undefined, this);
     try {
-      const rows = await db.query<T>(text, params);
+      const rows = await db.query(text, params, options);
       if (db.inTransaction) await db.commit();
       return rows;
     } finally {
@@ -205,6 +232,19 @@ export class Pool extends EventTarget implements AsyncDisposable {
   /** Plain, JSON-ready figures per group and per endpoint. Never contains credentials. */
   stats(): PoolStats {
     return statsOf([...this.#groups.values()], this.#endpoints);
+  }
+
+  /**
+   * The installed observer (`@x/pgdbpool/otel`).
+   * @ignore
+   */
+  get [poolHooks](): PoolHooks | undefined {
+    return this.#context.hooks;
+  }
+
+  /** @ignore */
+  set [poolHooks](hooks: PoolHooks | undefined) {
+    this.#context.hooks = hooks;
   }
 
   /** Same as `close()`, for `await using`. */

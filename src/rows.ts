@@ -40,6 +40,44 @@ export interface Rows<T extends Row = Row> extends Array<T> {
 }
 
 /**
+ * Rows as arrays of column values, in column order (`{ rowMode: "array" }`): what query builders
+ * that map columns by position (Drizzle, joins with repeated column names) need.
+ *
+ * @example Reading a row by position
+ * ```ts
+ * import { Pool, type ValueRows } from "@x/pgdbpool";
+ *
+ * async function pair(pool: Pool): Promise<unknown[]> {
+ *   const rows: ValueRows = await pool.query("read", "SELECT 1 AS a, 2 AS a", [], {
+ *     rowMode: "array",
+ *   });
+ *   return rows[0]; // [1, 2]
+ * }
+ * ```
+ */
+export interface ValueRows extends Array<unknown[]> {
+  /** Rows affected or returned. */
+  readonly count: number;
+  /** The command tag, e.g. `SELECT`, `INSERT`, `COMMIT`. */
+  readonly command: string;
+}
+
+/**
+ * How a statement's rows come back.
+ *
+ * @example Asking for arrays
+ * ```ts
+ * import type { QueryOptions } from "@x/pgdbpool";
+ *
+ * const asArrays: QueryOptions = { rowMode: "array" };
+ * ```
+ */
+export interface QueryOptions {
+  /** `"object"` (default): one object per row. `"array"`: one array of values per row. */
+  readonly rowMode?: "object" | "array";
+}
+
+/**
  * The postgres.js tagged template of a handler's connection (see `Handler.sql`).
  *
  * @example Using postgres.js helpers on a checked-out connection

@@ -36,16 +36,28 @@ export class ServerConnection {
   users = 0;
   /** `performance.now()` after which this connection is retired. */
   readonly retireAt: number;
+  /** `performance.now()` when its current holder took it, kept only while observed (else 0). */
+  heldSince = 0;
 
   constructor(
     member: Member,
     retireAt: number,
     onParameter: (conn: ServerConnection, key: string, value: string) => void,
+    onConnected: (ms: number) => void,
   ) {
     this.member = member;
     this.retireAt = retireAt;
+    const openedAt = performance.now();
+    let connected = false;
     this.session = member.endpoint.session({
-      onParameter: (key, value) => onParameter(this, key, value),
+      onParameter: (key, value) => {
+        // The server reports its parameters right after accepting the start-up.
+        if (!connected) {
+          connected = true;
+          onConnected(performance.now() - openedAt);
+        }
+        onParameter(this, key, value);
+      },
     });
   }
 

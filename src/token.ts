@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { StatementOptions } from "./driver/postgres.ts";
 import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 
@@ -49,9 +50,10 @@ export function sendWrite(
   conn: ServerConnection,
   text: string,
   params: readonly unknown[] | undefined,
+  options: StatementOptions,
 ): { sent: Promise<Rows>; lsn: Promise<Rows> } {
   // postgres.js sends on the first then/catch: the write first, the position after it.
-  const sent = conn.session.query(text, params, conn.endpoint.queryOptions).then() as Promise<
+  const sent = conn.session.query(text, params, options).then() as Promise<
     Rows
   >;
   const lsn = conn.session.query(LSN_SQL, undefined, LSN_OPTIONS) as Promise<Rows>;

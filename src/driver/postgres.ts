@@ -170,6 +170,14 @@ const explicitDefaults = {
   publications: "alltables",
 };
 
+/** How one statement is sent. */
+export interface StatementOptions {
+  /** Use a named prepared statement. */
+  readonly prepare: boolean;
+  /** Rows as arrays of column values instead of objects. */
+  readonly arrays?: boolean;
+}
+
 /** One server session. Dies once; never reconnects. */
 export class Session {
   /** The postgres.js tagged template of this session. */
@@ -259,7 +267,7 @@ export class Session {
   query(
     text: string,
     params: readonly unknown[] | undefined,
-    options: { prepare: boolean },
+    options: StatementOptions,
   ): Promise<postgres.RowList<postgres.Row[]>> {
     if (this.#dead) return Promise.reject(new SessionEndedError()) as Promise<never>;
     const query = this.sql.unsafe(
@@ -267,6 +275,8 @@ export class Session {
       params as postgres.ParameterOrJSON<never>[] | undefined,
       options,
     );
+    // Rows as arrays of values (query builders that map columns by position need them).
+    if (options.arrays === true) query.values();
     const handed = this.#handed;
     // Written statements (a `state` set by the connection) are postgres.js's to settle: drop
     // them now and then, in place.
