@@ -30,6 +30,7 @@ export type { QueryOptions, Row, Rows, Sql, ValueRows } from "./src/rows.ts";
 export { type AcquireOptions, Semaphore } from "./src/semaphore.ts";
 export type { EndpointConfig, GroupConfig, GroupRole, PoolConfig, SslMode } from "./src/config.ts";
 export type { EndpointInfo, EndpointRole, EndpointState } from "./src/endpoint.ts";
+export type { ListenOptions, Subscription } from "./src/listener.ts";
 export {
   AcquireTimeoutError,
   ConfigError,
@@ -43,5 +44,11 @@ export {
   TransactionLostError,
   UnconfiguredGroupError,
 } from "./src/errors.ts";
-export { PoolEvent, type PoolEventDetail, type PoolEventType } from "./src/events.ts";
+export {
+  PoolEvent,
+  type PoolEventDetail,
+  type PoolEventDetailMap,
+  type PoolEventListener,
+  type PoolEventType,
+} from "./src/events.ts";
 export type { EndpointStats, GroupStats, PoolStats } from "./src/stats.ts";

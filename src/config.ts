@@ -104,6 +104,11 @@ export interface GroupConfig {
   idle_timeout_ms?: number;
   /** Read-your-writes: how long to wait for a replica to catch up before using the primary; default 1000. */
   read_your_writes_timeout_ms?: number;
+  /**
+   * A handler held longer than this dispatches a `leak` event with where it was checked out,
+   * and one that becomes unreachable without release is reclaimed; default: off.
+   */
+  leak_detection_ms?: number;
 }
 
 /**
@@ -180,6 +185,7 @@ export interface ResolvedGroup {
   readonly maxLifetimeMs: number | undefined;
   readonly idleTimeoutMs: number | undefined;
   readonly readYourWritesTimeoutMs: number;
+  readonly leakDetectionMs: number | undefined;
 }
 
 /** The whole configuration after validation. */
@@ -229,6 +235,7 @@ const groupKeys = [
   "max_lifetime_ms",
   "idle_timeout_ms",
   "read_your_writes_timeout_ms",
+  "leak_detection_ms",
 ];
 /**
  * Longest duration the pool accepts, in milliseconds (2^31 - 1, about 24.8 days): timers store
@@ -526,6 +533,7 @@ function resolveGroup(
       raw.read_your_writes_timeout_ms,
       1000,
     ),
+    leakDetectionMs: duration(`${path}.leak_detection_ms`, raw.leak_detection_ms, undefined),
   });
 }
 

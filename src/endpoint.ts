@@ -164,6 +164,11 @@ export class Endpoint {
     return this.#open(false, "none", { application_name: `${this.#applicationName}/health` }, {});
   }
 
+  /** The session `pool.listen()` keeps on the primary (`<name>/listen` on the server). */
+  listenSession(hooks: SessionHooks): Session {
+    return this.#open(false, "none", { application_name: `${this.#applicationName}/listen` }, hooks);
+  }
+
   #open(
     prepare: boolean,
     types: TypeTables | "fetch" | "none",

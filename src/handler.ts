@@ -78,6 +78,8 @@ export class Handler implements Disposable, AsyncDisposable {
     // Typed as Pool for callers; only its group lookup is used, which keeps this a type import.
     const g = (pool ?? defaultPool())[groupLookup](group);
     this.#lease = new Lease(g, resolveHandlerOptions(group, options));
+    const leakMs = g.settings.leakDetectionMs;
+    if (leakMs !== undefined) this.#lease.watchLeaks(this, leakMs);
   }
 
   /** Name of the group this handler belongs to. */

@@ -17,7 +17,9 @@ import {
   TransactionLostError,
 } from "./errors.ts";
 import type { Group } from "./group.ts";
+import { poolEvent } from "./events.ts";
 import type { PoolHooks } from "./hooks.ts";
+import { LeakWatch } from "./leak.ts";
 import type { ResolvedHandlerOptions } from "./handler_options.ts";
 import type { Rows, Sql } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
@@ -65,6 +67,8 @@ export class Lease {
   #token: string | undefined;
   #sql: Sql | undefined;
   #validating: Promise<ServerConnection> | null = null;
+  /** Set under `leak_detection_ms`. */
+  #leak: LeakWatch | undefined;
   /** Statements of this checkout not settled yet: release waits for them before check-in. */
   #inflight = 0;
   #drained: (() => void) | undefined;
@@ -339,6 +343,7 @@ export class Lease {
   release(): Promise<void> | undefined {
     if (this.#state === RELEASED) return;
     this.#state = RELEASED;
+    this.#leak?.stop();
     if (this.#conn === null) {
       this.#cancel?.(this.#afterRelease());
       return;
@@ -346,6 +351,42 @@ export class Lease {
     // A statement still in flight keeps the connection: it is checked in once it settles.
     if (this.#inflight > 0) return new Promise((resolve) => this.#drained = resolve);
     return this.#checkin();
+  }
+
+  /**
+   * Leak detection (`leak_detection_ms`): reports this checkout when held too long, and
+   * reclaims it if `handler` becomes unreachable first.
+   */
+  watchLeaks(handler: object, ms: number): void {
+    this.#leak = new LeakWatch(handler, this, ms, (watch) => this.#reportLeak(watch, false));
+  }
+
+  /** The handler was collected without release: its connection is ended, its permit returned. */
+  reclaim(): void {
+    if (this.#state === RELEASED) return;
+    this.#state = RELEASED;
+    const watch = this.#leak!;
+    watch.stop();
+    if (this.#conn === null) {
+      this.#cancel?.(this.#afterRelease());
+    } else {
+      // Whatever it left open dies with the session; the next user gets a fresh one.
+      const conn = this.#conn;
+      this.#conn = null;
+      this.#tx = false;
+      conn.end(0);
+      this.group.checkin(conn, false);
+    }
+    this.#reportLeak(watch, true);
+  }
+
+  #reportLeak(watch: LeakWatch, reclaimed: boolean): void {
+    this.group.context.events.dispatchEvent(poolEvent("leak", {
+      group: this.group.name,
+      held_ms: watch.heldMs,
+      stack: watch.stack,
+      reclaimed,
+    }));
   }
 
   #checkin(): Promise<void> | undefined {

@@ -8,7 +8,9 @@ import { type PoolConfig, resolveConfig, type ResolvedConfig } from "./config.ts
 import { Endpoint } from "./endpoint.ts";
 import { PoolClosedError, UnconfiguredGroupError } from "./errors.ts";
 import { Group, type GroupContext, groupLookup } from "./group.ts";
+import type { PoolEventListener, PoolEventType } from "./events.ts";
 import { type PoolHooks, poolHooks } from "./hooks.ts";
+import { type ListenOptions, Listener, type Subscription } from "./listener.ts";
 import { Handler, type HandlerOptions, leaseReady } from "./handler.ts";
 import { oneShot } from "./one_shot.ts";
 import type { QueryOptions, Row, Rows, ValueRows } from "./rows.ts";
@@ -50,6 +52,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
   readonly #topology: Topology;
   #closing: Promise<void> | undefined;
   readonly #context: GroupContext;
+  readonly #listener: Listener;
   #lastUpkeep = 0;
   #token: string | undefined;
   #tokenLsn = -1n;
@@ -87,6 +90,52 @@ export class Pool extends EventTarget implements AsyncDisposable {
     this.#groups = new Map(
       resolved.groups.map((g) => [g.name, new Group(g, this.#endpoints, context)]),
     );
+    this.#listener = new Listener(this.#topology, this);
+  }
+
+  /**
+   * Listens to one event type; the listener's event has that type's exact `detail` (see
+   * `PoolEventDetailMap`).
+   */
+  override addEventListener<K extends PoolEventType>(
+    type: K,
+    listener: PoolEventListener<K> | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  /** Listens to any event by name, like `EventTarget`. */
+  override addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  override addEventListener(
+    type: string,
+    // deno-lint-ignore no-explicit-any
+    listener: ((event: any) => void) | EventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void {
+    super.addEventListener(type, listener, options);
+  }
+
+  /** Removes a listener added with `addEventListener`. */
+  override removeEventListener<K extends PoolEventType>(
+    type: K,
+    listener: PoolEventListener<K> | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  /** Removes a listener of any event by name, like `EventTarget`. */
+  override removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  override removeEventListener(
+    type: string,
+    // deno-lint-ignore no-explicit-any
+    listener: ((event: any) => void) | EventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void {
+    super.removeEventListener(type, listener, options);
   }
 
   /** Whether `close()` has been called. */
@@ -198,6 +247,23 @@ export class Pool extends EventTarget implements AsyncDisposable {
   }
 
   /**
+   * Calls `onNotify` with the payload of every NOTIFY on `channel`, sent on the current primary.
+   * All channels share one dedicated connection (outside every group's `connection_count`),
+   * opened by the first subscription and ended by the last `unlisten()` or `close()`. When it
+   * dies or the primary changes, `listenlost` fires, every channel is listened to again on the
+   * new primary, and `listenrestored` fires: notifications in between may be missed, so resync
+   * on it. The channel name is quoted as an identifier (any text up to 63 bytes is safe).
+   */
+  listen(
+    channel: string,
+    onNotify: (payload: string) => void,
+    options?: ListenOptions,
+  ): Promise<Subscription> {
+    if (this.#closing !== undefined) return Promise.reject(new PoolClosedError());
+    return this.#listener.subscribe(channel, onNotify, options);
+  }
+
+  /**
    * Graceful and final: new checkouts fail at once with `PoolClosedError`; checkouts held now
    * may finish their work for up to `close_timeout_ms`; then every server connection is ended.
    * Once it resolves, statements on any old handler reject with `PoolClosedError` and open
@@ -207,6 +273,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
     const timeoutMs = this.#config.closeTimeoutMs;
     this.#closing ??= Promise.all([
       ...[...this.#groups.values()].map((g) => g.close(timeoutMs)),
+      this.#listener.close(),
       this.#topology.close(0),
     ]).then(() => {});
     return this.#closing;

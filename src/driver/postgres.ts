@@ -61,6 +61,8 @@ export interface SessionHooks {
   onParameter?(key: string, value: string): void;
   /** The server session ended (once). */
   onClose?(): void;
+  /** A NOTIFY on a channel this session listens to. */
+  onNotify?(channel: string, payload: string): void;
 }
 
 /**
@@ -233,6 +235,7 @@ export class Session {
       connection: { ...options.parameters },
       target_session_attrs: null,
       onnotice: noop,
+      onnotify: hooks.onNotify,
       onparameter: (key: string, value: string) => {
         this.#established = true;
         this.#open = true;

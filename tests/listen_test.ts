@@ -1,0 +1,124 @@
+// pool.listen(): one dedicated session on the primary for every channel, quoted channel names,
+// re-subscription after a killed backend and after a failover, and nothing left after close().
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { poolSessions } from "./harness/faults.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { waitFor } from "./harness/wait.ts";
+import { Pool, type PoolConfig } from "../mod.ts";
+
+await setTestTimeout(180_000);
+
+let cluster: PgCluster;
+
+before(async () => {
+  cluster = await startCluster({ replicas: 1 });
+  await cluster.primary.query("CREATE TABLE listen_guard (id int)");
+  await cluster.waitForReplication();
+}, { timeout: 180_000 });
+
+after(async () => {
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+function pool(app: string, extra: Partial<PoolConfig> = {}): Pool {
+  return new Pool({
+    db: cluster.endpoints(),
+    groups: { write: { connection_count: 1, role: "primary" } },
+    application_name: app,
+    ...extra,
+  });
+}
+
+const listenSessions = async (app: string) =>
+  (await poolSessions(cluster, app)).filter((s) => s.applicationName === `${app}/listen`);
+
+describe("pool.listen", () => {
+  it("delivers notifications of every channel over one session outside the groups", async () => {
+    await using p = pool("l1");
+    const got: string[] = [];
+    // Quotes, a semicolon and SQL in the name: it is an identifier, never SQL.
+    const weird = `we"ird'; DROP TABLE listen_guard; --`;
+    const a = await p.listen("orders", (payload) => got.push(`a:${payload}`));
+    const b = await p.listen("orders", (payload) => got.push(`b:${payload}`));
+    const c = await p.listen(weird, (payload) => got.push(`c:${payload}`));
+    assert.equal(a.channel, "orders");
+    await p.query("write", "SELECT pg_notify('orders', 'one'), pg_notify($1, 'two')", [weird]);
+    await waitFor(() => got.length === 3, { message: "three deliveries" });
+    assert.deepEqual(got.sort(), ["a:one", "b:one", "c:two"]);
+    assert.equal((await cluster.primary.query("SELECT count(*)::int AS n FROM listen_guard"))[0].n, 0);
+    assert.equal((await listenSessions("l1")).length, 1, "one LISTEN session for every channel");
+    assert.equal(p.stats().groups.write.open, 1, "the group's own budget is untouched");
+
+    await a.unlisten();
+    got.length = 0;
+    await p.query("write", "SELECT pg_notify('orders', 'again')");
+    await waitFor(() => got.length === 1, { message: "delivery to the remaining subscriber" });
+    assert.deepEqual(got, ["b:again"]);
+    await b.unlisten();
+    await c[Symbol.asyncDispose]();
+    await waitFor(async () => (await listenSessions("l1")).length === 0, {
+      message: "the LISTEN session ends with the last subscription",
+    });
+  });
+
+  it("refuses channel names PostgreSQL cannot carry, naming the value", async () => {
+    await using p = pool("l2");
+    await assert.rejects(p.listen("", () => {}), (e: unknown) =>
+      e instanceof TypeError && e.message.includes('""'));
+    await assert.rejects(p.listen("x".repeat(64), () => {}), (e: unknown) =>
+      e instanceof RangeError && e.message.includes("63 bytes"));
+    await assert.rejects(
+      p.listen("ok", "nope" as unknown as () => void),
+      (e: unknown) => e instanceof TypeError && e.message.includes("onNotify"),
+    );
+  });
+
+  it("re-subscribes after its backend is killed, with listenlost / listenrestored", async () => {
+    await using p = pool("l3");
+    const events: string[] = [];
+    p.addEventListener("listenlost", (e) => events.push(`lost ${e.detail.reason}`));
+    p.addEventListener("listenrestored", (e) =>
+      events.push(`restored ${e.detail.endpoint.port} ${e.detail.channels.join(",")}`));
+    const got: string[] = [];
+    await p.listen("kill", (payload) => got.push(payload));
+    await cluster.primary.query(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'l3/listen'",
+    );
+    await waitFor(() => events.some((e) => e.startsWith("restored")), {
+      message: "LISTEN restored after the kill",
+    });
+    assert.match(events[0], /^lost /);
+    assert.equal(events[1], `restored ${cluster.primary.port} kill`);
+    await p.query("write", "SELECT pg_notify('kill', 'after')");
+    await waitFor(() => got.includes("after"), { message: "delivery after the kill" });
+  });
+
+  it("follows a failover to the new primary; close() leaves no session", async () => {
+    const p = pool("l4", { health_check_interval_ms: 100 });
+    try {
+      const events: string[] = [];
+      p.addEventListener("listenlost", () => events.push("lost"));
+      p.addEventListener("listenrestored", (e) => events.push(`restored ${e.detail.endpoint.port}`));
+      const got: string[] = [];
+      await p.listen("failover", (payload) => got.push(payload));
+      const [promoted] = cluster.replicas;
+      await cluster.primary.stop("fast");
+      await promoted.promote();
+      await waitFor(() => events.includes(`restored ${promoted.port}`), {
+        timeoutMs: 15_000,
+        message: "LISTEN restored on the promoted server",
+      });
+      assert.equal(events[0], "lost");
+      await p.query("write", "SELECT pg_notify('failover', 'on the new primary')");
+      await waitFor(() => got.includes("on the new primary"), {
+        message: "delivery from the new primary",
+      });
+    } finally {
+      await p.close();
+    }
+    assert.equal((await listenSessions("l4")).length, 0, "close() ends the LISTEN session");
+    await assert.rejects(p.listen("late", () => {}), { name: "PoolClosedError" });
+  });
+});
