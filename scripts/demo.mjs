@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // `npm run demo`: runs examples/demo.ts under the Deno binary installed from npm.
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -11,5 +11,8 @@ if (!existsSync(deno)) {
   console.error('Deno is missing from node_modules: run "npm install" first');
   process.exit(2);
 }
-const result = spawnSync(deno, ["run", "-A", "examples/demo.ts"], { cwd: root, stdio: "inherit" });
-process.exit(result.status ?? 1);
+const child = spawn(deno, ["run", "-A", "examples/demo.ts"], { cwd: root, stdio: "inherit" });
+// The demo stops its servers on SIGINT/SIGTERM: pass signals on and wait for it, instead of
+// exiting first and leaving it to clean up behind the prompt.
+for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => child.kill(signal));
+child.on("close", (code, signal) => process.exit(code ?? (signal ? 128 : 1)));

@@ -1,12 +1,14 @@
-// The server examples, started as real processes: they answer concurrent requests and shut down
-// cleanly on SIGTERM and on SIGINT, closing their pools, leaving no server connection behind.
+// The examples, started as real processes. The server examples answer concurrent requests and
+// shut down cleanly on SIGTERM and on SIGINT, closing their pools, leaving no server connection
+// behind. The demo (`npm run demo`) runs its faults to the end and leaves no server behind.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
-import { freePorts } from "./harness/exec.ts";
+import { freePorts, processesIn } from "./harness/exec.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
-import { bunBin, denoBin, getFresh, Service } from "./tools.ts";
+import { bunBin, denoBin, getFresh, runCommand, Service } from "./tools.ts";
 
 await setTestTimeout(180_000);
 
@@ -182,4 +184,51 @@ describe("examples/bun_serve.ts (Bun.serve with reusePort, two processes)", () =
       await noConnectionsLeft(app);
     });
   }
+});
+
+describe("examples/demo.ts (npm run demo)", () => {
+  // The demo under the runtime running this test (npm run demo uses Deno).
+  const [cmd, args] = "Bun" in globalThis
+    ? [bunBin(), ["examples/demo.ts"]]
+    : [denoBin(), ["run", "-A", "examples/demo.ts"]];
+
+  /** The demo's cluster directory, from its output; no process may still work inside it. */
+  function nothingLeft(output: string): void {
+    const dir = output.match(/data in (\S+)/)?.[1];
+    assert.ok(dir, `no data directory in the output:\n${output}`);
+    assert.deepEqual(processesIn(dir) ?? [], [], `processes left in ${dir}`);
+    assert.equal(existsSync(dir), false, `${dir} is still there`);
+  }
+
+  it("follows every fault, loses no acknowledged write and leaves nothing running", async () => {
+    const started = performance.now();
+    const run = await runCommand(cmd, args, { timeoutMs: 120_000 });
+    const seconds = (performance.now() - started) / 1000;
+    const out = run.stdout + run.stderr;
+    assert.equal(run.code, 0, out);
+    assert.match(out, /^\s+acknowledged writes lost\s+0$/m);
+    assert.match(out, /^\s+read-your-writes reads\s+\d+, 0 without their write/m);
+    // The pool's own events, in the timeline.
+    assert.match(out, /pool\s+replicalagging: :\d+ excluded from "read"/);
+    assert.match(out, /pool\s+replicacaughtup: :\d+ back in "read"/);
+    assert.match(out, /pool\s+endpointdown :\d+/);
+    assert.match(out, /pool\s+rolechange :\d+ replica -> primary/);
+    assert.match(out, /app\s+first write on the new primary :\d+/);
+    assert.match(out, /app\s+reads reach the rejoined replica :\d+/);
+    assert.match(out, /all servers stopped, data deleted/);
+    // Meant to take under 30 s; the bound leaves room for a busy CI machine.
+    assert.ok(seconds < 90, `took ${seconds.toFixed(1)} s`);
+    nothingLeft(out);
+  });
+
+  it("stops its servers on SIGINT in the middle of the run", async () => {
+    const svc = new Service("demo", cmd, args);
+    services.push(svc);
+    await svc.waitForOutput(/fault\s+replay paused/, 90_000);
+    svc.kill("SIGINT");
+    const exit = await svc.waitExit(EXIT_DEADLINE_MS);
+    assert.equal(exit.code, 130, svc.output);
+    assert.match(svc.output, /SIGINT: stopping the servers/);
+    nothingLeft(svc.output);
+  });
 });
