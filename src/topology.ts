@@ -9,7 +9,7 @@
 
 import type { Session } from "./driver/postgres.ts";
 import type { Endpoint, EndpointRole } from "./endpoint.ts";
-import { PoolEvent, reasonOf } from "./events.ts";
+import { poolEvent, reasonOf } from "./events.ts";
 import { parseLsn } from "./lsn.ts";
 import { withDeadline } from "./deadline.ts";
 import { isCapacityError, isConnectionError, isReadOnlyError } from "./sqlstate.ts";
@@ -202,8 +202,9 @@ export class Topology {
       endpoint.lagMs = 0;
       if (lsn !== undefined) this.#remember(lsn, now);
     }
-    const changed = this.observeRole(endpoint, row.recovery ? "replica" : "primary", false);
+    // Up first, then what it came back as: listeners see the events in that order.
     const cameUp = this.#markUp(endpoint);
+    const changed = this.observeRole(endpoint, row.recovery ? "replica" : "primary", false);
     if (changed || cameUp || row.recovery) this.#changed();
   }
 
@@ -285,7 +286,7 @@ export class Topology {
       this.#history.length = 0;
     }
     this.#events.dispatchEvent(
-      new PoolEvent("rolechange", { endpoint: endpoint.info, from, to: role }),
+      poolEvent("rolechange", { endpoint: endpoint.info, from, to: role }),
     );
     if (notify) this.#changed();
     return true;
@@ -331,7 +332,7 @@ export class Topology {
     if (endpoint.state === "down") return;
     endpoint.state = "down";
     this.#events.dispatchEvent(
-      new PoolEvent("endpointdown", { endpoint: endpoint.info, reason: reasonOf(err) }),
+      poolEvent("endpointdown", { endpoint: endpoint.info, reason: reasonOf(err) }),
     );
     this.#changed();
   }
@@ -340,7 +341,7 @@ export class Topology {
     if (endpoint.state === "up") return false;
     endpoint.state = "up";
     endpoint.upSince = performance.now();
-    this.#events.dispatchEvent(new PoolEvent("endpointup", { endpoint: endpoint.info }));
+    this.#events.dispatchEvent(poolEvent("endpointup", { endpoint: endpoint.info }));
     return true;
   }
 
