@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // Builds the npm entry points that Node (and other runtimes without TypeScript support for
-// node_modules) load through package.json "exports": dist/mod.js and dist/edge.js, ES modules
-// with postgres.js left as an import. Bun loads the .ts sources directly (export condition
-// "bun"); Deno users take the JSR package. Run by `npm pack` / `npm publish` (prepack) and by
-// tests/node24_test.ts.
+// node_modules) load through package.json "exports": dist/mod.js, dist/edge.js, dist/otel.js,
+// ES modules with postgres.js left as an import. Bun loads the .ts sources directly (export
+// condition "bun"); Deno users take the JSR package. Run by `npm pack` / `npm publish` (prepack)
+// and by tests/node24_test.ts.
 //
 // Usage: node scripts/build_npm.mjs [outdir]   (default: dist)
 import { build } from "esbuild";
@@ -17,7 +17,7 @@ const outdir = resolve(root, process.argv[2] ?? "dist");
 rmSync(outdir, { recursive: true, force: true });
 await build({
   absWorkingDir: root,
-  entryPoints: { mod: "mod.ts", edge: "edge.ts" },
+  entryPoints: { mod: "mod.ts", edge: "edge.ts", otel: "otel.ts" },
   outdir,
   bundle: true,
   // One shared chunk: both entries must share module state (Connection.init's pool) and classes
@@ -28,9 +28,11 @@ await build({
   target: "esnext",
   // postgres.js stays a dependency: the consumer's resolver picks its build (Node, Bun, or the
   // cloudflare:sockets one under the "workerd" condition).
-  external: ["postgres"],
+  // @opentelemetry/api too (an optional peer dependency, loaded by dist/otel.js only): one copy
+  // per application holds the global providers.
+  external: ["postgres", "@opentelemetry/api"],
   sourcemap: true,
   legalComments: "inline",
   logLevel: "warning",
 });
-console.log(`built ${outdir}/mod.js and ${outdir}/edge.js`);
+console.log(`built ${outdir}/mod.js, ${outdir}/edge.js and ${outdir}/otel.js`);

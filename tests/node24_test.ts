@@ -3,7 +3,16 @@
 // package.json "exports", running queries against the test server.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
@@ -44,6 +53,12 @@ before(async () => {
   assert.equal(build.code, 0, `build_npm.mjs failed:\n${build.stdout}${build.stderr}`);
   // The dependency, as npm would have installed it next to the package.
   symlinkSync(join(ROOT, "node_modules", "postgres"), join(dir, "node_modules", "postgres"), "dir");
+  // The optional peer dependency of @x/pgdbpool/otel, and the SDK the check reads spans from.
+  symlinkSync(
+    join(ROOT, "node_modules", "@opentelemetry"),
+    join(dir, "node_modules", "@opentelemetry"),
+    "dir",
+  );
   writeFileSync(
     join(dir, "package.json"),
     JSON.stringify({ name: "consumer", private: true, type: "module" }),
@@ -80,6 +95,19 @@ out.handler = pool.handler("auto") instanceof Handler;
 out.edgeSharesClasses = edge.PoolError === PoolError && edge.Handler === Handler &&
   Object.getPrototypeOf(edge.Connection) === Connection;
 out.edgePoolIsPool = new edge.Pool({ db: JSON.parse(process.env.PGDBPOOL_DB), groups: { g: { connection_count: 1 } } }) instanceof Pool;
+{
+  // @x/pgdbpool/otel: spans reach the SDK's in-memory exporter.
+  const { instrument } = await import("@x/pgdbpool/otel");
+  const sdk = await import("@opentelemetry/sdk-trace-base");
+  const exporter = new sdk.InMemorySpanExporter();
+  const tracerProvider = new sdk.BasicTracerProvider({
+    spanProcessors: [new sdk.SimpleSpanProcessor(exporter)],
+  });
+  out.otelResolved = import.meta.resolve("@x/pgdbpool/otel");
+  using _otel = instrument(pool, { tracerProvider });
+  await pool.query("auto", "SELECT 1");
+  out.spans = exporter.getFinishedSpans().map((s) => [s.name, s.attributes["server.port"]]);
+}
 await pool.close();
 await assert.rejects(pool.query("auto", "SELECT 1"), PoolClosedError);
 console.log(JSON.stringify(out));
@@ -111,6 +139,16 @@ describe("npm package under Node 24", () => {
       "mod and edge must share one chunk (instanceof across entries)",
     );
     assert.equal(out.edgePoolIsPool, true);
+    assert.ok(
+      out.otelResolved.endsWith("/node_modules/@x/pgdbpool/dist/otel.js"),
+      out.otelResolved,
+    );
+    assert.deepEqual(out.spans, [[`SELECT ${cluster.database}`, cluster.primary.port]]);
+    // Only dist/otel.js loads the OpenTelemetry API: the main entry's files never import it.
+    const built = readdirSync(join(pkgDir, "dist")).filter((f) => f.endsWith(".js"));
+    for (const file of built.filter((f) => f !== "otel.js")) {
+      assert.doesNotMatch(readFileSync(join(pkgDir, "dist", file), "utf8"), /@opentelemetry/, file);
+    }
     await waitFor(async () => (await cluster.countConnections({ applicationName: APP })) === 0, {
       timeoutMs: 10_000,
       message: `no connection with application_name ${APP}`,

@@ -14,7 +14,9 @@ await setTestTimeout(180_000);
 type Json = any;
 const readJson = (file: string): Json => JSON.parse(readFileSync(join(ROOT, file), "utf8"));
 
-const ENTRIES = ["mod.ts", "edge.ts"];
+// Every entry point of deno.json "exports" ("./mod.ts", "./edge.ts", "./otel.ts", ...).
+const ENTRIES: string[] = Object.values(readJson("deno.json").exports as Record<string, string>)
+  .map((source) => source.replace(/^\.\//, ""));
 const FORBIDDEN = /^(tests|bench|examples|fixtures|scripts|\.ci)\//;
 
 describe("package metadata", () => {
@@ -30,12 +32,16 @@ describe("package metadata", () => {
     }
     assert.deepEqual(jsr.publish?.include, deno.publish?.include, "publish.include differs");
     assert.deepEqual(jsr.publish?.exclude, deno.publish?.exclude, "publish.exclude differs");
-    assert.deepEqual(deno.exports, { ".": "./mod.ts", "./edge": "./edge.ts" });
+    // "." is mod.ts; every other entry "./name" is name.ts at the root.
+    for (const [key, source] of Object.entries(deno.exports)) {
+      assert.equal(source, key === "." ? "./mod.ts" : `${key}.ts`, `exports["${key}"]`);
+    }
+    assert.equal(deno.exports["./edge"], "./edge.ts");
   });
 
   it("publishes sources, README and LICENSE only", () => {
     const include: string[] = deno.publish.include;
-    for (const entry of ["mod.ts", "edge.ts", "LICENSE", "README.md"]) {
+    for (const entry of [...ENTRIES, "LICENSE", "README.md"]) {
       assert.ok(include.includes(entry), `publish.include lacks ${entry}`);
     }
     for (const pattern of include) {
@@ -94,19 +100,19 @@ describe("JSR publishing", () => {
       m[1].slice(ROOT.length + 1)
     );
     assert.ok(published.length > 0, `no file list in:\n${out}`);
-    for (const entry of ["mod.ts", "edge.ts", "LICENSE"]) {
+    for (const entry of [...ENTRIES, "LICENSE"]) {
       assert.ok(published.includes(entry), `${entry} is not published: ${published.join(", ")}`);
     }
     for (const file of published) {
       assert.ok(
         file === "deno.json" || file === "jsr.json" || file === "README.md" || file === "LICENSE" ||
-          ENTRIES.includes(file) || /^src\/(driver\/)?[^/]+\.ts$/.test(file),
+          ENTRIES.includes(file) || /^src\/([a-z_]+\/)?[^/]+\.ts$/.test(file),
         `unexpected published file ${file}`,
       );
     }
   });
 
-  it("deno doc --lint reports nothing for mod.ts and edge.ts", async () => {
+  it("deno doc --lint reports nothing for the entry points", async () => {
     const r = await runCommand(denoBin(), ["doc", "--lint", ...ENTRIES], { timeoutMs: 120_000 });
     const problems = (r.stdout + r.stderr).split("\n").filter((l) => /^error|-->/.test(l.trim()));
     assert.equal(r.code, 0, `deno doc --lint found problems:\n${problems.join("\n")}`);
