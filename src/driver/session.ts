@@ -1,0 +1,47 @@
+/**
+ * The driver seam as a type: what the pool needs of one server session, whichever client library
+ * speaks the protocol. Two drivers implement it: `Session` (postgres.js, `./postgres.ts`, every
+ * runtime) and `BunSession` (Bun's native `Bun.SQL`, `./bun.ts`, Bun only).
+ *
+ * Every driver keeps the same contract: a session is one server session for its whole life (it
+ * never reconnects, and anything sent after it ended is refused unsent with
+ * `SessionEndedError`); every option is explicit (nothing comes from the environment); no
+ * readable property holds the password; `outcomeOf` says `not-executed` only when the statement
+ * provably never ran.
+ *
+ * @module
+ */
+
+import type { Rows } from "../rows.ts";
+import type { DriverSql, Outcome, StatementOptions } from "./postgres.ts";
+
+/** Which client library opens the pool's sessions. */
+export type DriverName = "postgres" | "bun";
+
+/** One server session, as every driver exposes it. */
+export interface DriverSession {
+  /**
+   * The driver's tagged template bound to this session (postgres.js's `Sql`, or Bun's `SQL`
+   * handle under the Bun driver: typed as postgres.js's, see `BunSession.sql`).
+   */
+  readonly sql: DriverSql;
+  /** Whether the server accepted the session (its start-up finished at some point). */
+  readonly established: boolean;
+  /** Whether the session has ended: nothing will be sent on it again. */
+  readonly dead: boolean;
+  /**
+   * Sends one statement (callers take the promise's `then`/`catch` at once, in wire order), or
+   * refuses it unsent with `SessionEndedError` when the session has ended.
+   */
+  query(
+    text: string,
+    params: readonly unknown[] | undefined,
+    options: StatementOptions,
+  ): Promise<Rows>;
+  /** What is known of a statement that rejected with `err` on this session. */
+  outcomeOf(err: unknown): Outcome;
+  /** Whether `err` is this session's refusal itself (connect failed, the server said no). */
+  isRefusal(err: unknown): boolean;
+  /** Ends the session; statements in flight get `timeoutMs` before the socket is cut. */
+  end(timeoutMs: number): Promise<void>;
+}
