@@ -15,7 +15,7 @@ import {
   PoolClosedError,
   PoolExhaustedError,
 } from "./errors.ts";
-import { PoolEvent, reasonOf } from "./events.ts";
+import { poolEvent, reasonOf } from "./events.ts";
 import { route } from "./routing.ts";
 import { Semaphore } from "./semaphore.ts";
 import { withDeadline } from "./deadline.ts";
@@ -197,7 +197,7 @@ export class Group {
     // Leaving the group for another reason (down, promoted) is not catching up.
     if (!lagging && !member.active) return;
     this.context.events.dispatchEvent(
-      new PoolEvent(lagging ? "replicalagging" : "replicacaughtup", {
+      poolEvent(lagging ? "replicalagging" : "replicacaughtup", {
         group: this.name,
         endpoint: e.info,
         lag_ms: Math.round(e.lagMs),
@@ -284,8 +284,8 @@ export class Group {
     }
     if (best !== null) {
       best.users++;
+      // Joining a hold is not a checkout of a connection: wait and use time are per hold.
       this.counters.checkouts++;
-      this.context.hooks?.checkout(this.name, 0);
     }
     return best;
   }
@@ -318,7 +318,7 @@ export class Group {
       } catch (err) {
         if (err instanceof DOMException && err.name === "TimeoutError" && !signal?.aborted) {
           this.counters.timeouts++;
-          this.context.events.dispatchEvent(new PoolEvent("acquiretimeout", { group: this.name }));
+          this.context.events.dispatchEvent(poolEvent("acquiretimeout", { group: this.name }));
           throw new AcquireTimeoutError(this.name, limit);
         }
         throw err;
@@ -542,7 +542,7 @@ export class Group {
   /** A statement failed on `conn` for a connection-level or read-only reason. */
   reportFailure(conn: ServerConnection, err: unknown): void {
     this.context.events.dispatchEvent(
-      new PoolEvent("connectionerror", {
+      poolEvent("connectionerror", {
         group: this.name,
         endpoint: conn.endpoint.info,
         reason: reasonOf(err),
