@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Builds the npm entry points that Node (and other runtimes without TypeScript support for
 // node_modules) load through package.json "exports": dist/mod.js, dist/edge.js, dist/otel.js,
-// ES modules with postgres.js left as an import. Bun loads the .ts sources directly (export
+// dist/drizzle.js, dist/kysely.js, ES modules with postgres.js left as an import. Bun loads the .ts sources directly (export
 // condition "bun"); Deno users take the JSR package. Run by `npm pack` / `npm publish` (prepack)
 // and by tests/node24_test.ts.
 //
@@ -17,7 +17,13 @@ const outdir = resolve(root, process.argv[2] ?? "dist");
 rmSync(outdir, { recursive: true, force: true });
 await build({
   absWorkingDir: root,
-  entryPoints: { mod: "mod.ts", edge: "edge.ts", otel: "otel.ts" },
+  entryPoints: {
+    mod: "mod.ts",
+    edge: "edge.ts",
+    otel: "otel.ts",
+    drizzle: "drizzle.ts",
+    kysely: "kysely.ts",
+  },
   outdir,
   bundle: true,
   // One shared chunk: both entries must share module state (Connection.init's pool) and classes
@@ -30,9 +36,12 @@ await build({
   // cloudflare:sockets one under the "workerd" condition).
   // @opentelemetry/api too (an optional peer dependency, loaded by dist/otel.js only): one copy
   // per application holds the global providers.
-  external: ["postgres", "@opentelemetry/api"],
+  // drizzle-orm and kysely (optional peer dependencies, loaded by dist/drizzle.js and
+  // dist/kysely.js only) stay imports as well: the application's copy, whose classes its code
+  // checks with instanceof and is().
+  external: ["postgres", "@opentelemetry/api", "drizzle-orm", "drizzle-orm/*", "kysely", "kysely/*"],
   sourcemap: true,
   legalComments: "inline",
   logLevel: "warning",
 });
-console.log(`built ${outdir}/mod.js, ${outdir}/edge.js and ${outdir}/otel.js`);
+console.log(`built mod.js, edge.js, otel.js, drizzle.js and kysely.js in ${outdir}`);

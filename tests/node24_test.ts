@@ -59,6 +59,10 @@ before(async () => {
     join(dir, "node_modules", "@opentelemetry"),
     "dir",
   );
+  // The optional peer dependencies of @x/pgdbpool/drizzle and @x/pgdbpool/kysely.
+  for (const peer of ["drizzle-orm", "kysely"]) {
+    symlinkSync(join(ROOT, "node_modules", peer), join(dir, "node_modules", peer), "dir");
+  }
   writeFileSync(
     join(dir, "package.json"),
     JSON.stringify({ name: "consumer", private: true, type: "module" }),
@@ -113,6 +117,49 @@ await assert.rejects(pool.query("auto", "SELECT 1"), PoolClosedError);
 console.log(JSON.stringify(out));
 `;
 
+const BUILDERS_SCRIPT = `
+import { Pool } from "@x/pgdbpool";
+import { drizzle, PgdbpoolDatabase } from "@x/pgdbpool/drizzle";
+import { PgdbpoolDialect } from "@x/pgdbpool/kysely";
+import { DrizzleQueryError, sql } from "drizzle-orm";
+import { pgTable, serial, text } from "drizzle-orm/pg-core";
+import { Kysely } from "kysely";
+
+const out = {
+  drizzle: import.meta.resolve("@x/pgdbpool/drizzle"),
+  kysely: import.meta.resolve("@x/pgdbpool/kysely"),
+  checks: {},
+};
+const pool = new Pool({
+  db: JSON.parse(process.env.PGDBPOOL_DB),
+  groups: { write: { connection_count: 2, autocommit: false }, read: { connection_count: 2 } },
+  application_name: process.env.PGDBPOOL_APP,
+});
+const items = pgTable("node_items", { id: serial().primaryKey(), v: text().notNull() });
+const db = drizzle(pool, { group: "write", read: "read" });
+out.checks.database = db instanceof PgdbpoolDatabase;
+await db.insert(items).values({ v: "drizzle" });
+await db.transaction(async (tx) => {
+  await tx.insert(items).values({ v: "drizzle-tx" });
+});
+out.checks.drizzleRows = (await db.select({ v: items.v }).from(items)
+  .where(sql\`\${items.v} LIKE 'drizzle%'\`).orderBy(items.v)).map((r) => r.v);
+out.checks.drizzleError = await db.execute(sql\`SELECT 1 / 0\`)
+  .then(() => "none", (err) => err instanceof DrizzleQueryError ? err.cause.code : String(err));
+const k = new Kysely({ dialect: new PgdbpoolDialect({ pool, group: "write", read: "read" }) });
+await k.insertInto("node_items").values({ v: "kysely" }).execute();
+out.checks.kyselyRows = (await k.selectFrom("node_items").select("v").where("v", "=", "kysely")
+  .execute()).map((r) => r.v);
+out.checks.kyselyStream = [];
+for await (const r of k.selectFrom("node_items").select("v").where("v", "like", "k%").stream(1)) {
+  out.checks.kyselyStream.push(r.v);
+}
+await k.destroy();
+out.checks.poolOpenAfterDestroy = !pool.closed;
+await pool.close();
+console.log(JSON.stringify(out));
+`;
+
 describe("npm package under Node 24", () => {
   it("imports the package through package.json exports and runs queries", async () => {
     writeFileSync(join(dir, "check.mjs"), SCRIPT);
@@ -148,6 +195,37 @@ describe("npm package under Node 24", () => {
     const built = readdirSync(join(pkgDir, "dist")).filter((f) => f.endsWith(".js"));
     for (const file of built.filter((f) => f !== "otel.js")) {
       assert.doesNotMatch(readFileSync(join(pkgDir, "dist", file), "utf8"), /@opentelemetry/, file);
+    }
+    await waitFor(async () => (await cluster.countConnections({ applicationName: APP })) === 0, {
+      timeoutMs: 10_000,
+      message: `no connection with application_name ${APP}`,
+    });
+  });
+
+  it("runs @x/pgdbpool/drizzle and @x/pgdbpool/kysely from the build", async () => {
+    writeFileSync(join(dir, "check_builders.mjs"), BUILDERS_SCRIPT);
+    const r = await runCommand(node, ["check_builders.mjs"], {
+      cwd: dir,
+      env: { PGDBPOOL_DB: JSON.stringify(cluster.endpoints()), PGDBPOOL_APP: APP },
+      timeoutMs: 60_000,
+    });
+    assert.equal(r.code, 0, `node check_builders.mjs failed:\n${r.stdout}${r.stderr}`);
+    const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+    assert.ok(out.drizzle.endsWith("/node_modules/@x/pgdbpool/dist/drizzle.js"), out.drizzle);
+    assert.ok(out.kysely.endsWith("/node_modules/@x/pgdbpool/dist/kysely.js"), out.kysely);
+    assert.deepEqual(out.checks, {
+      database: true,
+      drizzleRows: ["drizzle", "drizzle-tx"],
+      drizzleError: "22012",
+      kyselyRows: ["kysely"],
+      kyselyStream: ["kysely"],
+      poolOpenAfterDestroy: true,
+    });
+    // Only their own entries load the query builders.
+    for (const file of readdirSync(join(pkgDir, "dist")).filter((f) => f.endsWith(".js"))) {
+      if (file === "drizzle.js" || file === "kysely.js") continue;
+      const text = readFileSync(join(pkgDir, "dist", file), "utf8");
+      assert.doesNotMatch(text, /from "(drizzle-orm|kysely)/, file);
     }
     await waitFor(async () => (await cluster.countConnections({ applicationName: APP })) === 0, {
       timeoutMs: 10_000,

@@ -3,7 +3,7 @@
 // hatches, and the public API must be fully documented.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { denoBin, ROOT, runCommand } from "./tools.ts";
@@ -18,6 +18,19 @@ const readJson = (file: string): Json => JSON.parse(readFileSync(join(ROOT, file
 const ENTRIES: string[] = Object.values(readJson("deno.json").exports as Record<string, string>)
   .map((source) => source.replace(/^\.\//, ""));
 const FORBIDDEN = /^(tests|bench|examples|fixtures|scripts|\.ci)\//;
+
+/** Whether a type of this name is declared in the package's own sources (entries and src/). */
+function declaredHere(name: string): boolean {
+  const sources = [
+    ...ENTRIES,
+    ...readdirSync(join(ROOT, "src"), { recursive: true, encoding: "utf8" })
+      .filter((f) => f.endsWith(".ts")).map((f) => join("src", f)),
+  ];
+  const declaration = new RegExp(
+    `\\b(class|interface|type|function|enum|const|let)\\s+${name.replace(/\$/g, "\\$")}\\b`,
+  );
+  return sources.some((f) => declaration.test(readFileSync(join(ROOT, f), "utf8")));
+}
 
 describe("package metadata", () => {
   const deno = readJson("deno.json");
@@ -114,8 +127,19 @@ describe("JSR publishing", () => {
 
   it("deno doc --lint reports nothing for the entry points", async () => {
     const r = await runCommand(denoBin(), ["doc", "--lint", ...ENTRIES], { timeoutMs: 120_000 });
-    const problems = (r.stdout + r.stderr).split("\n").filter((l) => /^error|-->/.test(l.trim()));
-    assert.equal(r.code, 0, `deno doc --lint found problems:\n${problems.join("\n")}`);
+    // A reference to a type of a peer dependency (the Drizzle entry's class extends Drizzle's
+    // PgDatabase) is not ours to make public: Deno skips such cross-package references for jsr:
+    // and https: modules (denoland/deno#34339) but not for npm packages, which resolve to
+    // file: paths. Every other diagnostic counts.
+    const diagnostics = (r.stdout + r.stderr).split(/\n(?=error)/).filter((d) =>
+      /^error\[/.test(d.trim())
+    );
+    const problems = diagnostics.filter((d) => {
+      const type = /references private type '([A-Za-z0-9_$]+)'/.exec(d)?.[1];
+      return type === undefined || declaredHere(type);
+    });
+    assert.deepEqual(problems, [], `deno doc --lint found problems:\n${problems.join("\n")}`);
+    if (diagnostics.length === 0) assert.equal(r.code, 0, r.stdout + r.stderr);
   });
 
   it("every export has a doc comment with an @example", async () => {

@@ -1,0 +1,139 @@
+/**
+ * Where a query builder's statements run: the shared part of the Drizzle and Kysely entries.
+ * Outside a transaction a read goes to the read group and everything else to the write group,
+ * each statement committed on its own (also in an `autocommit: false` group); a transaction is
+ * one checkout of the write group. With read-your-writes on, the router keeps the token of the
+ * newest write made through it and sends reads only where that write is visible.
+ *
+ * @module
+ */
+
+import { type Handler, Pool, type Rows, type ValueRows } from "../../mod.ts";
+import { parseLsn } from "../lsn.ts";
+import { quote } from "../quote.ts";
+
+/** The routing part of an integration's options, as the user gives it. */
+export interface RouterOptions {
+  /** Group for writes, transactions and everything that is not a plain read. */
+  readonly group: string;
+  /** Group for reads outside a transaction (default: `group`). */
+  readonly read?: string;
+  /** Reads wait for the newest write made through the same router (default false). */
+  readonly read_your_writes?: boolean;
+}
+
+const IDLE: undefined = undefined;
+
+/** One integration instance's routing and read-your-writes state. */
+export class Router {
+  readonly pool: Pool;
+  readonly group: string;
+  readonly read: string;
+  readonly readYourWrites: boolean;
+  #token: string | undefined;
+  #tokenLsn = -1n;
+
+  /**
+   * Checks the options against `pool` (a `TypeError` names the bad value); `caller` prefixes
+   * the messages, e.g. `drizzle()`.
+   */
+  constructor(pool: Pool, options: RouterOptions, caller: string) {
+    if (!(pool instanceof Pool)) {
+      throw new TypeError(`${caller} needs a Pool of @x/pgdbpool (got ${quote(pool)})`);
+    }
+    if (typeof options !== "object" || options === null) {
+      throw new TypeError(`${caller} needs options with a group (got ${quote(options)})`);
+    }
+    const configured = Object.keys(pool.stats().groups);
+    const check = (key: string, name: unknown): string => {
+      if (typeof name !== "string" || !configured.includes(name)) {
+        throw new TypeError(
+          `${caller}: ${key} ${quote(name)} is not a group of the pool (configured: ${
+            configured.map((g) => JSON.stringify(g)).join(", ")
+          })`,
+        );
+      }
+      return name;
+    };
+    this.pool = pool;
+    this.group = check("group", options.group);
+    this.read = options.read === undefined ? this.group : check("read", options.read);
+    const ryw = options.read_your_writes ?? false;
+    if (typeof ryw !== "boolean") {
+      throw new TypeError(`${caller}: read_your_writes must be a boolean (got ${quote(ryw)})`);
+    }
+    this.readYourWrites = ryw;
+  }
+
+  /** The token of the newest write made through this router (read-your-writes on only). */
+  get token(): string | undefined {
+    return this.#token;
+  }
+
+  /** Remembers the token of a write (a commit or an autocommit write) if it is the newest. */
+  record(token: string | undefined): void {
+    if (!this.readYourWrites || token === undefined) return;
+    const lsn = parseLsn(token);
+    if (lsn !== undefined && lsn > this.#tokenLsn) {
+      this.#tokenLsn = lsn;
+      this.#token = token;
+    }
+  }
+
+  /**
+   * A checkout for reads outside a transaction: the read group, in autocommit mode, and with
+   * read-your-writes after the newest write.
+   */
+  readHandler(signal?: AbortSignal): Handler {
+    return this.pool.handler(this.read, {
+      autocommit: true,
+      after: this.#token,
+      signal: signal ?? IDLE,
+    });
+  }
+
+  /** A checkout for writes outside a transaction: the write group, in autocommit mode. */
+  writeHandler(signal?: AbortSignal): Handler {
+    return this.pool.handler(this.group, { autocommit: true, signal: signal ?? IDLE });
+  }
+
+  /** A checkout for a transaction: the write group; the first statement opens it. */
+  transactionHandler(signal?: AbortSignal): Handler {
+    return this.pool.handler(this.group, { autocommit: false, signal: signal ?? IDLE });
+  }
+
+  /**
+   * Runs one read outside a transaction on `group` (default: the read group). Without a token
+   * to wait for, it is the pool's one-shot (which pipelines when the group is busy). The token
+   * applies to the read group only: another group (Drizzle's `$primary`) is read as it is.
+   */
+  async runRead(
+    text: string,
+    params: readonly unknown[],
+    arrays: boolean,
+    group: string = this.read,
+  ): Promise<Rows | ValueRows> {
+    const rowMode = arrays ? "array" : "object";
+    if (this.#token === undefined || group !== this.read) {
+      return await this.pool.query(group, text, params, { rowMode });
+    }
+    await using db = this.readHandler();
+    return await db.query(text, params, { rowMode });
+  }
+
+  /**
+   * Runs one statement outside a transaction on the write group, committed on its own (in
+   * autocommit mode, also when the group is `autocommit: false`: one statement is atomic
+   * anyway, and this saves the BEGIN and COMMIT), and records its token.
+   */
+  async runWrite(
+    text: string,
+    params: readonly unknown[],
+    arrays: boolean,
+  ): Promise<Rows | ValueRows> {
+    await using db = this.writeHandler();
+    const rows = await db.query(text, params, { rowMode: arrays ? "array" : "object" });
+    this.record(db.token);
+    return rows;
+  }
+}

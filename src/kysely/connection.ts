@@ -1,0 +1,189 @@
+/**
+ * Kysely's connection over the pool. Acquiring one checks out nothing: its first statement (or
+ * a transaction) takes a checkout — the read group for a read, the write group for anything
+ * else or a transaction — and keeps it until Kysely releases the connection. So a single query
+ * holds a connection only while it runs, and `db.connection()` is one session from its first
+ * statement on. Streams read through a server-side cursor.
+ *
+ * @module
+ */
+
+import {
+  AbortedTransactionError,
+  type CompiledQuery,
+  type DatabaseConnection,
+  type QueryResult,
+} from "kysely";
+import { type Handler, type Rows, TransactionAbortedError } from "../../mod.ts";
+import type { Router } from "../integration/router.ts";
+import { keepTransactionOpen } from "../integration/savepoint.ts";
+import {
+  setTransactionSql,
+  type TransactionSettings,
+} from "../integration/transaction_settings.ts";
+import { quote } from "../quote.ts";
+import { isRead } from "./reads.ts";
+
+const AFFECTS_ROWS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE"]);
+
+/** Kysely's result of the pool's rows: a plain array, and the count of a write. */
+function resultOf<R>(rows: Rows): QueryResult<R> {
+  // slice() gives a plain array (postgres.js results are an Array subclass).
+  const out = rows.slice() as R[];
+  return AFFECTS_ROWS.has(rows.command)
+    ? { rows: out, numAffectedRows: BigInt(rows.count) }
+    : { rows: out };
+}
+
+/** One Kysely connection: at most one checkout, from its first statement until release. */
+export class PgdbpoolConnection implements DatabaseConnection {
+  readonly #router: Router;
+  readonly #signal: AbortSignal | undefined;
+  #db: Handler | undefined;
+  /** Kysely began a transaction on this connection that is not finished yet. */
+  #transaction = false;
+  /** Cursor names in use by streams open on this connection. */
+  readonly #cursors = new Set<string>();
+
+  constructor(router: Router, signal: AbortSignal | undefined) {
+    this.#router = router;
+    this.#signal = signal;
+  }
+
+  /** Runs one statement on this connection's checkout (taken now if it has none). */
+  async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    const db = this.#db ?? this.#take(isRead(compiledQuery.query));
+    const rows = await db.query(compiledQuery.sql, compiledQuery.parameters);
+    if (!this.#transaction) this.#router.record(db.token);
+    return resultOf<R>(rows);
+  }
+
+  /**
+   * Streams a read's rows `chunkSize` at a time through a cursor (DECLARE / FETCH / CLOSE): in
+   * the open transaction if there is one, else in a transaction of its own, committed when the
+   * stream ends and rolled back when it is left early or fails. A query that is not a plain
+   * read (no cursor can run it) is run whole and handed out in chunks.
+   */
+  async *streamQuery<R>(
+    compiledQuery: CompiledQuery,
+    chunkSize: number,
+  ): AsyncIterableIterator<QueryResult<R>> {
+    if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) {
+      throw new RangeError(
+        `Kysely stream chunk size must be a positive integer (got ${quote(chunkSize)})`,
+      );
+    }
+    if (!isRead(compiledQuery.query)) {
+      const { rows } = await this.executeQuery<R>(compiledQuery);
+      for (let i = 0; i < rows.length; i += chunkSize) yield { rows: rows.slice(i, i + chunkSize) };
+      return;
+    }
+    const db = this.#db ?? this.#take(true);
+    const own = !this.#transaction && !db.inTransaction;
+    let cursor = "pgdbpool_cursor_0";
+    for (let i = 1; this.#cursors.has(cursor); i++) cursor = `pgdbpool_cursor_${i}`;
+    this.#cursors.add(cursor);
+    let failed = false;
+    let done = false;
+    try {
+      if (own) await db.query("BEGIN");
+      await db.query(
+        `DECLARE ${cursor} NO SCROLL CURSOR FOR ${compiledQuery.sql}`,
+        compiledQuery.parameters,
+      );
+      const fetch = `FETCH FORWARD ${chunkSize} FROM ${cursor}`;
+      for (;;) {
+        const rows = await db.query(fetch);
+        if (rows.length > 0) yield { rows: rows.slice() as R[] };
+        if (rows.length < chunkSize) break;
+      }
+      done = true;
+    } catch (err) {
+      failed = true;
+      throw err;
+    } finally {
+      this.#cursors.delete(cursor);
+      if (own) {
+        if (done) this.#router.record(await db.commit());
+        else await db.rollback();
+      } else if (!failed) {
+        // Left early inside a transaction: the cursor goes, the transaction stays.
+        await db.query(`CLOSE ${cursor}`);
+      }
+    }
+  }
+
+  /**
+   * Starts a transaction: a checkout of the write group whose first statement sends BEGIN
+   * (pipelined with it), preceded by `SET TRANSACTION` when `settings` set anything. On a
+   * connection that already has a checkout (`db.connection()`), BEGIN runs on that session.
+   */
+  async begin(settings: TransactionSettings): Promise<void> {
+    const set = setTransactionSql(settings, "Kysely transaction");
+    if (this.#db === undefined) {
+      this.#db = this.#router.transactionHandler(this.#signal);
+      this.#transaction = true;
+      if (set !== undefined) await this.#db.query(set);
+      return;
+    }
+    this.#transaction = true;
+    await this.#db.query(
+      set === undefined ? "BEGIN" : `BEGIN ${set.slice("SET TRANSACTION ".length)}`,
+    );
+  }
+
+  /**
+   * Commits and records the token; a COMMIT that PostgreSQL turned into a rollback is Kysely's
+   * `AbortedTransactionError` (with the pool's error as `cause`).
+   */
+  async commit(): Promise<void> {
+    const db = this.#checkedOut("commit");
+    this.#transaction = false;
+    let token: string | undefined;
+    try {
+      token = await db.commit();
+    } catch (err) {
+      if (err instanceof TransactionAbortedError) throw new AbortedTransactionError({ cause: err });
+      throw err;
+    }
+    this.#router.record(token);
+  }
+
+  /** Rolls the transaction back. */
+  async rollback(): Promise<void> {
+    const db = this.#checkedOut("rollback");
+    this.#transaction = false;
+    await db.rollback();
+  }
+
+  /** Runs a savepoint statement (Kysely compiled it, with the name quoted). */
+  async savepoint(compiledQuery: CompiledQuery, rollingBack: boolean): Promise<void> {
+    const db = this.#checkedOut("savepoint");
+    await db.query(compiledQuery.sql, compiledQuery.parameters);
+    if (rollingBack) await keepTransactionOpen(db);
+  }
+
+  /** Gives the checkout back (rolling back whatever is still open). */
+  async release(): Promise<void> {
+    const db = this.#db;
+    this.#db = undefined;
+    this.#transaction = false;
+    if (db === undefined) return;
+    await db[Symbol.asyncDispose]();
+  }
+
+  #take(read: boolean): Handler {
+    const db = read
+      ? this.#router.readHandler(this.#signal)
+      : this.#router.writeHandler(this.#signal);
+    this.#db = db;
+    return db;
+  }
+
+  #checkedOut(what: string): Handler {
+    if (this.#db === undefined) {
+      throw new TypeError(`Kysely ${what} on a connection without a transaction`);
+    }
+    return this.#db;
+  }
+}
