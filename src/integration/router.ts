@@ -22,7 +22,18 @@ export interface RouterOptions {
   readonly read_your_writes?: boolean;
 }
 
-const IDLE: undefined = undefined;
+// A pool's groups never change: their names are read once per pool (so that making a database
+// object per request stays cheap).
+const groupNames = new WeakMap<Pool, readonly string[]>();
+
+function groupsOf(pool: Pool): readonly string[] {
+  let names = groupNames.get(pool);
+  if (names === undefined) {
+    names = Object.keys(pool.stats().groups);
+    groupNames.set(pool, names);
+  }
+  return names;
+}
 
 /** One integration instance's routing and read-your-writes state. */
 export class Router {
@@ -44,7 +55,7 @@ export class Router {
     if (typeof options !== "object" || options === null) {
       throw new TypeError(`${caller} needs options with a group (got ${quote(options)})`);
     }
-    const configured = Object.keys(pool.stats().groups);
+    const configured = groupsOf(pool);
     const check = (key: string, name: unknown): string => {
       if (typeof name !== "string" || !configured.includes(name)) {
         throw new TypeError(
@@ -88,18 +99,18 @@ export class Router {
     return this.pool.handler(this.read, {
       autocommit: true,
       after: this.#token,
-      signal: signal ?? IDLE,
+      signal,
     });
   }
 
   /** A checkout for writes outside a transaction: the write group, in autocommit mode. */
   writeHandler(signal?: AbortSignal): Handler {
-    return this.pool.handler(this.group, { autocommit: true, signal: signal ?? IDLE });
+    return this.pool.handler(this.group, { autocommit: true, signal });
   }
 
   /** A checkout for a transaction: the write group; the first statement opens it. */
   transactionHandler(signal?: AbortSignal): Handler {
-    return this.pool.handler(this.group, { autocommit: false, signal: signal ?? IDLE });
+    return this.pool.handler(this.group, { autocommit: false, signal });
   }
 
   /**
