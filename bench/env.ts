@@ -13,11 +13,13 @@ import process from "node:process";
 import pg from "pg";
 import postgres from "postgres";
 import { Pool, type PoolConfig } from "../mod.ts";
+import { tryBunDriver } from "./bun_driver.ts";
 import {
   type BenchEndpoint,
   benchEndpoints,
   ENDPOINTS_VAR,
   EXTRA_VAR,
+  NOTE_PREFIX,
   ROUND_VAR,
 } from "./names.ts";
 
@@ -47,6 +49,7 @@ export interface PgClient {
 /** A pg-pool, as far as the benches use it. */
 export interface PgPool {
   connect(): Promise<PgClient>;
+  query(text: string): Promise<unknown>;
   end(): Promise<void>;
   on(event: "error", listener: () => void): unknown;
 }
@@ -60,7 +63,8 @@ const noop = () => {};
 
 const exitHooks: Array<() => void> = [];
 const cleanups: Array<() => Promise<unknown>> = [];
-const isBun = "Bun" in globalThis;
+/** Whether this process runs under Bun (the Bun runner, or a Bun subprocess of bench/run.ts). */
+export const isBun = "Bun" in globalThis;
 
 /** Runs `fn` (synchronously) when the benches of this process are done. */
 export function atExit(fn: () => void): void {
@@ -78,6 +82,17 @@ export async function finish(): Promise<void> {
   for (const fn of exitHooks.splice(0)) fn();
   const timeout = new Promise((resolve) => setTimeout(resolve, 5000));
   await Promise.race([Promise.allSettled(cleanups.splice(0).map((fn) => fn())), timeout]);
+}
+
+/**
+ * Stores a note for the report under `NOTE_PREFIX + key` (a contender that was skipped, and
+ * why); bench/run.ts keeps the notes of the last round.
+ */
+export function recordNote(key: string, note: string): void {
+  const file = process.env[EXTRA_VAR];
+  const line = JSON.stringify({ key: NOTE_PREFIX + key, note });
+  if (file) appendFileSync(file, line + "\n");
+  else console.error(line);
 }
 
 /** Stores one extra figure for bench/run.ts (or prints it when run standalone). */
@@ -104,6 +119,20 @@ export function benchGroup(defs: Deno.BenchDefinition[]): void {
 export function ourPool(type: "threaded" | "non-threaded", groups: PoolConfig["groups"]): Pool {
   const pool = new Pool({ type, db: endpoints, groups, application_name: APP });
   cleanup(() => pool.close());
+  return pool;
+}
+
+/**
+ * A pgdbpool pool with the Bun-native driver (`driver: "bun"`), or why there is none: the
+ * option is tried at the pool level, then on every endpoint, and a `ConfigError` from both
+ * means this build of the pool does not have the driver yet. Outside Bun there is never one.
+ */
+export function ourBunPool(
+  type: "threaded" | "non-threaded",
+  groups: PoolConfig["groups"],
+): Pool | string {
+  const pool = tryBunDriver({ type, db: endpoints, groups, application_name: APP });
+  if (typeof pool !== "string") cleanup(() => pool.close());
   return pool;
 }
 
@@ -170,6 +199,50 @@ export async function warmPg(pool: PgPool, n: number): Promise<void> {
     await Promise.all(clients.map((c) => c.query("SELECT 1")));
   } finally {
     for (const c of clients) c.release();
+  }
+}
+
+/** Bun's built-in PostgreSQL client (`Bun.SQL`), as far as the benches use it. */
+export interface BunSql {
+  (strings: TemplateStringsArray, ...values: unknown[]): Promise<unknown[]>;
+  unsafe(text: string, params?: unknown[]): Promise<unknown[]>;
+  reserve(): Promise<BunSql & { release(): void }>;
+  close(options?: { timeout?: number }): Promise<void>;
+}
+
+/** The `SQL` class of the running Bun, or undefined elsewhere. */
+export function bunSqlClass(): (new (options: Record<string, unknown>) => BunSql) | undefined {
+  return (globalThis as { Bun?: { SQL?: new (options: Record<string, unknown>) => BunSql } })
+    .Bun?.SQL;
+}
+
+/** A Bun `SQL` client of `max` connections to one endpoint (Bun only), settings as the others. */
+export function bunSql(max: number, endpoint = 0): BunSql {
+  const SQL = bunSqlClass();
+  if (SQL === undefined) throw new Error("Bun's SQL is only available under Bun");
+  const e = endpoints[endpoint];
+  const sql = new SQL({
+    hostname: e.host,
+    port: e.port,
+    database: e.name,
+    username: e.user,
+    password: e.pass,
+    max,
+    idleTimeout: 0,
+    maxLifetime: 0,
+    connection: { application_name: APP },
+  });
+  cleanup(() => sql.close({ timeout: 1 }));
+  return sql;
+}
+
+/** Opens all `n` connections of a Bun `SQL` client (concurrent reserves, one query each). */
+export async function warmBunSql(sql: BunSql, n: number): Promise<void> {
+  const reserved = await Promise.all(Array.from({ length: n }, () => sql.reserve()));
+  try {
+    await Promise.all(reserved.map((r) => r`SELECT 1`));
+  } finally {
+    for (const r of reserved) r.release();
   }
 }
 

@@ -1,10 +1,24 @@
 /**
- * `deno task bench`: starts one cluster (primary + 1 streaming replica), runs the bench files
- * under Deno (`deno bench --json`) and under Bun (`bench/bun_runner.ts`) against it, alternating
- * runtimes for a few rounds, writes `bench/results/deno.json` and `bun.json`, then the report.
+ * `deno task bench`: starts one cluster (primary + 1 streaming replica) and measures, under
+ * Deno and under Bun against it:
  *
- * Runs under Deno or Bun (node: APIs only). Options: `--rounds N` (default 3), `--only deno|bun`.
- * Binaries: $DENO_BIN / $BUN_BIN, else node_modules/.bin, else PATH.
+ * 1. micro-benchmarks (`checkout`, `query`, `contention`: the `*_bench.ts` files, run by
+ *    `deno bench --json` and by bench/bun_runner.ts), alternating runtimes for `--rounds`
+ *    rounds (default 7);
+ * 2. `scaling`: throughput and p99 against callers and `connection_count` (bench/scaling.ts);
+ * 3. `memory`: client memory per connection and per idle pool (bench/memory.ts);
+ * 4. `http`: TechEmpower-style apps under wrk (bench/http/), pool against the direct driver;
+ *
+ * then writes `bench/results/<runtime>.json` and the report (bench/report.ts): results/report.md,
+ * the charts, and the generated sections of bench/README.md and the project README.
+ *
+ * Options: `--rounds N`; `--only LIST` (comma-separated suites and/or runtimes, e.g.
+ * `--only query,bun`; repeatable); `--skip-http`; `--http-seconds S` (10), `--http-warmup S`
+ * (5); `--scaling-seconds S` (1), `--scaling-rounds N` (min(rounds, 3)); `--memory-repeats N`
+ * (3); `--quick` (1 round and short durations: a smoke run whose figures mean nothing).
+ * Sections not run keep the figures of the previous run in the results files, and the report
+ * says when each was measured. Runs under Deno or Bun (node: APIs only). Binaries: $DENO_BIN /
+ * $BUN_BIN, else node_modules/.bin, else PATH.
  *
  * @module
  */
@@ -16,18 +30,37 @@ import { dirname, join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { startCluster } from "../tests/harness/cluster.ts";
-import { benchEndpoints, ENDPOINTS_VAR, EXTRA_VAR, ROUND_VAR } from "./names.ts";
+import {
+  benchEndpoints,
+  ENDPOINTS_VAR,
+  EXTRA_VAR,
+  MEMORY_CONNECTIONS,
+  MEMORY_IDLE,
+  NOTE_PREFIX,
+  ROUND_VAR,
+} from "./names.ts";
 import type { BenchRecord } from "./bun_runner.ts";
+import { type HttpResults, runHttp, seed, wrkMissing } from "./http/run.ts";
+import type { MemoryResults, MemorySample } from "./memory.ts";
 import { writeReport } from "./report.ts";
 import type { Machine, RuntimeResults } from "./report.ts";
+import type { ScalingResults } from "./scaling.ts";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const ROOT = dirname(BENCH_DIR);
 const RESULTS_DIR = join(BENCH_DIR, "results");
-/** One runtime's whole suite; a hang (a pool bug) must fail the run, not stall it. */
-const SUITE_TIMEOUT_MS = 5 * 60_000;
+/** One runtime's suite; a hang (a pool bug) must fail the run, not stall it. */
+const SUITE_TIMEOUT_MS = 15 * 60_000;
 
 type Runtime = "deno" | "bun";
+const RUNTIMES: Runtime[] = ["deno", "bun"];
+/** Micro-benchmark suites and their files. */
+const MICRO: Record<string, string> = {
+  checkout: "bench/checkout_bench.ts",
+  query: "bench/query_bench.ts",
+  contention: "bench/contention_bench.ts",
+};
+const SUITES = [...Object.keys(MICRO), "scaling", "memory", "http"];
 
 function binary(name: Runtime): string {
   const fromEnv = process.env[`${name.toUpperCase()}_BIN`];
@@ -55,21 +88,32 @@ function exec(cmd: string, args: string[], env: Record<string, string>): Promise
       clearTimeout(timer);
       const out = Buffer.concat(chunks).toString("utf8");
       if (code === 0) resolve(out);
-      else {reject(
+      else {
+        reject(
           new Error(`${cmd} ${args.join(" ")} exited with ${code ?? signal}\n${out.slice(-2000)}`),
-        );}
+        );
+      }
     });
   });
+}
+
+/** `deno run -A <flags> <file>` or `bun <file>`. */
+function script(runtime: Runtime, file: string, denoFlags: string[] = []): [string, string[]] {
+  return runtime === "deno"
+    ? [binary("deno"), ["run", "-A", ...denoFlags, file]]
+    : [binary("bun"), [file]];
 }
 
 interface SuiteRun {
   runtime: string;
   benches: BenchRecord[];
   extra: Record<string, Record<string, number>>;
+  notes: Record<string, string>;
 }
 
-async function runSuite(
+async function runMicro(
   runtime: Runtime,
+  files: string[],
   env: Record<string, string>,
   tmp: string,
 ): Promise<SuiteRun> {
@@ -77,11 +121,11 @@ async function runSuite(
   const vars = { ...env, [EXTRA_VAR]: extraFile };
   let parsed: { runtime: string; benches: BenchRecord[] };
   if (runtime === "deno") {
-    const out = await exec(binary("deno"), ["bench", "-A", "--json", "bench/"], vars);
+    const out = await exec(binary("deno"), ["bench", "-A", "--json", ...files], vars);
     parsed = JSON.parse(out);
   } else {
     const outFile = join(tmp, `bun-${Date.now()}.json`);
-    await exec(binary("bun"), ["bench/bun_runner.ts", "--out", outFile], vars);
+    await exec(binary("bun"), ["bench/bun_runner.ts", "--out", outFile, ...files], vars);
     parsed = JSON.parse(readFileSync(outFile, "utf8"));
   }
   const failed = parsed.benches.filter((b) => b.results.some((r) => !("ok" in r)));
@@ -89,20 +133,23 @@ async function runSuite(
     throw new Error(`${runtime}: failed benches: ${failed.map((b) => b.name).join(", ")}`);
   }
   const extra: SuiteRun["extra"] = {};
+  const notes: SuiteRun["notes"] = {};
   if (existsSync(extraFile)) {
     for (const line of readFileSync(extraFile, "utf8").split("\n")) {
       if (line.trim() === "") continue;
-      const { key, value } = JSON.parse(line);
-      extra[key] = value;
+      const { key, value, note } = JSON.parse(line);
+      if (typeof note === "string") notes[key.slice(NOTE_PREFIX.length)] = note;
+      else extra[key] = value;
     }
   }
-  return { runtime: parsed.runtime, benches: parsed.benches, extra };
+  return { runtime: parsed.runtime, benches: parsed.benches, extra, notes };
 }
 
 /** Folds rounds into one record per bench: `results` gets one entry per round. */
-function merge(runs: SuiteRun[]): Pick<RuntimeResults, "benches" | "extra"> {
+function merge(runs: SuiteRun[]): Pick<RuntimeResults, "benches" | "extra" | "notes"> {
   const benches = new Map<string, RuntimeResults["benches"][number]>();
   const extra: RuntimeResults["extra"] = {};
+  const notes: Record<string, string> = {};
   for (const run of runs) {
     for (const b of run.benches) {
       const key = `${b.group ?? ""}\u0000${b.name}`;
@@ -118,8 +165,53 @@ function merge(runs: SuiteRun[]): Pick<RuntimeResults, "benches" | "extra"> {
       benches.set(key, entry);
     }
     for (const [key, value] of Object.entries(run.extra)) (extra[key] ??= []).push(value);
+    Object.assign(notes, run.notes);
   }
-  return { benches: [...benches.values()], extra };
+  return { benches: [...benches.values()], extra, notes };
+}
+
+async function runScaling(
+  runtime: Runtime,
+  env: Record<string, string>,
+  tmp: string,
+  rounds: number,
+  seconds: number,
+): Promise<ScalingResults> {
+  const out = join(tmp, `scaling-${runtime}.json`);
+  const [cmd, args] = script(runtime, "bench/scaling.ts");
+  await exec(
+    cmd,
+    [...args, "--out", out, "--rounds", String(rounds), "--seconds", String(seconds)],
+    env,
+  );
+  return JSON.parse(readFileSync(out, "utf8"));
+}
+
+async function runMemory(
+  runtime: Runtime,
+  env: Record<string, string>,
+  repeats: number,
+): Promise<MemoryResults> {
+  const [cmd, args] = script(runtime, "bench/memory.ts", ["--v8-flags=--expose-gc"]);
+  const lastLine = (s: string) => s.trim().split("\n").pop()!;
+  const { names, notes } = JSON.parse(lastLine(await exec(cmd, [...args, "--list"], env)));
+  const entries: MemoryResults["entries"] = [];
+  for (const kind of ["connection", "idle"] as const) {
+    for (const name of names as string[]) {
+      const samples: MemorySample[] = [];
+      for (let i = 0; i < repeats; i++) {
+        const out = await exec(cmd, [...args, "--kind", kind, "--name", name], env);
+        samples.push(JSON.parse(lastLine(out)));
+      }
+      entries.push({ name, kind, samples });
+      console.error(
+        `memory ${runtime} ${name} ${kind}: heap ${
+          samples.map((s) => (s.heap_bytes / 1024).toFixed(1)).join("/")
+        } KiB`,
+      );
+    }
+  }
+  return { connections: MEMORY_CONNECTIONS, idle: MEMORY_IDLE, entries, notes };
 }
 
 function packageVersion(name: string): string {
@@ -143,37 +235,166 @@ function machine(): Machine {
   };
 }
 
-function parseArgs(argv: string[]): { rounds: number; only: Runtime[] } {
-  let rounds = 3;
-  let only: Runtime[] = ["deno", "bun"];
+/** Parsed command line. */
+export interface Options {
+  rounds: number;
+  runtimes: Runtime[];
+  suites: string[];
+  httpSeconds: number;
+  httpWarmup: number;
+  scalingSeconds: number;
+  scalingRounds: number;
+  memoryRepeats: number;
+  quick: boolean;
+}
+
+export function parseArgs(argv: string[]): Options {
+  let rounds = 7;
+  let quick = false;
+  const only: string[] = [];
+  let skipHttp = false;
+  let httpSeconds = 10, httpWarmup = 5, scalingSeconds = 1, memoryRepeats = 3;
+  let scalingRounds: number | undefined;
+  const num = (i: number, what: string) => {
+    const v = Number(argv[i]);
+    if (!(v > 0)) throw new Error(`${what} must be a positive number (got ${argv[i]})`);
+    return v;
+  };
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === "--rounds") rounds = Number(argv[++i]);
-    else if (argv[i] === "--only") only = [argv[++i] as Runtime];
-    else throw new Error(`unknown argument ${argv[i]} (use --rounds N, --only deno|bun)`);
+    const a = argv[i];
+    if (a === "--rounds") rounds = num(++i, a);
+    else if (a === "--only") only.push(...argv[++i].split(",").map((s) => s.trim()));
+    else if (a === "--skip-http") skipHttp = true;
+    else if (a === "--http-seconds") httpSeconds = num(++i, a);
+    else if (a === "--http-warmup") httpWarmup = num(++i, a);
+    else if (a === "--scaling-seconds") scalingSeconds = num(++i, a);
+    else if (a === "--scaling-rounds") scalingRounds = num(++i, a);
+    else if (a === "--memory-repeats") memoryRepeats = num(++i, a);
+    else if (a === "--quick") quick = true;
+    else {
+      throw new Error(
+        `unknown argument ${a} (use --rounds N, --only ${[...SUITES, ...RUNTIMES].join("|")}` +
+          `[,...], --skip-http, --http-seconds S, --http-warmup S, --scaling-seconds S, ` +
+          `--scaling-rounds N, --memory-repeats N, --quick)`,
+      );
+    }
   }
-  if (!Number.isInteger(rounds) || rounds < 1) {
-    throw new Error("--rounds must be a positive integer");
+  for (const o of only) {
+    if (!SUITES.includes(o) && !RUNTIMES.includes(o as Runtime)) {
+      throw new Error(`--only: unknown suite or runtime ${o} (${[...SUITES, ...RUNTIMES]})`);
+    }
   }
-  return { rounds, only };
+  if (quick) {
+    rounds = 1;
+    httpSeconds = 1;
+    httpWarmup = 1;
+    scalingSeconds = 0.3;
+    scalingRounds = 1;
+    memoryRepeats = 1;
+  }
+  if (!Number.isInteger(rounds)) throw new Error("--rounds must be a positive integer");
+  const onlyRuntimes = only.filter((o) => RUNTIMES.includes(o as Runtime)) as Runtime[];
+  const onlySuites = only.filter((o) => SUITES.includes(o));
+  const suites = (onlySuites.length > 0 ? onlySuites : SUITES)
+    .filter((s) => !(skipHttp && s === "http"));
+  return {
+    rounds,
+    runtimes: onlyRuntimes.length > 0 ? onlyRuntimes : RUNTIMES,
+    suites,
+    httpSeconds,
+    httpWarmup,
+    scalingSeconds,
+    scalingRounds: Math.round(scalingRounds ?? Math.min(rounds, 3)),
+    memoryRepeats: Math.round(memoryRepeats),
+    quick,
+  };
+}
+
+/** Everything measured for one runtime in this run. */
+interface Measured {
+  micro: SuiteRun[];
+  scaling?: ScalingResults;
+  memory?: MemoryResults;
+  http?: HttpResults;
+  runtime?: string;
 }
 
 async function main(): Promise<void> {
-  const { rounds, only } = parseArgs(process.argv.slice(2));
+  const o = parseArgs(process.argv.slice(2));
+  const http = o.suites.includes("http");
+  if (http && wrkMissing()) throw new Error(wrkMissing());
+  const microFiles = o.suites.filter((s) => s in MICRO).map((s) => MICRO[s]);
   const started = performance.now();
   const date = new Date().toISOString();
   const host = machine();
+  if (host.loadavg_before > 0.7) {
+    console.error(
+      `bench: load average ${host.loadavg_before.toFixed(2)}: other work is running, the ` +
+        "figures will be noisy",
+    );
+  }
   const cluster = await startCluster({ replicas: 1 });
   const tmp = mkdtempSync(join(os.tmpdir(), "pgdbpool-bench-"));
-  const runs: Record<Runtime, SuiteRun[]> = { deno: [], bun: [] };
+  const measured: Record<Runtime, Measured> = { deno: { micro: [] }, bun: { micro: [] } };
   let postgresql = "?";
   try {
     postgresql = (await cluster.primary.query("SHOW server_version"))[0].server_version;
-    const env = { [ENDPOINTS_VAR]: JSON.stringify(benchEndpoints(cluster)) };
-    for (let round = 1; round <= rounds; round++) {
-      for (const runtime of only) {
-        console.error(`\n== round ${round}/${rounds}: ${runtime} ==`);
-        runs[runtime].push(await runSuite(runtime, { ...env, [ROUND_VAR]: String(round) }, tmp));
+    const endpointsJson = JSON.stringify(benchEndpoints(cluster));
+    const env = { [ENDPOINTS_VAR]: endpointsJson };
+    if (microFiles.length > 0) {
+      for (let round = 1; round <= o.rounds; round++) {
+        for (const runtime of o.runtimes) {
+          console.error(`\n== round ${round}/${o.rounds}: ${runtime} ==`);
+          const run = await runMicro(
+            runtime,
+            microFiles,
+            { ...env, [ROUND_VAR]: String(round) },
+            tmp,
+          );
+          measured[runtime].micro.push(run);
+        }
       }
+    }
+    if (o.suites.includes("scaling")) {
+      for (const runtime of o.runtimes) {
+        console.error(`\n== scaling: ${runtime} ==`);
+        measured[runtime].scaling = await runScaling(
+          runtime,
+          env,
+          tmp,
+          o.scalingRounds,
+          o.scalingSeconds,
+        );
+      }
+    }
+    if (o.suites.includes("memory")) {
+      for (const runtime of o.runtimes) {
+        console.error(`\n== memory: ${runtime} ==`);
+        measured[runtime].memory = await runMemory(runtime, env, o.memoryRepeats);
+      }
+    }
+    if (http) {
+      await seed((text) => cluster.primary.query(text));
+      for (const runtime of o.runtimes) {
+        console.error(`\n== http: ${runtime} ==`);
+        const [cmd, args] = script(runtime, "bench/memory.ts");
+        const probe = JSON.parse(
+          (await exec(cmd, [...args, "--list"], env)).trim().split("\n").pop()!,
+        );
+        measured[runtime].http = await runHttp({
+          runtime,
+          binary: binary(runtime),
+          root: ROOT,
+          endpointsJson,
+          seconds: o.httpSeconds,
+          warmupSeconds: o.httpWarmup,
+          bunDriver: (probe.names as string[]).some((n) => n.includes("bun driver")),
+        });
+      }
+    }
+    for (const runtime of o.runtimes) {
+      const [cmd] = script(runtime, "");
+      measured[runtime].runtime = (await exec(cmd, ["--version"], {})).split("\n")[0];
     }
   } finally {
     await cluster.close();
@@ -181,26 +402,71 @@ async function main(): Promise<void> {
   }
   host.loadavg_after = os.loadavg()[0];
   mkdirSync(RESULTS_DIR, { recursive: true });
-  for (const runtime of only) {
-    const [name, version] = runs[runtime][0].runtime.split(" ")[0].split("/");
-    const results: RuntimeResults = {
-      runtime: { name: name.toLowerCase(), version },
-      machine: host,
+  for (const runtime of o.runtimes) {
+    writeResults(runtime, measured[runtime], {
+      host,
       date,
-      rounds,
-      versions: {
-        postgresql,
-        "postgres.js": packageVersion("postgres"),
-        pg: packageVersion("pg"),
-        mitata: packageVersion("mitata"),
-      },
-      ...merge(runs[runtime]),
-    };
-    writeFileSync(join(RESULTS_DIR, `${runtime}.json`), JSON.stringify(results, null, 2) + "\n");
+      rounds: o.rounds,
+      postgresql,
+      quick: o.quick,
+    });
   }
   const { markdown } = writeReport(RESULTS_DIR);
   console.log(markdown);
   console.error(`bench: done in ${((performance.now() - started) / 1000).toFixed(0)} s`);
+}
+
+/** Writes results/<runtime>.json, keeping the sections this run did not measure. */
+function writeResults(
+  runtime: Runtime,
+  m: Measured,
+  run: { host: Machine; date: string; rounds: number; postgresql: string; quick: boolean },
+): void {
+  const file = join(RESULTS_DIR, `${runtime}.json`);
+  const old: RuntimeResults | undefined = existsSync(file)
+    ? JSON.parse(readFileSync(file, "utf8"))
+    : undefined;
+  // "deno 2.9.6 (stable, ...)" / "1.4.5"
+  const version = /(\d+\.\d+\.\d+\S*)/.exec(m.runtime ?? "")?.[1] ?? "?";
+  const measuredAt: Record<string, string> = { ...(old?.measured ?? {}) };
+  const micro = m.micro.length > 0 ? merge(m.micro) : undefined;
+  if (micro) measuredAt.micro = run.date;
+  for (const s of ["scaling", "memory", "http"] as const) if (m[s]) measuredAt[s] = run.date;
+  // Benches and extras of groups this run did not measure are kept from the old file.
+  const groups = new Set(micro?.benches.map((b) => b.group) ?? []);
+  const keptBenches = (old?.benches ?? []).filter((b) => !groups.has(b.group));
+  const keptExtra = Object.fromEntries(
+    Object.entries(old?.extra ?? {}).filter(([k]) =>
+      ![...groups].some((g) => k.startsWith(`${g} ::`))
+    ),
+  );
+  const notes = {
+    ...(micro ? {} : old?.notes ?? {}),
+    ...(micro?.notes ?? {}),
+    ...(m.scaling?.notes ?? {}),
+    ...(m.memory?.notes ?? {}),
+  };
+  const results: RuntimeResults = {
+    runtime: { name: runtime, version },
+    machine: run.host,
+    date: run.date,
+    rounds: micro ? run.rounds : old?.rounds ?? run.rounds,
+    versions: {
+      postgresql: run.postgresql,
+      "postgres.js": packageVersion("postgres"),
+      pg: packageVersion("pg"),
+      mitata: packageVersion("mitata"),
+    },
+    benches: [...(micro?.benches ?? []), ...keptBenches],
+    extra: { ...(micro?.extra ?? {}), ...keptExtra },
+    notes,
+    scaling: m.scaling ?? old?.scaling,
+    memory: m.memory ?? old?.memory,
+    http: m.http ?? old?.http,
+    measured: measuredAt,
+    ...(run.quick ? { quick: true } : {}),
+  };
+  writeFileSync(file, JSON.stringify(results, null, 2) + "\n");
 }
 
 if (import.meta.main) await main();

@@ -1,11 +1,20 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { buildReport, formatNs, type RuntimeResults, writeReport } from "../bench/report.ts";
+import {
+  buildReport,
+  CHARTS,
+  formatBytes,
+  formatNs,
+  type RuntimeResults,
+  writeReport,
+} from "../bench/report.ts";
+import { parseWrk } from "../bench/http/run.ts";
+import { escapeHtml, queryCount, renderFortunes, updateParams } from "../bench/http/tfb.ts";
 
-// Two runtimes: Deno with two rounds (so ratios have a range), Bun with one.
+// Two runtimes: Deno with two rounds (so ratios have a range), Bun with one and no Bun driver.
 const sample: RuntimeResults[] = JSON.parse(
   readFileSync(new URL("./fixtures/bench_sample.json", import.meta.url), "utf8"),
 );
@@ -44,54 +53,88 @@ function attr(element: string, name: string): number {
   return Number(m[1]);
 }
 
+function elements(svg: string, pattern: RegExp): string[] {
+  return [...svg.matchAll(pattern)].map((m) => m[0]);
+}
+
 describe("bench report", () => {
   const report = buildReport(sample);
+  const target = (id: string, runtime: string) =>
+    report.targets.find((t) => t.id === id && t.runtime === runtime)!;
+  const deno = (id: string) => target(id, "Deno 2.9.6");
+  const bun = (id: string) => target(id, "Bun 1.4.5");
 
   it("evaluates each target per runtime from per-round ratios", () => {
-    const deno = (id: string) =>
-      report.targets.find((t) => t.id === id && t.runtime === "Deno 2.9.6")!;
-    // Checkout: slowest pgdbpool entry (threaded) against reserve(): 1500/200 and 2000/250.
-    assert.deepEqual(deno("checkout").rounds, [7.5, 8]);
-    assert.equal(deno("checkout").ratio, 7.75);
-    assert.equal(deno("checkout").pass, true);
-    assert.equal(deno("seq").ratio, 0.9);
-    assert.equal(deno("seq").pass, false);
-    assert.equal(deno("c10").pass, true);
-    assert.equal(deno("c100").ratio, 0.5);
+    // Checkout: slowest pgdbpool entry (threaded) against reserve(): 2500/200 and 2000/250.
+    assert.deepEqual(deno("checkout").rounds, [12.5, 8]);
+    assert.equal(deno("checkout").ratio, 10.25);
+    assert.equal(deno("checkout").verdict, "pass");
+    assert.equal(deno("checkout").note, "slowest: pgdbpool threaded, primary");
+    // 1 caller: tagged template 100/120 µs, handler 125/120 µs.
+    assert.deepEqual(deno("seq-handler").rounds, [0.8, 1]);
+    assert.equal(deno("seq-handler").pass, false);
+    assert.equal(deno("seq-query").ratio, 1.1);
+    assert.equal(deno("c100-query").ratio, 1.125);
+    assert.equal(deno("c100-query").pass, true);
     assert.equal(deno("tx").pass, true);
     // p99 waits: 10/10 and 12/10.
     assert.equal(deno("p99").ratio, 1.1);
     assert.equal(deno("p99").pass, false);
-    assert.ok(report.targets.filter((t) => t.runtime === "Bun 1.4.5").every((t) => t.pass));
+  });
+
+  it("marks Bun-only targets n/a on Deno and skipped on Bun without the Bun driver", () => {
+    for (const id of ["bun-seq-query", "bun-c100-query", "bun-seq-handler", "http-bun"]) {
+      assert.equal(deno(id).verdict, "n/a", id);
+      assert.equal(bun(id).verdict, "skipped", id);
+      assert.equal(bun(id).pass, false);
+      assert.match(bun(id).note!, /driver: "bun" is not accepted/);
+    }
+    const measured = report.targets.filter((t) =>
+      t.runtime === "Bun 1.4.5" && t.verdict !== "skipped"
+    );
+    assert.ok(measured.every((t) => t.pass), JSON.stringify(measured.filter((t) => !t.pass)));
+  });
+
+  it("judges HTTP by its worst route and connection count", () => {
+    // /db at 256: 9500 / 10000; the mean of the mirrored runs decides each cell.
+    assert.equal(deno("http").ratio, 0.95);
+    assert.equal(deno("http").pass, false);
+    assert.equal(deno("http").note, "worst: /db, 256 connections");
+    assert.equal(deno("http").rounds.length, 4);
+    assert.equal(bun("http").ratio, 1);
+    assert.equal(bun("http").pass, true);
   });
 
   it("renders the targets table with ratio, range and verdict per runtime", () => {
     const md = report.markdown;
     assert.match(md, /Sample CPU @ 2\.0GHz \(2 cores/);
-    assert.match(md, /Runtimes: Deno 2\.9\.6, Bun 1\.4\.5\./);
+    assert.match(md, /Runtimes: Deno 2\.9\.6, Bun 1\.4\.5\..*wrk 4\.1\.0/);
+    assert.match(md, /a quiet machine\./);
     assert.match(md, /\| target \| required \| Deno 2\.9\.6 \| Bun 1\.4\.5 \|/);
-    const checkout = row(
-      md,
-      "warm checkout+release speed-up over postgres.js reserve()+release() (slowest pgdbpool entry)",
+    assert.match(
+      row(
+        md,
+        "warm checkout + release with `using` vs postgres.js `reserve()` + `release()` (speed-up, slowest pgdbpool entry)",
+      ),
+      /\| >= 10x \| 10\.3x \(8\.00x–12\.5x\) PASS \(slowest: pgdbpool threaded, primary\) \| 20\.0x PASS/,
     );
     assert.match(
-      checkout,
-      /\| >= 5x \| 7\.75x \(7\.50x–8\.00x\) PASS \(slowest: pgdbpool threaded, primary\) \| 10\.0x PASS/,
+      row(md, "postgres.js driver, 1 caller: handler vs postgres.js tagged template"),
+      /\| >= 0\.95x \| 0\.90x \(0\.80x–1\.00x\) FAIL \| 1\.11x PASS \|/,
     );
     assert.match(
-      row(md, "SELECT 1 throughput vs raw postgres.js, sequential"),
-      /0\.90x \(0\.80x–1\.00x\) FAIL/,
+      row(md, "Bun driver, 1 caller: `pool.query` vs Bun `SQL` tagged template"),
+      /\| >= 0\.90x \| — \| not measured \(see notes\) \|/,
     );
     assert.match(
-      row(md, "SELECT 1 throughput vs raw postgres.js, 100 callers"),
-      /0\.50x FAIL \| 1\.00x PASS/,
+      row(
+        md,
+        "HTTP, pool (postgres.js driver) vs direct driver: req/s, worst route and connection count",
+      ),
+      /0\.95x \(0\.95x–1\.01x\) FAIL \(worst: \/db, 256 connections\)/,
     );
     assert.match(
-      row(md, "transaction time vs postgres.js sql.begin()"),
-      /\| <= 1\.00x \| 0\.67x PASS \| 0\.67x PASS \|/,
-    );
-    assert.match(
-      row(md, "contention: p99 checkout wait vs pg-pool"),
+      row(md, "contention: p99 checkout wait vs pg-pool (earlier target)"),
       /1\.10x \(1\.00x–1\.20x\) FAIL \| 0\.90x PASS/,
     );
   });
@@ -101,70 +144,224 @@ describe("bench report", () => {
     const key = Object.keys(close.extra).find((k) => k.endsWith(":: pgdbpool acquire()"))!;
     close.extra[key] = [{ ...close.extra[key][0], wait_p99_ns: 10.04e6 }]; // pg-pool: 10 ms
     const md = buildReport([close]).markdown;
-    assert.match(row(md, "contention: p99 checkout wait vs pg-pool"), /\| 1\.004x FAIL \|/);
+    assert.match(
+      row(md, "contention: p99 checkout wait vs pg-pool (earlier target)"),
+      /\| 1\.004x FAIL \|/,
+    );
   });
 
-  it("lists every figure with medians, baselines and implied throughput", () => {
+  it("says how each contender is called, with its throughput and ratio to postgres.js", () => {
     const md = report.markdown;
+    assert.ok(
+      md.includes(
+        "- **postgres.js sql`` tagged template**: `` await sql`SELECT 1` `` on `postgres({ max: 10 })`",
+      ),
+    );
+    assert.ok(md.includes('- **pg Pool.query()**: `await pool.query("SELECT 1")` on npm `pg`'));
+    assert.ok(
+      md.includes(
+        "- **Bun SQL sql`` tagged template**: `` await sql`SELECT 1` `` on Bun's built-in `new SQL({ max: 10 })`",
+      ),
+    );
+    assert.ok(
+      md.includes(
+        '- **pgdbpool handler**: `using db = pool.handler("q"); await db.query("SELECT 1")`',
+      ),
+    );
+    // 1000 queries per 20 or 25 ms: 1.125x the tagged template at 100 callers.
     assert.equal(
-      row(md, "checkout + release, warm, no query").length > 0,
-      true,
+      row(md, "pgdbpool pool.query"),
+      "| pgdbpool pool.query | 10.0k/s (1.10x) | 44.4k/s (1.13x) | 10.5k/s (1.05x) | 41.7k/s (1.04x) |",
     );
+    assert.match(
+      row(md, "Bun SQL sql`` tagged template"),
+      /^\| Bun SQL sql`` tagged template \| — \| — \| 25\.0k\/s \(2\.50x\)/,
+    );
+    assert.match(row(md, "pgdbpool handler (bun driver)"), /\| — \| — \| skipped \| skipped \|$/);
+    // One line per reason, naming every entry it kept out.
+    assert.match(
+      md,
+      /- Bun 1\.4\.5: \*\*pgdbpool handler \(bun driver\)\*\*, \*\*pgdbpool pool\.query \(bun driver\)\*\*, \*\*pgdbpool \(bun driver\)\*\* not measured: driver: "bun"/,
+    );
+  });
+
+  it("tables HTTP, scaling and memory", () => {
+    const md = report.markdown;
     assert.ok(
       md.includes(
-        "| checkout + release, warm, no query | postgres.js reserve()+release() (baseline) | 1.75 µs, p99 3.50 µs | 1.00 µs, p99 2.00 µs |",
+        "| Deno 2.9.6 | `/db` | 256 | 9500 | 10000 (postgres.js) | 0.95x | 9.00 ms | 8.00 ms |",
       ),
     );
-    // 1000 queries per 40 ms iteration.
+    assert.ok(md.includes("| Bun 1.4.5 | `/fortunes` | 64 | 15000 | 14000 (Bun SQL) | 1.07x |"));
+    assert.match(
+      md,
+      /\| runtime \| contender \| callers = 1 \| callers = 10 \| callers = 100 \| callers = 1000 \|/,
+    );
+    assert.match(
+      md,
+      /\| runtime \| contender \| connections = 1 \| connections = 4 \| connections = 16 \| connections = 64 \|/,
+    );
+    // Fixture: ops = base * (k + 1) * (1 + x / 100), p99 = 200 µs * x * (k + 1).
     assert.ok(
       md.includes(
-        "| SELECT 1 x1000, 10 callers, 10 connections | pgdbpool handler | 40.0 ms (25.0k/s), p99 80.0 ms |",
+        "| Deno 2.9.6 | postgres.js sql`` tagged template | 1.0k/s, p99 200 µs | 1.1k/s, p99 2.00 ms |",
       ),
     );
+    // Medians of two samples: 153.6 and 184.3 kB heap.
+    assert.ok(md.includes("| Deno 2.9.6 | pgdbpool | 169 kB | 461 kB | 5.12 kB | 10.2 kB |"));
+    assert.ok(md.includes("| Bun 1.4.5 | Bun SQL | 5.50 kB | 15.0 kB | 3.60 kB | 7.20 kB |"));
+  });
+
+  it("lists every micro-benchmark figure with medians, baselines and implied throughput", () => {
+    const md = report.markdown;
+    assert.ok(md.includes(
+      "| checkout + release, warm, no query | postgres.js reserve()+release() (baseline) | 2.25 µs, p99 4.50 µs | 1.00 µs, p99 2.00 µs |",
+    ));
+    assert.ok(md.includes(
+      "| SELECT 1 x1000, 100 callers, 10 connections | pgdbpool handler | 50.0 ms (20.0k/s), p99 100 ms | 60.0 ms (16.7k/s), p99 120 ms |",
+    ));
     assert.ok(
       md.includes("| pgdbpool acquire() | Deno 2.9.6 | 10.0k/s | 5.00 ms | 11.0 ms | 12.0 ms |"),
     );
-    assert.ok(md.includes("](checkout.svg)"));
-    assert.ok(
-      buildReport(sample, { chartPath: "results/checkout.svg" }).markdown.includes(
-        "](results/checkout.svg)",
-      ),
-    );
+    for (const file of Object.values(CHARTS)) assert.ok(md.includes(`](${file})`), file);
+    const moved = buildReport(sample, { chartDir: "results/" }).markdown;
+    assert.ok(moved.includes("](results/checkout.svg)") && moved.includes("](results/http.svg)"));
   });
 
-  it("draws a well-formed SVG with a log10 axis", () => {
+  it("says when the machine was busy or the run was a smoke run", () => {
+    const busy = structuredClone(sample);
+    busy[0].machine.loadavg_before = 1.8;
+    busy[0].quick = true;
+    const md = buildReport(busy).markdown;
+    assert.match(
+      md,
+      /other work was running on the machine: these figures are noisy, not a real run/,
+    );
+    assert.match(md, /Smoke run \(`--quick`\)/);
+  });
+
+  it("draws a well-formed checkout chart with a log10 axis", () => {
     const svg = report.svg;
     assertWellFormed(svg);
     assert.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"[^>]* data-scale="log10"/);
-    // Fastest figure 4 ns, slowest 3 µs: whole decades 1 ns .. 10 µs, evenly spaced.
-    const ticks = [...svg.matchAll(/<line class="tick"[^>]*>/g)].map((m) => m[0]);
+    // Fastest figure 2 ns, slowest 3 µs: whole decades 1 ns .. 10 µs, evenly spaced.
+    const ticks = elements(svg, /<line class="tick"[^>]*>/g);
     assert.deepEqual(ticks.map((t) => attr(t, "data-ns")), [1, 10, 100, 1000, 10000]);
     const xs = ticks.map((t) => attr(t, "x1"));
     const step = xs[1] - xs[0];
     assert.ok(step > 0);
     for (let k = 1; k < xs.length; k++) assert.ok(Math.abs(xs[k] - xs[k - 1] - step) < 0.2);
-    // A bar ends where log10 of its value falls between the ticks: 1.75 µs is 0.243 decades past 1 µs.
-    const bars = [...svg.matchAll(/<rect class="bar"[^>]*>/g)].map((m) => m[0]);
-    assert.equal(bars.length, 10); // 5 pools x 2 runtimes
+    // A bar ends where log10 of its value falls: 2.25 µs is 0.352 decades past 1 µs.
+    const bars = elements(svg, /<rect class="bar"[^>]*>/g);
+    assert.equal(bars.length, 10); // 5 entries x 2 runtimes
     const reserve = bars.find((b) =>
-      b.includes('data-runtime="Deno 2.9.6"') && b.includes("reserve()")
+      b.includes('data-series="Deno 2.9.6"') && b.includes("reserve()")
     )!;
     const end = attr(reserve, "x") + attr(reserve, "width");
-    assert.ok(Math.abs(end - (xs[3] + Math.log10(1.75) * step)) < 0.2, `bar ends at ${end}`);
+    assert.ok(Math.abs(end - (xs[3] + Math.log10(2.25) * step)) < 0.2, `bar ends at ${end}`);
     assert.ok(svg.includes(">1 µs</text>") && svg.includes(">10 ns</text>"));
   });
 
-  it("formats durations with 3 significant digits", () => {
+  it("draws the HTTP, scaling and memory charts", () => {
+    for (const svg of Object.values(report.charts)) assertWellFormed(svg);
+    const http = report.charts[CHARTS.http];
+    // Linear from 0, with the target marked; one bar per cell and runtime.
+    assert.match(http, /data-scale="linear"/);
+    const mark = elements(http, /<line class="mark"[^>]*>/g).find((m) =>
+      m.includes('data-value="0.97"')
+    )!;
+    const ticks = elements(http, /<line class="tick"[^>]*>/g);
+    const [x0, x1] = [attr(ticks[0], "x1"), attr(ticks.at(-1)!, "x1")];
+    const top = attr(ticks.at(-1)!, "data-value");
+    assert.ok(Math.abs(attr(mark, "x1") - (x0 + (0.97 / top) * (x1 - x0))) < 0.2);
+    assert.equal(elements(http, /<rect class="bar"[^>]*>/g).length, 8);
+    // Scaling: per runtime a throughput and a p99 panel, a line per contender in each.
+    const callers = report.charts[CHARTS.callers];
+    assert.equal(elements(callers, /<g class="panel"/g).length, 4);
+    assert.equal(elements(callers, /<polyline class="line"/g).length, 2 * 3 + 2 * 4);
+    assert.match(report.charts[CHARTS.connections], /connection_count/);
+    // Memory: heap and RSS per runtime, per client and kind; Bun SQL only on Bun.
+    const memory = report.charts[CHARTS.memory];
+    assert.equal(elements(memory, /<rect class="bar"[^>]*>/g).length, 2 * 2 * 2 + 3 * 2 * 2);
+    assert.ok(memory.includes(">100 kB</text>"));
+  });
+
+  it("formats durations and sizes with 3 significant digits", () => {
     assert.equal(formatNs(5.6), "5.60 ns");
     assert.equal(formatNs(220.4), "220 ns");
     assert.equal(formatNs(1500), "1.50 µs");
     assert.equal(formatNs(40e6), "40.0 ms");
     assert.equal(formatNs(NaN), "n/a");
+    assert.equal(formatBytes(153600), "154 kB");
+    assert.equal(formatBytes(5120), "5.12 kB");
+    assert.equal(formatBytes(-800), "-800 B");
+    assert.equal(formatBytes(2.5e6), "2.50 MB");
+  });
+});
+
+describe("bench HTTP apps", () => {
+  it("reads wrk's requests/s, latency percentiles and errors", () => {
+    const out = `Running 10s test @ http://127.0.0.1:8080/db
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.10ms    1.20ms  40.00ms   90.00%
+    Req/Sec    20.10k     1.00k   22.00k    70.00%
+  Latency Distribution
+     50%    2.90ms
+     75%    3.50ms
+     90%    4.20ms
+     99%  850.00us
+  200000 requests in 10.00s, 30.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  19999.50
+Transfer/sec:      3.00MB
+`;
+    const s = parseWrk(out);
+    assert.equal(s.rps, 19999.5);
+    assert.equal(s.p50_ns, 2.9e6);
+    assert.equal(s.p99_ns, 850e3);
+    assert.equal(s.requests, 200000);
+    assert.equal(s.errors, 7);
+    assert.throws(() => parseWrk("connection refused"), /unreadable/);
+  });
+
+  it("reads the queries parameter as TechEmpower does", () => {
+    const n = (q: string) => queryCount(new URL(`http://x/queries${q}`));
+    assert.equal(n("?n=20"), 20);
+    assert.equal(n("?queries=20"), 20);
+    assert.equal(n(""), 1);
+    assert.equal(n("?n=foo"), 1);
+    assert.equal(n("?n=0"), 1);
+    assert.equal(n("?n=501"), 500);
+  });
+
+  it("renders fortunes sorted, with the request-time one, every message escaped", () => {
+    const html = renderFortunes([
+      { id: 2, message: "b <i>" },
+      { id: 1, message: `a "q" & 'r'` },
+    ]);
+    assert.equal(
+      html,
+      "<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table>" +
+        "<tr><th>id</th><th>message</th></tr>" +
+        "<tr><td>0</td><td>Additional fortune added at request time.</td></tr>" +
+        "<tr><td>1</td><td>a &quot;q&quot; &amp; &#x27;r&#x27;</td></tr>" +
+        "<tr><td>2</td><td>b &lt;i&gt;</td></tr></table></body></html>",
+    );
+    assert.equal(escapeHtml("<script>"), "&lt;script&gt;");
+  });
+
+  it("sends batched updates sorted by id, so concurrent batches lock rows in one order", () => {
+    assert.deepEqual(
+      updateParams([{ id: 9, randomNumber: 1 }, { id: 3, randomNumber: 2 }]),
+      ["{3,9}", "{2,1}"],
+    );
   });
 });
 
 describe("bench report files", () => {
-  it("writes report.md and checkout.svg and refreshes only the marked README section", () => {
+  it("writes report.md and the charts, and refreshes only the marked README section", () => {
     const dir = mkdtempSync(join(tmpdir(), "bench-report-test-"));
     try {
       writeFileSync(join(dir, "deno.json"), JSON.stringify(sample[0]));
@@ -175,9 +372,12 @@ describe("bench report files", () => {
         "# Title\n\nQuoted: `<!-- bench-report:start -->` and `<!-- bench-report:end -->`.\n\n" +
           "<!-- bench-report:start -->\nold\n<!-- bench-report:end -->\n\n## After\n",
       );
-      writeReport(dir, [{ path: readme, chartPath: "bench/results/checkout.svg", compact: true }]);
-      assert.match(readFileSync(join(dir, "report.md"), "utf8"), /### All figures/);
-      assert.match(readFileSync(join(dir, "checkout.svg"), "utf8"), /^<svg /);
+      writeReport(dir, [{ path: readme, chartDir: "bench/results/", compact: true }]);
+      assert.match(readFileSync(join(dir, "report.md"), "utf8"), /### All micro-benchmark figures/);
+      for (const file of Object.values(CHARTS)) {
+        assert.ok(existsSync(join(dir, file)), file);
+        assert.match(readFileSync(join(dir, file), "utf8"), /^<svg /);
+      }
       const text = readFileSync(readme, "utf8");
       assert.ok(
         text.startsWith(
@@ -188,7 +388,9 @@ describe("bench report files", () => {
       assert.ok(text.endsWith("<!-- bench-report:end -->\n\n## After\n"));
       assert.ok(!text.includes("old\n"));
       assert.ok(text.includes("](bench/results/checkout.svg)"));
-      assert.ok(!text.includes("### All figures"), "compact section has no detail tables");
+      assert.ok(text.includes("](bench/results/scaling-callers.svg)"));
+      assert.ok(text.includes("### End-to-end HTTP") && text.includes("### Memory"));
+      assert.ok(!text.includes("### All micro-benchmark figures"), "compact: no detail tables");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
