@@ -398,6 +398,18 @@ describe("rows and types", () => {
       [id],
     );
     assert.deepEqual(stored, { kind: "object", at: "2024-05-06 07:08:09.123" });
+    // Documents that are not objects: booleans and arrays (which postgres.js would otherwise
+    // send as a boolean or an array parameter), strings, numbers.
+    for (const doc of [true, [false, null, "x"], "text", 12.5, { nested: [true] }]) {
+      const [{ id: docId }] = await db.insert(values).values({ doc }).returning({ id: values.id });
+      const [read] = await db.select({ doc: values.doc }).from(values).where(eq(values.id, docId));
+      assert.deepEqual(read.doc, doc);
+      const [raw] = await cluster.primary.query(
+        "SELECT doc::text AS t FROM typed_values WHERE id = $1",
+        [docId],
+      );
+      assert.equal(raw.t, JSON.stringify(doc).replaceAll(",", ", ").replaceAll(":", ": "));
+    }
     await db.delete(values);
   });
 

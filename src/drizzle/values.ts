@@ -5,8 +5,9 @@
  * evened out here:
  *
  * - json and jsonb parameters: Drizzle sends `JSON.stringify(value)` and postgres.js would
- *   stringify that string once more (a JSON string instead of the document). The text is
- *   parsed back, and postgres.js's own stringify gives the same text again.
+ *   stringify that string once more (a JSON string instead of the document). The text goes in
+ *   a wrapper that postgres.js's stringify turns back into the same text (and that is the text
+ *   itself anywhere else), with no type of its own, so the server still decides the type.
  * - `timestamp` (without time zone) results: postgres.js reads them as local time, Drizzle
  *   stores them as UTC. A value read in a process whose time zone is not UTC is moved back to
  *   the UTC wall clock, which is what Drizzle's codec expects.
@@ -20,6 +21,25 @@ import type { QueryTypingsValue } from "drizzle-orm";
 const TIMESTAMP = 1114;
 const TIMESTAMP_ARRAY = 1115;
 
+/**
+ * JSON text as a parameter. postgres.js serializes a json or jsonb parameter with
+ * `JSON.stringify`, which calls `toJSON()`: the parsed document, stringified to the same text.
+ * Any other type gets `"" + value`: the text. Being a plain object, it makes postgres.js infer no
+ * type (a parsed `true` would be sent as a boolean).
+ */
+class JsonText {
+  readonly #text: string;
+  constructor(text: string) {
+    this.#text = text;
+  }
+  toJSON(): unknown {
+    return JSON.parse(this.#text);
+  }
+  toString(): string {
+    return this.#text;
+  }
+}
+
 /** Parameters as postgres.js must receive them to send what Drizzle encoded. */
 export function encodeParams(
   params: unknown[],
@@ -31,7 +51,7 @@ export function encodeParams(
     const value = params[i];
     if (typings[i] === "json" && typeof value === "string") {
       out ??= params.slice();
-      out[i] = JSON.parse(value);
+      out[i] = new JsonText(value);
     }
   }
   return out ?? params;
