@@ -39,7 +39,14 @@ await build({
   // drizzle-orm and kysely (optional peer dependencies, loaded by dist/drizzle.js and
   // dist/kysely.js only) stay imports as well: the application's copy, whose classes its code
   // checks with instanceof and is().
-  external: ["postgres", "@opentelemetry/api", "drizzle-orm", "drizzle-orm/*", "kysely", "kysely/*"],
+  external: [
+    "postgres",
+    "@opentelemetry/api",
+    "drizzle-orm",
+    "drizzle-orm/*",
+    "kysely",
+    "kysely/*",
+  ],
   sourcemap: true,
   legalComments: "inline",
   logLevel: "warning",
