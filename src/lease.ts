@@ -37,6 +37,10 @@ const RELEASED = 2;
 
 const COMMIT_OPTIONS = { prepare: false };
 
+/** `ROLLBACK [WORK | TRANSACTION] TO ...`, or anything `... AND CHAIN`. */
+const STAYS_IN_TRANSACTION =
+  /^\s*(?:rollback\s+(?:(?:work|transaction)\s+)?to\b|(?:commit|end|rollback|abort)\b[^;]*\band\s+chain\s*;?\s*$)/i;
+
 /** Tells the observer a statement is sent; returns what to call when it settles. */
 export function observe(
   hooks: PoolHooks,
@@ -197,7 +201,7 @@ export class Lease {
         if (begin !== undefined) await begin;
         done?.(undefined);
         conn.lastUsed = performance.now();
-        this.#trackTransaction(rows.command);
+        this.#trackTransaction(rows.command, text);
         if (lsn !== undefined) await this.#record(lsn);
         return rows;
       } catch (err) {
@@ -460,10 +464,15 @@ export class Lease {
     return begin;
   }
 
-  // Transactions opened or ended by the caller's own statements in an autocommit checkout.
-  #trackTransaction(command: string): void {
+  // Transactions opened or ended by the caller's own statements. The tag is not enough:
+  // ROLLBACK TO SAVEPOINT answers ROLLBACK and COMMIT/ROLLBACK AND CHAIN open the next
+  // transaction at once; taking those for an end would skip the commit, or hand the next
+  // checkout a connection inside a transaction.
+  #trackTransaction(command: string, text: string): void {
     if (command === "BEGIN" || command === "START TRANSACTION") this.#tx = true;
-    else if (command === "COMMIT" || command === "ROLLBACK") this.#tx = false;
+    else if (command === "COMMIT" || command === "ROLLBACK") {
+      this.#tx = STAYS_IN_TRANSACTION.test(text);
+    } else if (command === "PREPARE TRANSACTION") this.#tx = false;
   }
 
   async #record(lsn: Promise<Rows>): Promise<string | undefined> {

@@ -52,6 +52,38 @@ describe("Handler", () => {
     assert.equal(db.endpoint?.index, 0);
   });
 
+  it("ROLLBACK TO SAVEPOINT and ... AND CHAIN keep the transaction open", async () => {
+    // Their command tags are ROLLBACK / COMMIT, yet the transaction goes on: commit() must
+    // still commit it, and release must still roll back what is left open.
+    {
+      using db = pool.handler("tx");
+      await db.query("INSERT INTO items (v) VALUES ('sp-kept')");
+      await db.query("SAVEPOINT s");
+      await db.query("INSERT INTO items (v) VALUES ('sp-undone')");
+      await db.query("ROLLBACK TO SAVEPOINT s");
+      assert.equal(db.inTransaction, true);
+      await db.commit();
+    }
+    {
+      using db = pool.handler("auto");
+      await db.query("BEGIN");
+      await db.query("INSERT INTO items (v) VALUES ('chain-1')");
+      await db.query("COMMIT AND CHAIN");
+      assert.equal(db.inTransaction, true);
+      await db.query("INSERT INTO items (v) VALUES ('chain-2 never committed')");
+      await db.query("ROLLBACK TRANSACTION TO SAVEPOINT nonexistent").catch(() => {});
+    }
+    const all = await values();
+    assert.ok(all.includes("sp-kept") && all.includes("chain-1"), all.join());
+    assert.ok(!all.includes("sp-undone") && !all.includes("chain-2 never committed"), all.join());
+    const idle = await cluster.primary.query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity
+        WHERE application_name = $1 AND state = 'idle in transaction'`,
+      [app],
+    );
+    assert.equal(idle[0].n, 0, "no pooled connection is left inside a transaction");
+  });
+
   it("commits explicitly in an autocommit: false group", async () => {
     {
       using db = pool.handler("tx");
