@@ -13,7 +13,6 @@ import {
 } from "drizzle-orm";
 import { type PgDialect, type PgSession, PgTransaction } from "drizzle-orm/pg-core";
 import type { Handler } from "../../mod.ts";
-import { keepTransactionOpen } from "../integration/savepoint.ts";
 import type { PgdbpoolQueryResultHKT } from "./session.ts";
 
 /** A transaction (or, nested, a savepoint) on one checkout of the write group. */
@@ -64,7 +63,6 @@ export class PgdbpoolTransaction<
     } catch (err) {
       try {
         await tx.execute(sql`ROLLBACK TO SAVEPOINT ${name}`);
-        await keepTransactionOpen(this.#db);
       } catch {
         // The session is lost or the transaction failed: the outer transaction learns of it
         // from its next statement or its commit; the caller gets the error that started this.

@@ -16,7 +16,6 @@ import {
 } from "kysely";
 import { type Handler, type Rows, TransactionAbortedError } from "../../mod.ts";
 import type { Router } from "../integration/router.ts";
-import { keepTransactionOpen } from "../integration/savepoint.ts";
 import {
   setTransactionSql,
   type TransactionSettings,
@@ -157,10 +156,9 @@ export class PgdbpoolConnection implements DatabaseConnection {
   }
 
   /** Runs a savepoint statement (Kysely compiled it, with the name quoted). */
-  async savepoint(compiledQuery: CompiledQuery, rollingBack: boolean): Promise<void> {
+  async savepoint(compiledQuery: CompiledQuery): Promise<void> {
     const db = this.#checkedOut("savepoint");
     await db.query(compiledQuery.sql, compiledQuery.parameters);
-    if (rollingBack) await keepTransactionOpen(db);
   }
 
   /** Gives the checkout back (rolling back whatever is still open). */

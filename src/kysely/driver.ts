@@ -71,7 +71,7 @@ export class PgdbpoolDriver implements Driver {
 
   /** `SAVEPOINT name`. */
   async savepoint(connection: DatabaseConnection, name: string, compile: Compile): Promise<void> {
-    await connectionOf(connection).savepoint(savepointCommand(compile, "savepoint", name), false);
+    await connectionOf(connection).savepoint(savepointCommand(compile, "savepoint", name));
   }
 
   /** `ROLLBACK TO SAVEPOINT name`. */
@@ -82,7 +82,6 @@ export class PgdbpoolDriver implements Driver {
   ): Promise<void> {
     await connectionOf(connection).savepoint(
       savepointCommand(compile, "rollback to savepoint", name),
-      true,
     );
   }
 
@@ -94,7 +93,6 @@ export class PgdbpoolDriver implements Driver {
   ): Promise<void> {
     await connectionOf(connection).savepoint(
       savepointCommand(compile, "release savepoint", name),
-      false,
     );
   }
 
