@@ -30,6 +30,8 @@ export const BUN_DRIVER = " (bun driver)";
 /** Benchmark names. */
 export const NAME = {
   reserve: "postgres.js reserve()+release()",
+  /** Informative: the pool's own share of a checkout, without the `using` statement's cost. */
+  noUsing: "pgdbpool threaded, primary, release() without using",
   pgPool: "pg-pool connect()+release()",
   floor: "array pop+push (floor)",
   handler: "pgdbpool handler",
@@ -58,6 +60,8 @@ export const HOW: Readonly<Record<string, string>> = {
     "its default)",
   [NAME.pgQuery]: '`await pool.query("SELECT 1")` on npm `pg`\'s `new pg.Pool({ max: 10 })`',
   [NAME.bunSql]: "`` await sql`SELECT 1` `` on Bun's built-in `new SQL({ max: 10 })`",
+  [NAME.noUsing]: '`const db = pool.handler("primary"); db.release()`: the same checkout ' +
+    "without `using` (informative, not a target)",
   [NAME.reserve]: "`const r = await sql.reserve(); r.release()` on `postgres({ max: 1 })`",
   [NAME.pgPool]: "`const c = await pool.connect(); c.release()` on `new pg.Pool({ max: 4 })`",
   [NAME.begin]: "`` await sql.begin((tx) => tx`UPDATE ...`) ``",

@@ -307,7 +307,9 @@ export function evaluateTargets(r: RuntimeResults): TargetCheck[] {
   const reserve = avgs(find(r, GROUP.checkout, NAME.reserve));
   let worst: { name: string; rounds: number[] } | undefined;
   for (const b of r.benches) {
-    if (b.group !== GROUP.checkout || !b.name.startsWith(OURS)) continue;
+    if (b.group !== GROUP.checkout || !b.name.startsWith(OURS) || b.name === NAME.noUsing) {
+      continue;
+    }
     const rounds = perRound(reserve, avgs(b));
     if (worst === undefined || !(median(rounds) >= median(worst.rounds))) {
       worst = { name: b.name, rounds };
