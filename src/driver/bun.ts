@@ -174,7 +174,6 @@ export class BunSession implements DriverSession {
   #timedOut = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #armed = false;
-  #closing: Promise<void> | undefined;
   /** Errors that meant the connection was lost when they arrived. */
   readonly #lost = new WeakSet<object>();
 
@@ -300,9 +299,7 @@ export class BunSession implements DriverSession {
       this.#disarm();
     }
     // A later, shorter timeout still counts (Bun keeps the shortest).
-    const closing = this.#sql.close({ timeout: Math.max(0, timeoutMs) / 1000 }).catch(noop);
-    this.#closing ??= closing;
-    return closing;
+    return this.#sql.close({ timeout: Math.max(0, timeoutMs) / 1000 }).catch(noop);
   }
 
   // The connect deadline, from the first use (a session is opened lazily, on its first
@@ -315,7 +312,7 @@ export class BunSession implements DriverSession {
       if (this.#established || this.#dead) return;
       this.#timedOut = true;
       this.#dead = true;
-      this.#closing = this.#sql.close({ timeout: 0 }).catch(noop);
+      this.#sql.close({ timeout: 0 }).catch(noop);
       this.#hooks.onClose?.();
     }, this.#connectTimeoutMs);
   }
@@ -340,7 +337,7 @@ export class BunSession implements DriverSession {
     this.#disarm();
     if (this.#dead) return;
     this.#dead = true;
-    this.#closing = this.#sql.close({ timeout: 0 }).catch(noop);
+    this.#sql.close({ timeout: 0 }).catch(noop);
     this.#hooks.onClose?.();
   }
 
