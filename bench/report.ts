@@ -71,6 +71,8 @@ export interface RuntimeResults {
   scaling?: ScalingResults;
   memory?: MemoryResults;
   http?: HttpResults;
+  /** Load while each section was measured (sections as in `measured`). */
+  load?: Record<string, SectionLoad>;
   /** A `--quick` smoke run: durations too short for the figures to mean anything. */
   quick?: boolean;
   /**
@@ -436,15 +438,49 @@ function targetCell(t: TargetCheck | undefined, limit: number): string {
   return `${shown}${range} ${t.pass ? "PASS" : "FAIL"}${t.note ? ` (${t.note})` : ""}`;
 }
 
-/** Whether other work ran on the machine: the figures are then not to be taken as real. */
-export function noisy(m: Machine): boolean {
+/** A 1-minute load average above this many times the cores means someone else was busy too. */
+const BUSY_PER_CORE = 1.75;
+
+/** Load while one section was measured. */
+export interface SectionLoad {
+  /** 1-minute load average when its run started (before any benchmark load). */
+  before: number;
+  /** Highest 1-minute load average sampled while the section ran (its own load included). */
+  max: number;
+}
+
+/**
+ * Whether other work ran on the machine: the figures are then not to be taken as real. A run
+ * must start on an idle machine (load < 0.7), and no section may push the load past
+ * `BUSY_PER_CORE` x cores (the benchmark alone, app + server + wrk, stays below that).
+ */
+export function noisy(m: Machine, load?: SectionLoad): boolean {
+  if (load !== undefined) return load.before > 0.7 || load.max > BUSY_PER_CORE * m.cores;
   return m.loadavg_before > 0.7 || m.loadavg_after > 1.5 * m.cores;
+}
+
+/** Sections whose figures were taken on a busy machine. */
+function noisySections(r: RuntimeResults): string[] {
+  const loads = Object.entries(r.load ?? {});
+  if (loads.length === 0) return noisy(r.machine) ? ["all"] : [];
+  return loads.filter(([, l]) => noisy(r.machine, l)).map(([section]) => section);
 }
 
 function header(results: RuntimeResults[]): string[] {
   const first = results[0];
   const m = first.machine;
   const versions = Object.entries(first.versions).map(([k, v]) => `${k} ${v}`).join(", ");
+  const busy = [...new Set(results.flatMap(noisySections))];
+  const loads = Object.entries(first.load ?? {});
+  const loadText = loads.length > 0
+    ? `Load average (1 min) at the start of the run: ${
+      [...new Set(loads.map(([, l]) => l.before.toFixed(2)))].join(" / ")
+    }; highest while measuring: ${
+      loads.map(([s, l]) => `${s} ${l.max.toFixed(2)}`).join(", ")
+    } (the benchmark's own load included; above ${BUSY_PER_CORE * m.cores} means other work ran)`
+    : `Load average (1 min) before the run: ${m.loadavg_before.toFixed(2)}, after: ${
+      m.loadavg_after.toFixed(2)
+    } (the benchmark's own load included, about ${m.cores} here at most)`;
   const lines = [
     `Measured ${first.date.slice(0, 16).replace("T", " ")} UTC on ${m.cpu} (${m.cores} cores, ` +
     `${m.memory_gb} GB, ${m.os}).`,
@@ -455,11 +491,11 @@ function header(results: RuntimeResults[]): string[] {
     `Micro-benchmarks: median of ${first.rounds} round(s); a round runs each runtime's suite in ` +
     `turn against one local primary + streaming replica, and contenders alternate (each group ` +
     `runs in reverse order on even rounds). Ratios are taken per round between benches that ran ` +
-    `side by side, then the median (range) is shown. Load average (1 min) before the run: ` +
-    `${m.loadavg_before.toFixed(2)}, after: ${m.loadavg_after.toFixed(2)} (the benchmark's own ` +
-    `load included, about ${m.cores} here at most)` +
-    (noisy(m)
-      ? ` — **other work was running on the machine: these figures are noisy, not a real run**.`
+    `side by side, then the median (range) is shown. ${loadText}` +
+    (busy.length > 0
+      ? ` — **other work was running on the machine (${
+        busy.join(", ")
+      }): these figures are noisy, not a real run**.`
       : " — a quiet machine."),
   ];
   if (first.quick) {

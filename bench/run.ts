@@ -43,7 +43,7 @@ import type { BenchRecord } from "./bun_runner.ts";
 import { type HttpResults, runHttp, seed, wrkMissing } from "./http/run.ts";
 import type { MemoryResults, MemorySample } from "./memory.ts";
 import { writeReport } from "./report.ts";
-import type { Machine, RuntimeResults } from "./report.ts";
+import type { Machine, RuntimeResults, SectionLoad } from "./report.ts";
 import type { ScalingResults } from "./scaling.ts";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
@@ -335,6 +335,21 @@ async function main(): Promise<void> {
         "figures will be noisy",
     );
   }
+  // The 1-minute load average, sampled while each section runs: a section that pushed it past
+  // what the benchmark alone causes ran next to other work, and the report says so.
+  const load: Record<string, SectionLoad> = {};
+  let section = "";
+  const sample = () => {
+    if (section === "") return;
+    const l = (load[section] ??= { before: host.loadavg_before, max: 0 });
+    l.max = Math.max(l.max, os.loadavg()[0]);
+  };
+  const sampler = setInterval(sample, 5000);
+  const enter = (name: string) => {
+    sample();
+    section = name;
+    sample();
+  };
   const cluster = await startCluster({ replicas: 1 });
   const tmp = mkdtempSync(join(os.tmpdir(), "pgdbpool-bench-"));
   const measured: Record<Runtime, Measured> = { deno: { micro: [] }, bun: { micro: [] } };
@@ -344,6 +359,7 @@ async function main(): Promise<void> {
     const endpointsJson = JSON.stringify(benchEndpoints(cluster));
     const env = { [ENDPOINTS_VAR]: endpointsJson };
     if (microFiles.length > 0) {
+      enter("micro");
       for (let round = 1; round <= o.rounds; round++) {
         for (const runtime of o.runtimes) {
           console.error(`\n== round ${round}/${o.rounds}: ${runtime} ==`);
@@ -358,6 +374,7 @@ async function main(): Promise<void> {
       }
     }
     if (o.suites.includes("scaling")) {
+      enter("scaling");
       for (const runtime of o.runtimes) {
         console.error(`\n== scaling: ${runtime} ==`);
         measured[runtime].scaling = await runScaling(
@@ -370,12 +387,14 @@ async function main(): Promise<void> {
       }
     }
     if (o.suites.includes("memory")) {
+      enter("memory");
       for (const runtime of o.runtimes) {
         console.error(`\n== memory: ${runtime} ==`);
         measured[runtime].memory = await runMemory(runtime, env, o.memoryRepeats);
       }
     }
     if (http) {
+      enter("http");
       await seed((text) => cluster.primary.query(text));
       for (const runtime of o.runtimes) {
         console.error(`\n== http: ${runtime} ==`);
@@ -398,7 +417,9 @@ async function main(): Promise<void> {
       const [cmd] = script(runtime, "");
       measured[runtime].runtime = (await exec(cmd, ["--version"], {})).split("\n")[0];
     }
+    enter("");
   } finally {
+    clearInterval(sampler);
     await cluster.close();
     rmSync(tmp, { recursive: true, force: true });
   }
@@ -411,6 +432,7 @@ async function main(): Promise<void> {
       rounds: o.rounds,
       postgresql,
       quick: o.quick,
+      load,
     });
   }
   const { markdown } = writeReport(RESULTS_DIR);
@@ -422,7 +444,14 @@ async function main(): Promise<void> {
 function writeResults(
   runtime: Runtime,
   m: Measured,
-  run: { host: Machine; date: string; rounds: number; postgresql: string; quick: boolean },
+  run: {
+    host: Machine;
+    date: string;
+    rounds: number;
+    postgresql: string;
+    quick: boolean;
+    load: Record<string, SectionLoad>;
+  },
 ): void {
   const file = join(RESULTS_DIR, `${runtime}.json`);
   const old: RuntimeResults | undefined = existsSync(file)
@@ -466,6 +495,12 @@ function writeResults(
     memory: m.memory ?? old?.memory,
     http: m.http ?? old?.http,
     measured: measuredAt,
+    load: {
+      ...Object.fromEntries(
+        Object.entries(old?.load ?? {}).filter(([k]) => measuredAt[k] !== run.date),
+      ),
+      ...Object.fromEntries(Object.entries(run.load).filter(([k]) => measuredAt[k] === run.date)),
+    },
     ...(run.quick ? { quick: true } : {}),
   };
   writeFileSync(file, JSON.stringify(results, null, 2) + "\n");

@@ -236,9 +236,24 @@ describe("bench report", () => {
     const md = buildReport(busy).markdown;
     assert.match(
       md,
-      /other work was running on the machine: these figures are noisy, not a real run/,
+      /other work was running on the machine \(all\): these figures are noisy, not a real run/,
     );
     assert.match(md, /Smoke run \(`--quick`\)/);
+  });
+
+  it("judges each section by the load sampled while it ran", () => {
+    const run = structuredClone(sample);
+    for (const r of run) {
+      r.load = { micro: { before: 0.3, max: 2.1 }, http: { before: 0.3, max: 4.2 } };
+    }
+    const md = buildReport(run).markdown;
+    assert.match(
+      md,
+      /at the start of the run: 0\.30; highest while measuring: micro 2\.10, http 4\.20/,
+    );
+    assert.match(md, /other work was running on the machine \(http\)/);
+    for (const r of run) r.load!.http.max = 3.2;
+    assert.match(buildReport(run).markdown, /— a quiet machine\./);
   });
 
   it("draws a well-formed checkout chart with a log10 axis", () => {
