@@ -35,12 +35,13 @@ export interface Stats {
   p99: number;
 }
 
-/** One bench; `results` holds one entry per round. */
+/** One bench; `results` holds one entry per round it ran in. */
 export interface BenchEntry {
   group?: string;
   name: string;
   baseline: boolean;
-  results: Array<{ ok: Stats }>;
+  /** `round` is 1-based; without it, entries are rounds 1, 2, ... in order. */
+  results: Array<{ ok: Stats; round?: number }>;
 }
 
 /** The machine a run happened on. */
@@ -231,15 +232,23 @@ function find(r: RuntimeResults, group: string, name: string): BenchEntry | unde
   return r.benches.find((b) => b.group === group && b.name === name);
 }
 
-/** Per-round avg of a bench, or [] when it is missing. */
+/**
+ * Per-round avg of a bench, indexed by round - 1 ([] when it is missing). A bench that ran in
+ * only some rounds (a contender that appeared mid-run) leaves holes, so rounds still pair up.
+ */
 function avgs(b: BenchEntry | undefined): number[] {
-  return b?.results.map((x) => x.ok.avg) ?? [];
+  const out: number[] = [];
+  b?.results.forEach((x, i) => (out[(x.round ?? i + 1) - 1] = x.ok.avg));
+  return out;
 }
 
-/** Per-round `num / den`, pairing rounds by index (they ran side by side). */
+/** Per-round `num / den` over the rounds both ran in (side by side). */
 function perRound(num: readonly number[], den: readonly number[]): number[] {
-  const n = Math.min(num.length, den.length);
-  return Array.from({ length: n }, (_, i) => num[i] / den[i]);
+  const out: number[] = [];
+  for (let i = 0; i < Math.min(num.length, den.length); i++) {
+    if (num[i] !== undefined && den[i] !== undefined) out.push(num[i] / den[i]);
+  }
+  return out;
 }
 
 function spec(id: string): TargetSpec {

@@ -23,7 +23,7 @@
  * @module
  */
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { dirname, join } from "node:path";
@@ -150,7 +150,7 @@ function merge(runs: SuiteRun[]): Pick<RuntimeResults, "benches" | "extra" | "no
   const benches = new Map<string, RuntimeResults["benches"][number]>();
   const extra: RuntimeResults["extra"] = {};
   const notes: Record<string, string> = {};
-  for (const run of runs) {
+  for (const [i, run] of runs.entries()) {
     for (const b of run.benches) {
       const key = `${b.group ?? ""}\u0000${b.name}`;
       const entry = benches.get(key) ??
@@ -159,7 +159,7 @@ function merge(runs: SuiteRun[]): Pick<RuntimeResults, "benches" | "extra" | "no
       for (const r of b.results) {
         if ("ok" in r) {
           const { n, min, max, avg, p75, p99 } = r.ok;
-          entry.results.push({ ok: { n, min, max, avg, p75, p99 } });
+          entry.results.push({ ok: { n, min, max, avg, p75, p99 }, round: i + 1 });
         }
       }
       benches.set(key, entry);
@@ -218,6 +218,18 @@ function packageVersion(name: string): string {
   try {
     const file = join(ROOT, "node_modules", name, "package.json");
     return JSON.parse(readFileSync(file, "utf8")).version;
+  } catch {
+    return "?";
+  }
+}
+
+/** The pool's commit, and whether its source had uncommitted changes when measured. */
+function sourceVersion(): string {
+  try {
+    const git = (args: string[]) => execFileSync("git", args, { cwd: ROOT, encoding: "utf8" });
+    const sha = git(["rev-parse", "--short", "HEAD"]).trim();
+    const dirty = git(["status", "--porcelain", "--", "src", "mod.ts"]).trim() !== "";
+    return dirty ? `${sha} + uncommitted changes in src/` : sha;
   } catch {
     return "?";
   }
@@ -328,6 +340,7 @@ async function main(): Promise<void> {
   const microFiles = o.suites.filter((s) => s in MICRO).map((s) => MICRO[s]);
   const started = performance.now();
   const date = new Date().toISOString();
+  const source = sourceVersion();
   const host = machine();
   if (host.loadavg_before > 0.7) {
     console.error(
@@ -433,6 +446,7 @@ async function main(): Promise<void> {
       postgresql,
       quick: o.quick,
       load,
+      source,
     });
   }
   const { markdown } = writeReport(RESULTS_DIR);
@@ -451,6 +465,7 @@ function writeResults(
     postgresql: string;
     quick: boolean;
     load: Record<string, SectionLoad>;
+    source: string;
   },
 ): void {
   const file = join(RESULTS_DIR, `${runtime}.json`);
@@ -483,6 +498,7 @@ function writeResults(
     date: run.date,
     rounds: micro ? run.rounds : old?.rounds ?? run.rounds,
     versions: {
+      pgdbpool: run.source,
       postgresql: run.postgresql,
       "postgres.js": packageVersion("postgres"),
       pg: packageVersion("pg"),

@@ -83,6 +83,17 @@ describe("bench report", () => {
     assert.equal(deno("p99").pass, false);
   });
 
+  it("pairs rounds by number when a contender ran in only some of them", () => {
+    const late = structuredClone(sample[0]);
+    const seq = late.benches.find((b) =>
+      b.name === "pgdbpool pool.query" && b.group?.startsWith("SELECT 1, 1 caller")
+    )!;
+    // Only in round 2, next to the tagged template's 120 µs.
+    seq.results = [{ ok: { ...seq.results[0].ok, avg: 100e3 }, round: 2 }];
+    const t = buildReport([late]).targets.find((x) => x.id === "seq-query")!;
+    assert.deepEqual(t.rounds, [1.2]);
+  });
+
   it("marks Bun-only targets n/a on Deno and skipped on Bun without the Bun driver", () => {
     for (const id of ["bun-seq-query", "bun-c100-query", "bun-seq-handler", "http-bun"]) {
       assert.equal(deno(id).verdict, "n/a", id);
