@@ -40,7 +40,7 @@ import {
   ROUND_VAR,
 } from "./names.ts";
 import type { BenchRecord } from "./bun_runner.ts";
-import { type HttpResults, runHttp, seed, wrkMissing } from "./http/run.ts";
+import { type HttpResults, killApps, runHttp, seed, wrkMissing } from "./http/run.ts";
 import type { MemoryResults, MemorySample } from "./memory.ts";
 import { writeReport } from "./report.ts";
 import type { Machine, RuntimeResults, SectionLoad } from "./report.ts";
@@ -72,6 +72,9 @@ function binary(name: Runtime): string {
   return existsSync(local) ? local : name;
 }
 
+/** Children still running, killed if the run is interrupted. */
+const children = new Set<ReturnType<typeof spawn>>();
+
 /** Runs a command, returns its stdout; stderr streams through so progress is visible. */
 function exec(cmd: string, args: string[], env: Record<string, string>): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -80,6 +83,8 @@ function exec(cmd: string, args: string[], env: Record<string, string>): Promise
       env: { ...process.env, ...env, NO_COLOR: "1" },
       stdio: ["ignore", "pipe", "inherit"],
     });
+    children.add(child);
+    child.once("exit", () => children.delete(child));
     const chunks: Buffer[] = [];
     child.stdout.on("data", (c: Buffer) => chunks.push(c));
     const timer = setTimeout(() => child.kill("SIGKILL"), SUITE_TIMEOUT_MS);
@@ -364,6 +369,16 @@ async function main(): Promise<void> {
     sample();
   };
   const cluster = await startCluster({ replicas: 1 });
+  // Interrupted (Ctrl-C, SIGTERM): no server, app or bench process may outlive the run.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.once(signal, async () => {
+      console.error(`bench: ${signal}: stopping`);
+      for (const child of children) child.kill("SIGKILL");
+      killApps();
+      await cluster.close();
+      process.exit(130);
+    });
+  }
   const tmp = mkdtempSync(join(os.tmpdir(), "pgdbpool-bench-"));
   const measured: Record<Runtime, Measured> = { deno: { micro: [] }, bun: { micro: [] } };
   let postgresql = "?";

@@ -112,6 +112,15 @@ interface App {
   child: ChildProcess;
 }
 
+/** Apps still running, for `killApps` when the run is interrupted. */
+const running = new Set<ChildProcess>();
+
+/** Kills every app this process started and has not stopped yet (on SIGINT / SIGTERM). */
+export function killApps(): void {
+  for (const child of running) child.kill("SIGKILL");
+  running.clear();
+}
+
 function startApp(
   command: string,
   args: string[],
@@ -125,6 +134,8 @@ function startApp(
       env: { ...process.env, ...env, NO_COLOR: "1" },
       stdio: ["ignore", "pipe", "inherit"],
     });
+    running.add(child);
+    child.once("exit", () => running.delete(child));
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
       reject(new Error(`${variant} app did not start within 30 s`));
