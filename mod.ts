@@ -29,6 +29,7 @@ export { Handler, type HandlerOptions } from "./src/handler.ts";
 export type { QueryOptions, Row, Rows, Sql, ValueRows } from "./src/rows.ts";
 export { type AcquireOptions, Semaphore } from "./src/semaphore.ts";
 export type { EndpointConfig, GroupConfig, GroupRole, PoolConfig, SslMode } from "./src/config.ts";
+export type { DriverName } from "./src/driver/session.ts";
 export type { EndpointInfo, EndpointRole, EndpointState } from "./src/endpoint.ts";
 export type { ListenOptions, Subscription } from "./src/listener.ts";
 export {

@@ -34,6 +34,8 @@ const binaries = {
       join(modules, "@deno", platformArch, "deno"),
     ]),
   bun: () => firstExisting("bun", [join(modules, "bun", "bin", "bun.exe")]),
+  // Bun with the pool on Bun's native SQL driver.
+  "bun-native": () => firstExisting("bun", [join(modules, "bun", "bin", "bun.exe")]),
 };
 
 // Arguments: --json is handled here (one file for both runs); the rest goes to soak/main.ts.
@@ -54,14 +56,14 @@ if (!passOn.includes("--seconds") && !passOn.includes("--minutes")) passOn.push(
 const runtimes = (process.env.PGDBPOOL_RUNTIMES ?? "deno,bun").split(",").filter(Boolean);
 for (const r of runtimes) {
   if (!(r in binaries)) {
-    console.error(`unknown runtime ${r} (deno, bun)`);
+    console.error(`unknown runtime ${r} (deno, bun, bun-native)`);
     process.exit(2);
   }
 }
 
-function run(cmd, argv) {
+function run(cmd, argv, env) {
   return new Promise((resolve) => {
-    const child = spawn(cmd, argv, { cwd: root, stdio: "inherit", env: { ...process.env } });
+    const child = spawn(cmd, argv, { cwd: root, stdio: "inherit", env: { ...process.env, ...env } });
     const forward = (sig) => () => child.kill(sig);
     const onInt = forward("SIGINT");
     const onTerm = forward("SIGTERM");
@@ -87,7 +89,7 @@ try {
       : ["soak/main.ts", ...passOn, "--json", json];
     console.log(`\n=== soak under ${runtime} (${bin}) ===`);
     const started = Date.now();
-    const code = await run(bin, argv);
+    const code = await run(bin, argv, runtime === "bun-native" ? { PGDBPOOL_TEST_DRIVER: "bun" } : {});
     if (existsSync(json)) reports[runtime] = JSON.parse(readFileSync(json, "utf8"));
     results.push({ runtime, code, seconds: Math.round((Date.now() - started) / 1000) });
   }

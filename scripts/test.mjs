@@ -16,9 +16,11 @@ const bin = (name) => join(root, "node_modules", ".bin", name);
 const SMOKE_FILES = ["tests/harness_test.ts", "tests/handler_test.ts"];
 const files = process.argv.includes("--smoke") ? SMOKE_FILES : process.argv.slice(2);
 const pgBins = (process.env.PGDBPOOL_PG_BINS ?? "embedded").split(",").filter(Boolean);
-const runtimes = (process.env.PGDBPOOL_RUNTIMES ?? "deno,bun").split(",").filter(Boolean);
+// "bun-native": Bun again, with the pool on Bun's native SQL driver (PGDBPOOL_TEST_DRIVER=bun,
+// which the harness puts into every endpoint it hands out); run against the first build only.
+const runtimes = (process.env.PGDBPOOL_RUNTIMES ?? "deno,bun,bun-native").split(",").filter(Boolean);
 
-for (const tool of runtimes) {
+for (const tool of new Set(runtimes.map((r) => r === "bun-native" ? "bun" : r))) {
   if (!existsSync(bin(tool))) {
     console.error(`${bin(tool)} is missing: run "npm install" first`);
     process.exit(2);
@@ -62,12 +64,16 @@ const lines = [];
 for (const pgBin of pgBins) {
   const env = pgBin === "embedded" ? {} : { PGDBPOOL_PG_BIN: pgBin };
   for (const runtime of runtimes) {
-    const label = `${runtime} / PostgreSQL ${pgBin === "embedded" ? "embedded" : pgBin}`;
+    if (runtime === "bun-native" && pgBin !== pgBins[0]) continue;
+    const label = `${runtime === "bun-native" ? "bun (native driver)" : runtime} / PostgreSQL ${
+      pgBin === "embedded" ? "embedded" : pgBin
+    }`;
     console.log(`\n=== ${label} ===`);
     const started = Date.now();
+    const runEnv = runtime === "bun-native" ? { ...env, PGDBPOOL_TEST_DRIVER: "bun" } : env;
     const result = runtime === "deno"
-      ? await run(bin("deno"), ["test", "-A", "--no-check=remote", ...(files.length ? files : ["tests/"])], env)
-      : await run(bin("bun"), ["test", "--timeout", "180000", ...(files.length ? files.map((f) => "./" + f) : ["tests/"])], env);
+      ? await run(bin("deno"), ["test", "-A", "--no-check=remote", ...(files.length ? files : ["tests/"])], runEnv)
+      : await run(bin("bun"), ["test", "--timeout", "180000", ...(files.length ? files.map((f) => "./" + f) : ["tests/"])], runEnv);
     const counts = runtime === "deno" ? denoCounts(result.out, result.code) : bunCounts(result.out, result.code);
     totals.passed += counts.passed;
     totals.failed += counts.failed;

@@ -3,7 +3,7 @@
 // checks. Everything started here is torn down here, also on failure.
 import { randomBytes } from "node:crypto";
 import process from "node:process";
-import { type PgCluster, startCluster } from "../tests/harness/cluster.ts";
+import { type PgCluster, startCluster, testDriver } from "../tests/harness/cluster.ts";
 import { createLoginRole, currentPrimary } from "../tests/harness/faults.ts";
 import { startProxy, type TcpProxy } from "../tests/harness/proxy.ts";
 import { sleep, waitFor } from "../tests/harness/wait.ts";
@@ -75,7 +75,7 @@ export interface SoakReport {
 export function runtimeName(): string {
   const g = globalThis as { Deno?: { version: { deno: string } }; Bun?: { version: string } };
   if (g.Deno) return `deno ${g.Deno.version.deno}`;
-  if (g.Bun) return `bun ${g.Bun.version}`;
+  if (g.Bun) return `bun ${g.Bun.version}${testDriver().driver === "bun" ? " (native driver)" : ""}`;
   return `node ${process.versions.node}`;
 }
 
@@ -139,6 +139,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       user: ROLE,
       pass: password,
       connect_timeout: 2,
+      ...testDriver(),
     }));
     log(
       `cluster up (PostgreSQL ${cluster.version}): ${

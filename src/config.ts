@@ -5,6 +5,8 @@
  * @module
  */
 
+import { hasBunSql } from "./driver/bun.ts";
+import type { DriverName } from "./driver/session.ts";
 import { ConfigError } from "./errors.ts";
 import { quote } from "./quote.ts";
 
@@ -61,6 +63,8 @@ export interface EndpointConfig {
   session_tmp_buffer?: number;
   /** Use named prepared statements; default true. Set false behind PgBouncer transaction mode. */
   prepare?: boolean;
+  /** Client library for this server's sessions; default the pool's `driver`. */
+  driver?: DriverName;
 }
 
 /**
@@ -155,6 +159,12 @@ export interface PoolConfig {
   close_timeout_ms?: number;
   /** Sent as `application_name`; default `"pgdbpool"`. */
   application_name?: string;
+  /**
+   * Client library for every session: `"postgres"` (postgres.js, default, every runtime) or
+   * `"bun"` (Bun's native `SQL`; postgres.js where that is missing). An endpoint's own
+   * `driver` wins.
+   */
+  driver?: DriverName;
 }
 
 /** An endpoint after validation. The password stays out of anything printable. */
@@ -170,6 +180,7 @@ export interface ResolvedEndpoint {
   readonly queryTimeoutMs: number | undefined;
   readonly tmpBufferMb: number | undefined;
   readonly prepare: boolean;
+  readonly driver: DriverName;
   readonly password: () => string;
 }
 
@@ -211,6 +222,7 @@ const topKeys = [
   "probe_timeout_ms",
   "close_timeout_ms",
   "application_name",
+  "driver",
 ];
 const endpointKeys = [
   "host",
@@ -224,6 +236,7 @@ const endpointKeys = [
   "query_timeout",
   "session_tmp_buffer",
   "prepare",
+  "driver",
 ];
 const groupKeys = [
   "connection_count",
@@ -435,7 +448,21 @@ function host(path: string, value: unknown): string {
   return text;
 }
 
-function resolveEndpoint(path: string, raw: unknown, index: number): ResolvedEndpoint {
+function driver(path: string, value: unknown, fallback: DriverName): DriverName {
+  if (value === undefined) return fallback;
+  if (value !== "postgres" && value !== "bun") {
+    throw new ConfigError(path, `must be "postgres" or "bun" (got ${quote(value)})`);
+  }
+  // One config serves every runtime: where Bun's SQL is missing, postgres.js is the fallback.
+  return value === "bun" && !hasBunSql() ? "postgres" : value;
+}
+
+function resolveEndpoint(
+  path: string,
+  raw: unknown,
+  index: number,
+  poolDriver: DriverName,
+): ResolvedEndpoint {
   const value = typeof raw === "string" ? parseUrl(path, raw) : raw;
   if (!isRecord(value)) {
     throw new ConfigError(
@@ -468,6 +495,7 @@ function resolveEndpoint(path: string, raw: unknown, index: number): ResolvedEnd
       ? undefined
       : integer(`${path}.session_tmp_buffer`, value.session_tmp_buffer, 1, 1 << 20),
     prepare: boolean(`${path}.prepare`, value.prepare, true),
+    driver: driver(`${path}.driver`, value.driver, poolDriver),
     password: () => pass,
   });
 }
@@ -554,8 +582,9 @@ export function resolveConfig(config: unknown): ResolvedConfig {
   if (rawDb === undefined) throw new ConfigError("db", "is required");
   const list = Array.isArray(rawDb) ? rawDb : [rawDb];
   if (list.length === 0) throw new ConfigError("db", "must list at least one endpoint");
+  const poolDriver = driver("driver", config.driver, "postgres");
   const endpoints = list.map((entry, i) =>
-    resolveEndpoint(Array.isArray(rawDb) ? `db[${i}]` : "db", entry, i)
+    resolveEndpoint(Array.isArray(rawDb) ? `db[${i}]` : "db", entry, i, poolDriver)
   );
   const rawGroups = config.groups;
   if (!isRecord(rawGroups)) {

@@ -6,13 +6,16 @@
  */
 
 import type { ResolvedEndpoint, SslMode } from "./config.ts";
+import { BunSession } from "./driver/bun.ts";
 import {
   type DriverSsl,
   Session,
   type SessionHooks,
+  type SessionOptions,
   type StatementOptions,
   type TypeTables,
 } from "./driver/postgres.ts";
+import type { DriverSession } from "./driver/session.ts";
 
 /**
  * Detected role of an endpoint. `unknown` until its first connection or probe.
@@ -145,7 +148,7 @@ export class Endpoint {
    * connection: postgres.js's own multi-host and `reserve()` paths hang or misroute (see
    * ARCHITECTURE.md).
    */
-  session(hooks: SessionHooks): Session {
+  session(hooks: SessionHooks): DriverSession {
     const s = this.#settings;
     const parameters: Record<string, string | number> = {
       application_name: this.#applicationName,
@@ -160,13 +163,19 @@ export class Endpoint {
   }
 
   /** A session for health probes, told apart on the server by its `application_name`. */
-  probeSession(): Session {
+  probeSession(): DriverSession {
     return this.#open(false, "none", { application_name: `${this.#applicationName}/health` }, {});
   }
 
-  /** The session `pool.listen()` keeps on the primary (`<name>/listen` on the server). */
+  /**
+   * The session `pool.listen()` keeps on the primary (`<name>/listen` on the server). Always
+   * postgres.js: Bun's `SQL` drops notifications on its connections.
+   */
   listenSession(hooks: SessionHooks): Session {
-    return this.#open(false, "none", { application_name: `${this.#applicationName}/listen` }, hooks);
+    return new Session(
+      this.#options(false, "none", { application_name: `${this.#applicationName}/listen` }),
+      hooks,
+    );
   }
 
   #open(
@@ -174,9 +183,20 @@ export class Endpoint {
     types: TypeTables | "fetch" | "none",
     parameters: Record<string, string | number>,
     hooks: SessionHooks,
-  ): Session {
+  ): DriverSession {
+    const options = this.#options(prepare, types, parameters);
+    return this.#settings.driver === "bun"
+      ? new BunSession(options, hooks)
+      : new Session(options, hooks);
+  }
+
+  #options(
+    prepare: boolean,
+    types: TypeTables | "fetch" | "none",
+    parameters: Record<string, string | number>,
+  ): SessionOptions {
     const s = this.#settings;
-    return new Session({
+    return {
       host: s.host,
       port: s.port,
       database: s.database,
@@ -187,7 +207,7 @@ export class Endpoint {
       prepare,
       types,
       parameters,
-    }, hooks);
+    };
   }
 
   /** JSON form: identity and state, never credentials. */

@@ -7,7 +7,8 @@
  * @module
  */
 
-import type { Outcome, Session } from "./driver/postgres.ts";
+import type { Outcome } from "./driver/postgres.ts";
+import type { DriverSession } from "./driver/session.ts";
 import { withDeadline } from "./deadline.ts";
 import type { Endpoint } from "./endpoint.ts";
 
@@ -28,7 +29,7 @@ export type ConnectionState = "idle" | "held" | "shared" | "closing";
 /** A pooled connection: one server session for its whole life (never reconnected). */
 export class ServerConnection {
   readonly member: Member;
-  readonly session: Session;
+  readonly session: DriverSession;
   state: ConnectionState = "held";
   /** `performance.now()` after the last statement finished; 0 before the first. */
   lastUsed = 0;

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Session } from "./driver/postgres.ts";
+import type { DriverSession } from "./driver/session.ts";
 import type { Endpoint, EndpointRole } from "./endpoint.ts";
 import { poolEvent, reasonOf } from "./events.ts";
 import { parseLsn } from "./lsn.ts";
@@ -54,7 +54,7 @@ export class Topology {
   readonly endpoints: readonly Endpoint[];
   readonly #options: TopologyOptions;
   readonly #events: EventTarget;
-  readonly #clients = new Map<Endpoint, Session>();
+  readonly #clients = new Map<Endpoint, DriverSession>();
   readonly #watchdogs = new Map<Endpoint, ReturnType<typeof setTimeout>>();
   readonly #listeners: (() => void)[] = [];
   readonly #tickers: ((now: number) => void)[] = [];

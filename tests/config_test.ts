@@ -162,6 +162,22 @@ describe("config validation", () => {
       configError({ ...good(), [key]: -5 }, key, "(got -5)");
       resolveConfig({ ...good(), [key]: max });
     }
+    // The driver: a known name; "bun" falls back to postgres.js where Bun's SQL is missing.
+    configError({ ...good(), driver: "pg" }, "driver", `must be "postgres" or "bun" (got "pg")`);
+    configError(
+      { ...good(), db: [{ ...(good().db as object[])[0], driver: 1 }] },
+      "db[0].driver",
+      "(got 1)",
+    );
+    const hasBun = typeof (globalThis as { Bun?: { SQL?: unknown } }).Bun?.SQL === "function";
+    assert.equal(resolveConfig({ ...good(), driver: "bun" }).endpoints[0].driver, hasBun ? "bun" : "postgres");
+    assert.equal(resolveConfig(good()).endpoints[0].driver, "postgres");
+    assert.equal(
+      resolveConfig({ ...good(), driver: "bun", db: [{ ...(good().db as object[])[0], driver: "postgres" }] })
+        .endpoints[0].driver,
+      "postgres",
+      "an endpoint's own driver wins",
+    );
     // A probe with no time at all could never succeed.
     configError({ ...good(), probe_timeout_ms: 0 }, "probe_timeout_ms", "more than 0 milliseconds (got 0)");
     assert.equal(resolveConfig(good()).probeTimeoutMs, 2000);

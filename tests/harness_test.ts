@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { connect } from "node:net";
 import postgres from "postgres";
-import { type PgCluster, type PgServer, startCluster } from "./harness/cluster.ts";
+import { type PgCluster, type PgServer, startCluster, testDriver } from "./harness/cluster.ts";
 import { processesIn } from "./harness/exec.ts";
 import { startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
@@ -121,6 +121,7 @@ describe("cluster harness", () => {
         name: cluster.database,
         user: cluster.user,
         pass: cluster.password,
+        ...testDriver(),
       });
     }
     assert.deepEqual(cluster.servers.map((s) => s.name), ["primary", "replica1", "replica2"]);

@@ -15,7 +15,22 @@
 import type { Rows } from "../rows.ts";
 import type { DriverSql, Outcome, StatementOptions } from "./postgres.ts";
 
-/** Which client library opens the pool's sessions. */
+/**
+ * Which client library opens the pool's sessions: `"postgres"` (postgres.js, every runtime) or
+ * `"bun"` (Bun's native `SQL`, Bun only).
+ *
+ * @example Choosing Bun's native driver where it exists
+ * ```ts
+ * import type { DriverName, PoolConfig } from "@x/pgdbpool";
+ *
+ * const driver: DriverName = "Bun" in globalThis ? "bun" : "postgres";
+ * const config: PoolConfig = {
+ *   db: [{ host: "127.0.0.1", name: "app", user: "app", pass: "secret" }],
+ *   groups: { default: { connection_count: 4 } },
+ *   driver,
+ * };
+ * ```
+ */
 export type DriverName = "postgres" | "bun";
 
 /** One server session, as every driver exposes it. */

@@ -23,6 +23,29 @@ import { chownToServer, freePorts, processesIn, run, writeServerFile } from "./e
 import { HARNESS_APP, Server } from "./server.ts";
 import { waitFor } from "./wait.ts";
 
+/** An endpoint in the pool's config shape; `driver` only when the run asks for one. */
+export interface TestEndpoint {
+  host: string;
+  port: number;
+  name: string;
+  user: string;
+  pass: string;
+  driver?: "postgres" | "bun";
+}
+
+/**
+ * `PGDBPOOL_TEST_DRIVER=bun` runs the suite with the pool on Bun's native driver: every
+ * endpoint the harness hands out names it. Tests of postgres.js itself skip under it.
+ */
+export function testDriver(): { driver?: "postgres" | "bun" } {
+  const driver = process.env.PGDBPOOL_TEST_DRIVER;
+  if (driver === undefined || driver === "") return {};
+  if (driver !== "postgres" && driver !== "bun") {
+    throw new Error(`PGDBPOOL_TEST_DRIVER must be "postgres" or "bun" (got ${JSON.stringify(driver)})`);
+  }
+  return { driver };
+}
+
 export interface PgServer {
   readonly name: string; // "primary", "replica1", ...
   readonly host: string; // "127.0.0.1"
@@ -56,7 +79,7 @@ export interface PgCluster {
   /** PEM certificate of the servers when started with `ssl: true` (CN=localhost, SAN 127.0.0.1). */
   readonly sslCertFile: string | undefined;
   /** Endpoint objects in this project's config shape (`name` is the database), primary first. */
-  endpoints(): Array<{ host: string; port: number; name: string; user: string; pass: string }>;
+  endpoints(): Array<TestEndpoint>;
   /**
    * Waits (default 10 s) until every running standby has replayed the current WAL position of
    * the first running server that is not in recovery (normally the primary).
@@ -170,13 +193,14 @@ class Cluster implements PgCluster {
     this.replicas = servers.slice(1);
   }
 
-  endpoints(): Array<{ host: string; port: number; name: string; user: string; pass: string }> {
+  endpoints(): Array<TestEndpoint> {
     return this.servers.map((s) => ({
       host: s.host,
       port: s.port,
       name: DATABASE,
       user: USER,
       pass: PASSWORD,
+      ...testDriver(),
     }));
   }
 
