@@ -449,6 +449,8 @@ function targetCell(t: TargetCheck | undefined, limit: number): string {
 
 /** A 1-minute load average above this many times the cores means someone else was busy too. */
 const BUSY_PER_CORE = 1.75;
+/** More CPU than this share of the machine used by other processes makes a section noisy. */
+const FOREIGN_CPU_LIMIT = 0.05;
 
 /** Load while one section was measured. */
 export interface SectionLoad {
@@ -456,14 +458,22 @@ export interface SectionLoad {
   before: number;
   /** Highest 1-minute load average sampled while the section ran (its own load included). */
   max: number;
+  /** Share of the machine's CPU (0..1) that other processes used over the whole section. */
+  foreign_cpu?: number;
+  /** The same over the worst 5-second window. */
+  foreign_cpu_max?: number;
 }
 
 /**
  * Whether other work ran on the machine: the figures are then not to be taken as real. A run
- * must start on an idle machine (load < 0.7), and no section may push the load past
- * `BUSY_PER_CORE` x cores (the benchmark alone, app + server + wrk, stays below that).
+ * must start on an idle machine (load < 0.7), and other processes may not have used more than
+ * 5% of the machine's CPU while a section ran (bench/cpu.ts). Without that figure (not Linux,
+ * older results) the load average decides: none past `BUSY_PER_CORE` x cores.
  */
 export function noisy(m: Machine, load?: SectionLoad): boolean {
+  if (load?.foreign_cpu !== undefined) {
+    return load.before > 0.7 || load.foreign_cpu > FOREIGN_CPU_LIMIT;
+  }
   if (load !== undefined) return load.before > 0.7 || load.max > BUSY_PER_CORE * m.cores;
   return m.loadavg_before > 0.7 || m.loadavg_after > 1.5 * m.cores;
 }
@@ -473,6 +483,10 @@ function noisySections(r: RuntimeResults): string[] {
   const loads = Object.entries(r.load ?? {});
   if (loads.length === 0) return noisy(r.machine) ? ["all"] : [];
   return loads.filter(([, l]) => noisy(r.machine, l)).map(([section]) => section);
+}
+
+function pct(x: number): string {
+  return `${(x * 100).toFixed(1)}%`;
 }
 
 function header(results: RuntimeResults[]): string[] {
@@ -486,7 +500,15 @@ function header(results: RuntimeResults[]): string[] {
       [...new Set(loads.map(([, l]) => l.before.toFixed(2)))].join(" / ")
     }; highest while measuring: ${
       loads.map(([s, l]) => `${s} ${l.max.toFixed(2)}`).join(", ")
-    } (the benchmark's own load included; above ${BUSY_PER_CORE * m.cores} means other work ran)`
+    } (the benchmark's own load included)` +
+      (loads.every(([, l]) => l.foreign_cpu !== undefined)
+        ? `; CPU used by other processes: ${
+          loads.map(([s, l]) =>
+            `${s} ${pct(l.foreign_cpu!)} (worst 5 s: ${pct(l.foreign_cpu_max ?? 0)})`
+          )
+            .join(", ")
+        } of the machine`
+        : "")
     : `Load average (1 min) before the run: ${m.loadavg_before.toFixed(2)}, after: ${
       m.loadavg_after.toFixed(2)
     } (the benchmark's own load included, about ${m.cores} here at most)`;

@@ -42,6 +42,7 @@ import {
 import type { BenchRecord } from "./bun_runner.ts";
 import { type HttpResults, killApps, runHttp, seed, wrkMissing } from "./http/run.ts";
 import type { MemoryResults, MemorySample } from "./memory.ts";
+import { type CpuSnapshot, cpuSnapshot, foreignShare } from "./cpu.ts";
 import { writeReport } from "./report.ts";
 import type { Machine, RuntimeResults, SectionLoad } from "./report.ts";
 import type { ScalingResults } from "./scaling.ts";
@@ -228,6 +229,15 @@ function packageVersion(name: string): string {
   }
 }
 
+/** The postmaster's pid from its data directory, or 0. */
+function postmasterPid(server: { dataDir: string }): number {
+  try {
+    return Number(readFileSync(join(server.dataDir, "postmaster.pid"), "utf8").split("\n")[0]);
+  } catch {
+    return 0;
+  }
+}
+
 /** The pool's commit, and whether its source had uncommitted changes when measured. */
 function sourceVersion(): string {
   try {
@@ -353,21 +363,6 @@ async function main(): Promise<void> {
         "figures will be noisy",
     );
   }
-  // The 1-minute load average, sampled while each section runs: a section that pushed it past
-  // what the benchmark alone causes ran next to other work, and the report says so.
-  const load: Record<string, SectionLoad> = {};
-  let section = "";
-  const sample = () => {
-    if (section === "") return;
-    const l = (load[section] ??= { before: host.loadavg_before, max: 0 });
-    l.max = Math.max(l.max, os.loadavg()[0]);
-  };
-  const sampler = setInterval(sample, 5000);
-  const enter = (name: string) => {
-    sample();
-    section = name;
-    sample();
-  };
   const cluster = await startCluster({ replicas: 1 });
   // Interrupted (Ctrl-C, SIGTERM): no server, app or bench process may outlive the run.
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
@@ -379,6 +374,32 @@ async function main(): Promise<void> {
       process.exit(130);
     });
   }
+  // While each section runs: the 1-minute load average, and the CPU other work took (all but
+  // this process's tree and the servers'). A section measured next to other work is named as
+  // such in the report.
+  const roots = [process.pid, ...cluster.servers.map(postmasterPid).filter((p) => p > 0)];
+  const load: Record<string, SectionLoad> = {};
+  let section = "";
+  let first: CpuSnapshot | undefined;
+  let last: CpuSnapshot | undefined;
+  const sample = () => {
+    if (section === "") return;
+    const l = (load[section] ??= { before: host.loadavg_before, max: 0 });
+    l.max = Math.max(l.max, os.loadavg()[0]);
+    const now = cpuSnapshot(roots);
+    if (now && first && last) {
+      l.foreign_cpu = foreignShare(first, now);
+      l.foreign_cpu_max = Math.max(l.foreign_cpu_max ?? 0, foreignShare(last, now));
+    }
+    last = now;
+  };
+  const sampler = setInterval(sample, 5000);
+  const enter = (name: string) => {
+    sample();
+    section = name;
+    first = last = cpuSnapshot(roots);
+    sample();
+  };
   const tmp = mkdtempSync(join(os.tmpdir(), "pgdbpool-bench-"));
   const measured: Record<Runtime, Measured> = { deno: { micro: [] }, bun: { micro: [] } };
   let postgresql = "?";

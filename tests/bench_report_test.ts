@@ -267,6 +267,22 @@ describe("bench report", () => {
     assert.match(buildReport(run).markdown, /— a quiet machine\./);
   });
 
+  it("prefers the CPU other processes used over the load average", () => {
+    const run = structuredClone(sample);
+    for (const r of run) {
+      r.load = {
+        micro: { before: 0.3, max: 2.1, foreign_cpu: 0.004, foreign_cpu_max: 0.02 },
+        // The benchmark alone keeps the load near 4 here: that is not other work.
+        http: { before: 0.3, max: 4.2, foreign_cpu: 0.01, foreign_cpu_max: 0.03 },
+      };
+    }
+    const md = buildReport(run).markdown;
+    assert.match(md, /CPU used by other processes: micro 0\.4% \(worst 5 s: 2\.0%\), http 1\.0%/);
+    assert.match(md, /— a quiet machine\./);
+    for (const r of run) r.load!.micro.foreign_cpu = 0.2;
+    assert.match(buildReport(run).markdown, /other work was running on the machine \(micro\)/);
+  });
+
   it("draws a well-formed checkout chart with a log10 axis", () => {
     const svg = report.svg;
     assertWellFormed(svg);
