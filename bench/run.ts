@@ -171,7 +171,12 @@ function merge(runs: SuiteRun[]): Pick<RuntimeResults, "benches" | "extra" | "no
       benches.set(key, entry);
     }
     for (const [key, value] of Object.entries(run.extra)) (extra[key] ??= []).push(value);
-    Object.assign(notes, run.notes);
+  }
+  // The last round says what is missing now: a contender that appeared mid-run (the pool
+  // learnt an option while the run went on) has figures and no note.
+  const last = runs.at(-1)?.notes ?? {};
+  for (const [name, note] of Object.entries(last)) {
+    if (![...benches.values()].some((b) => b.name === name)) notes[name] = note;
   }
   return { benches: [...benches.values()], extra, notes };
 }
