@@ -7,10 +7,12 @@
  * @module
  */
 
-import { checkoutName, GROUP, NAME } from "./names.ts";
+import { checkoutName, GROUP, NAME, OPS_PER_ITERATION } from "./names.ts";
 import { benchGroup, ourPool, pgPool, rawClient, warmGroup, warmPg, warmRaw } from "./env.ts";
 
 const SIZE = 4;
+/** Checkouts per bench iteration (see `OPS_PER_ITERATION`); the report shows one checkout. */
+const K = OPS_PER_ITERATION[GROUP.checkout];
 const groups = {
   primary: { connection_count: SIZE, endpoints: [0] },
   replica: { connection_count: SIZE, endpoints: [1] },
@@ -27,7 +29,9 @@ for (const mode of ["threaded", "non-threaded"] as const) {
       group: GROUP.checkout,
       name: checkoutName(mode, g),
       fn() {
-        using _db = pool.handler(g);
+        for (let i = 0; i < K; i++) {
+          using _db = pool.handler(g);
+        }
       },
     });
   }
@@ -38,7 +42,7 @@ for (const mode of ["threaded", "non-threaded"] as const) {
       group: GROUP.checkout,
       name: NAME.noUsing,
       fn() {
-        pool.handler("primary").release();
+        for (let i = 0; i < K; i++) pool.handler("primary").release();
       },
     });
   }
@@ -55,8 +59,10 @@ defs.push({
   name: NAME.reserve,
   baseline: true,
   async fn() {
-    const reserved = await sql.reserve();
-    reserved.release();
+    for (let i = 0; i < K; i++) {
+      const reserved = await sql.reserve();
+      reserved.release();
+    }
   },
 });
 
@@ -66,8 +72,10 @@ defs.push({
   group: GROUP.checkout,
   name: NAME.pgPool,
   async fn() {
-    const client = await pgp.connect();
-    client.release();
+    for (let i = 0; i < K; i++) {
+      const client = await pgp.connect();
+      client.release();
+    }
   },
 });
 
@@ -76,8 +84,10 @@ defs.push({
   group: GROUP.checkout,
   name: NAME.floor,
   fn() {
-    const conn = free.pop()!;
-    free.push(conn);
+    for (let i = 0; i < K; i++) {
+      const conn = free.pop()!;
+      free.push(conn);
+    }
   },
 });
 

@@ -21,6 +21,16 @@ export const BATCH: Readonly<Record<string, number>> = {
   [GROUP.contention]: 1000,
 };
 
+/**
+ * Operations one iteration of a group repeats, so that an iteration is far above the timer's
+ * resolution: the report divides times by it. A single sub-microsecond checkout per iteration
+ * let `deno bench` fall back to timing each call alone when its calibration caught a pause,
+ * and then report the timer's overhead (5-11 µs) instead of the checkout.
+ */
+export const OPS_PER_ITERATION: Readonly<Record<string, number>> = {
+  [GROUP.checkout]: 1000,
+};
+
 /** Every pgdbpool entry starts with this; the report finds them by it. */
 export const OURS = "pgdbpool";
 
