@@ -755,6 +755,21 @@ function httpText(results: RuntimeResults[]): string[] {
   ];
 }
 
+/** Contenders in one order everywhere (baselines first), whatever order they ran in. */
+function contenderOrder(names: string[]): string[] {
+  const order: string[] = [
+    NAME.tagged,
+    NAME.bunSql,
+    NAME.pgQuery,
+    NAME.handler,
+    NAME.oneShot,
+    NAME.handlerBun,
+    NAME.oneShotBun,
+  ];
+  const rank = (n: string) => (order.includes(n) ? order.indexOf(n) : order.length);
+  return [...names].sort((a, b) => rank(a) - rank(b));
+}
+
 function scalingTable(results: RuntimeResults[], sweep: "callers" | "connections"): string[] {
   const lines: string[] = [];
   for (const r of results) {
@@ -762,7 +777,7 @@ function scalingTable(results: RuntimeResults[], sweep: "callers" | "connections
     if (s === undefined) continue;
     const points = s.points.filter((p) => p.sweep === sweep);
     const xs = [...new Set(points.map((p) => sweep === "callers" ? p.callers : p.connections))];
-    const names = [...new Set(points.map((p) => p.name))];
+    const names = contenderOrder([...new Set(points.map((p) => p.name))]);
     if (lines.length === 0) {
       lines.push(
         `| runtime | contender | ${xs.map((x) => `${sweep} = ${x}`).join(" | ")} |`,
@@ -1170,7 +1185,7 @@ export function renderScalingChart(
     const points = r.scaling!.points.filter((p) => p.sweep === sweep);
     const at = (p: (typeof points)[number]) => sweep === "callers" ? p.callers : p.connections;
     const xs = [...new Set(points.map(at))].sort((a, b) => a - b);
-    const names = [...new Set(points.map((p) => p.name))];
+    const names = contenderOrder([...new Set(points.map((p) => p.name))]);
     const series = (key: "ops_per_s" | "p99_ns") =>
       names.map((name) => ({
         label: name,
