@@ -19,7 +19,7 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { BATCH, extraKey, GROUP, HOW, NAME, OPS_PER_ITERATION, OURS } from "./names.ts";
+import { BATCH, extraKey, GROUP, HOW, NAME, OURS } from "./names.ts";
 import type { HttpResults } from "./http/run.ts";
 import { VARIANTS } from "./http/tfb.ts";
 import type { MemoryResults } from "./memory.ts";
@@ -42,6 +42,8 @@ export interface BenchEntry {
   baseline: boolean;
   /** `round` is 1-based; without it, entries are rounds 1, 2, ... in order. */
   results: Array<{ ok: Stats; round?: number }>;
+  /** Operations each iteration ran (`OPS_PER_ITERATION`); 1 when absent. */
+  ops?: number;
 }
 
 /** The machine a run happened on. */
@@ -243,9 +245,9 @@ function avgs(b: BenchEntry | undefined): number[] {
   return out;
 }
 
-/** Operations per iteration of a bench's group: its times are shown per operation. */
+/** Operations per iteration of a bench (as recorded by its run): times are shown per operation. */
 function perIteration(b: BenchEntry | undefined): number {
-  return OPS_PER_ITERATION[b?.group ?? ""] ?? 1;
+  return b?.ops ?? 1;
 }
 
 /** Per-round `num / den` over the rounds both ran in (side by side). */

@@ -37,6 +37,7 @@ import {
   MEMORY_CONNECTIONS,
   MEMORY_IDLE,
   NOTE_PREFIX,
+  OPS_PER_ITERATION,
   ROUND_VAR,
 } from "./names.ts";
 import type { BenchRecord } from "./bun_runner.ts";
@@ -159,8 +160,15 @@ function merge(runs: SuiteRun[]): Pick<RuntimeResults, "benches" | "extra" | "no
   for (const [i, run] of runs.entries()) {
     for (const b of run.benches) {
       const key = `${b.group ?? ""}\u0000${b.name}`;
+      const ops = OPS_PER_ITERATION[b.group ?? ""];
       const entry = benches.get(key) ??
-        { group: b.group, name: b.name, baseline: b.baseline, results: [] };
+        {
+          group: b.group,
+          name: b.name,
+          baseline: b.baseline,
+          results: [],
+          ...(ops === undefined ? {} : { ops }),
+        };
       // Keep the fields the report uses; deno's extras (p995, highPrecision...) add nothing.
       for (const r of b.results) {
         if ("ok" in r) {
