@@ -984,7 +984,7 @@ function niceCeil(v: number): number {
 function footer(results: RuntimeResults[]): string | undefined {
   const m = results[0]?.machine;
   return m && `${m.cpu}, ${m.cores} cores; ${results[0].date.slice(0, 10)}` +
-      (noisy(m) ? " (busy machine: noisy)" : "");
+      (results.some((r) => noisySections(r).length > 0) ? " (busy machine: noisy)" : "");
 }
 
 /** Checkout + release per pool and runtime, log scale. */

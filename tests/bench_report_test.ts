@@ -263,8 +263,10 @@ describe("bench report", () => {
       /at the start of the run: 0\.30; highest while measuring: micro 2\.10, http 4\.20/,
     );
     assert.match(md, /other work was running on the machine \(http\)/);
+    assert.match(buildReport(run).svg, /\(busy machine: noisy\)<\/text>/);
     for (const r of run) r.load!.http.max = 3.2;
     assert.match(buildReport(run).markdown, /— a quiet machine\./);
+    assert.doesNotMatch(buildReport(run).svg, /busy machine/);
   });
 
   it("prefers the CPU other processes used over the load average", () => {
