@@ -974,10 +974,10 @@ function renderBars(c: BarChart): string {
   return out.join("\n") + "\n";
 }
 
-/** 1, 1.25, 1.5, 2, 2.5 or 5 times a power of ten, at least `v`: an axis end with round ticks. */
+/** 1, 1.25, 1.5, 2, 2.5, 3, 4 or 5 times a power of ten, at least `v`: an axis end with round ticks. */
 function niceCeil(v: number): number {
   const p = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 1.25, 1.5, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+  for (const m of [1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 10]) if (m * p >= v) return m * p;
   return 10 * p;
 }
 
