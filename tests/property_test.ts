@@ -1326,4 +1326,74 @@ describe("property regressions", () => {
       }),
     );
   }
+
+  // Found by the property under Bun (CI, seed 20261129) as an unhandled "write
+  // CONNECTION_DESTROYED" from postgres.js's terminate(): the pool ended a session whose
+  // start-up reply had reached the client's socket but was not read yet. postgres.js's end()
+  // destroys the connection one timer tick later; in between it read the reply, saw start-up
+  // finish and sent its type query, and destroy() then rejected that query, whose promise nobody
+  // holds. The proxy ends the session at exactly that moment: right after handing the client the
+  // chunk that finishes start-up (ReadyForQuery), in the same callback.
+  for (const types of ["to fetch", "known"] as const) {
+    it(
+      `a session ended while its start-up reply waits unread (array types ${types})`,
+      serial(async () => {
+        strays.length = 0;
+        const app = `prop_ended_unread_${types === "known" ? "known" : "fetch"}`;
+        const run = 1_000_000 + runCounter++;
+        const px = await startProxy(cluster.primary);
+        const pool = new Pool({
+          db: [endpointAt(px.host, px.port, 10)],
+          groups: { g: { connection_count: 2 } },
+          application_name: app,
+          health_check_interval_ms: 0,
+          close_timeout_ms: 0,
+        });
+        // A session of its own holds the first connection: the statement below opens a second,
+        // which starts with the array types the first one learnt.
+        const first = types === "known" ? pool.handler("g") : undefined;
+        if (first !== undefined) await first.query("SELECT 1");
+        // Delivered from the proxy's timer, so the client reads the chunk in a later callback.
+        px.delayMs = 20;
+        let closing: Promise<void> | undefined;
+        px.onServerChunk = (chunk) => {
+          const n = chunk.length;
+          // ReadyForQuery ('Z', length 5, status) ends the chunk: start-up is over on the server.
+          if (closing === undefined && n >= 6 && chunk[n - 6] === 0x5a && chunk[n - 2] === 5) {
+            closing = pool.close();
+          }
+        };
+        try {
+          // Without parameters: postgres.js sends it whole at once (no describe round trip).
+          const q = pool.query("g", INSERT.replace("$1, $2, $3", `${run}, 1, 1`));
+          q.catch(() => {});
+          const r = await settleWithin(q, OP_DEADLINE_MS);
+          await waitFor(() => closing !== undefined, { message: "start-up finished" });
+          await closing;
+          await sleep(300);
+          const stored = await cluster.primary.query("SELECT w FROM ledger WHERE run = $1", [run]);
+          assert.notEqual(r.ok === false && r.err, HANG, "the statement settles");
+          assert.deepEqual(strays.map((e) => describeErr(e)), [], "no unhandled rejection");
+          if (!r.ok) {
+            assert.ok(
+              !(r.err instanceof SessionLostError && r.err.outcome === "unknown"),
+              `a statement never sent is not reported as possibly run (${describeErr(r.err)})`,
+            );
+            assert.deepEqual(stored, [], `a statement reported as never sent did not run`);
+          }
+        } finally {
+          px.onServerChunk = undefined;
+          px.delayMs = 0;
+          first?.release();
+          await pool.close();
+          await px.close();
+          strays.length = 0;
+        }
+        await waitFor(
+          async () => (await cluster.countConnections({ applicationName: app })) === 0,
+          { message: "server connections left" },
+        );
+      }),
+    );
+  }
 });

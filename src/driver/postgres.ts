@@ -338,6 +338,11 @@ export class Session {
     this.#dead = true;
     this.#refuseReconnect();
     this.#rejectUnwritten();
+    // Start-up not seen to finish: nothing was written, so nothing needs a grace period, and its
+    // reply must never be read now. postgres.js destroys the connection a timer tick after its
+    // end(); a reply read in between would make it send its type query (rejected unhandled by
+    // that destroy) or the first statement, which was just reported as never sent.
+    if (!this.#established) this.#socket?.destroy();
     await this.sql.end({ timeout: timeoutMs / 1000 }).catch(noop);
     if (!this.#open) return;
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -428,6 +433,11 @@ export class Session {
     });
     const emit = socket.emit;
     socket.emit = (event: string, ...args: unknown[]): boolean => {
+      // postgres.js does not report a close it answers with a reconnect (refused by then).
+      if (event === "close") {
+        this.#open = false;
+        this.#onClosed?.();
+      }
       if (
         (event === "close" || event === "error") &&
         (this.#abandoned || (this.#fetchingTypes && this.#established))

@@ -19,6 +19,12 @@ export interface TcpProxy {
   mode: ProxyMode;
   /** Added latency per chunk, each direction, in pass mode (order is kept). */
   delayMs: number;
+  /**
+   * Called right after a chunk from the server was handed to the client's socket, in the same
+   * callback: a test can act at the exact moment between a reply's arrival in the client's
+   * kernel buffer and the client reading it.
+   */
+  onServerChunk: ((chunk: Uint8Array) => void) | undefined;
   /** Currently open client sockets. */
   readonly connections: number;
   /** Destroys all current connections with a TCP RST (clients see ECONNRESET). */
@@ -45,6 +51,7 @@ interface Pair {
 
 class Proxy implements TcpProxy {
   delayMs = 0;
+  onServerChunk: ((chunk: Uint8Array) => void) | undefined = undefined;
   #mode: ProxyMode = "pass";
   #port = 0;
   readonly #pairs = new Set<Pair>();
@@ -156,14 +163,19 @@ class Proxy implements TcpProxy {
       const now = Date.now();
       while (queue.length > 0 && queue[0].due <= now) {
         const { chunk } = queue.shift()!;
-        if (to.writable) to.write(chunk);
+        if (to.writable) deliver(chunk);
       }
       if (queue.length > 0) timer = setTimeout(flush, queue[0].due - now);
       else endIfDrained();
     };
+    // `hangs` marks the server's side: its chunks go to the client.
+    const deliver = (chunk: Uint8Array): void => {
+      to.write(chunk);
+      if (hangs) this.onServerChunk?.(chunk);
+    };
     const send = (chunk: Uint8Array): void => {
       if (this.delayMs <= 0 && queue.length === 0) {
-        if (to.writable) to.write(chunk);
+        if (to.writable) deliver(chunk);
         return;
       }
       // Never due before the chunk ahead of it, even if delayMs was lowered meanwhile.
