@@ -17,6 +17,7 @@ import {
 } from "./errors.ts";
 import { poolEvent, reasonOf } from "./events.ts";
 import { route } from "./routing.ts";
+import { SeatQueue } from "./seat_queue.ts";
 import { Semaphore } from "./semaphore.ts";
 import { withDeadline } from "./deadline.ts";
 import { type Member, ServerConnection } from "./server_connection.ts";
@@ -67,6 +68,9 @@ const ROLLBACK = { prepare: false };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Withdraws the seat queue's permit wait once nobody is left in the queue. */
+const SEATS_GONE = Symbol("seats gone");
+
 /** The connections of one configured group. */
 export class Group {
   readonly name: string;
@@ -93,12 +97,23 @@ export class Group {
   readonly #warming = new Set<ServerConnection>();
   /** Checkouts that found nothing routable, woken as soon as something is. */
   readonly #awaitingRoute: (() => void)[] = [];
+  /** One-shots waiting for a seat on a shared connection (every permit and seat was taken). */
+  readonly #seats: SeatQueue<ServerConnection>;
+  /** A permit is being sought for the seat queue (one at a time). */
+  #seekingSeats = false;
+  /** Withdraws that permit wait while it sits in the semaphore's queue. */
+  #seatPermitCancel: ((reason: unknown) => void) | undefined;
 
   constructor(settings: ResolvedGroup, endpoints: readonly Endpoint[], context: GroupContext) {
     this.name = settings.name;
     this.settings = settings;
     this.context = context;
     this.#sem = new Semaphore(settings.size);
+    this.#seats = new SeatQueue(
+      settings.acquireTimeoutMs,
+      () => this.#timedOut(settings.acquireTimeoutMs),
+      () => this.#seatPermitCancel?.(SEATS_GONE),
+    );
     this.#expires = settings.maxLifetimeMs !== undefined || settings.idleTimeoutMs !== undefined;
     this.#all = settings.endpoints.map((i) => ({
       endpoint: endpoints[i],
@@ -124,9 +139,14 @@ export class Group {
     return this.settings.size - this.#sem.available;
   }
 
-  /** Checkouts waiting for a connection. */
+  /** Checkouts waiting for a connection, and one-shots waiting for a seat on one. */
   get waiting(): number {
-    return this.#sem.waiting;
+    return this.#exclusiveWaiting + this.#seats.length;
+  }
+
+  /** Checkouts waiting in the semaphore's queue for a connection of their own. */
+  get #exclusiveWaiting(): number {
+    return this.#sem.waiting - (this.#seatPermitCancel !== undefined ? 1 : 0);
   }
 
   /** Server connections open (idle or busy). */
@@ -271,7 +291,7 @@ export class Group {
    * does. Never while someone waits in the FIFO queue, so waiters cannot be starved.
    */
   tryShare(): ServerConnection | null {
-    if (this.#sem.waiting > 0) return null;
+    if (this.#sem.waiting > 0 || this.#seats.length > 0) return null;
     let best: ServerConnection | null = null;
     for (const conn of this.#shared) {
       // Routing holds here too: never join a connection to a server the group left.
@@ -288,6 +308,85 @@ export class Group {
       this.counters.checkouts++;
     }
     return best;
+  }
+
+  /**
+   * A one-shot that found no free permit and no free seat waits for a seat, oldest first, up to
+   * `acquire_timeout_ms`. Seats come from two places: a seat freed on a shared connection goes
+   * straight to the oldest waiter (unless a checkout waits for a whole connection: sharing on
+   * would never let one drain), and the queue seeks one permit at a time in the semaphore's FIFO,
+   * whose connection then seats as many waiters as it can pipeline. So under overload one-shots
+   * keep every connection's pipeline full instead of queueing one statement per connection.
+   */
+  waitShare(): Promise<ServerConnection> {
+    if (this.closing) return Promise.reject(new PoolClosedError());
+    const seat = this.#seats.wait();
+    if (!this.#seekingSeats) this.#seekSeats();
+    return seat;
+  }
+
+  async #seekSeats(): Promise<void> {
+    this.#seekingSeats = true;
+    try {
+      while (this.#seats.length > 0) {
+        let conn: ServerConnection;
+        try {
+          conn = await this.#permitForSeats();
+        } catch (err) {
+          // Nothing routable, or closing: every waiter would hear the same.
+          if (err !== SEATS_GONE) this.#seats.rejectAll(err);
+          continue;
+        }
+        if (this.#seats.length === 0) {
+          this.#return(conn);
+          break;
+        }
+        this.share(conn);
+        this.#seats.give(conn);
+        while (conn.users < MAX_PIPELINE && this.#seats.length > 0) {
+          conn.users++;
+          this.counters.checkouts++;
+          this.#seats.give(conn);
+        }
+      }
+    } finally {
+      this.#seekingSeats = false;
+    }
+  }
+
+  async #permitForSeats(): Promise<ServerConnection> {
+    const started = performance.now();
+    if (!this.#sem.tryAcquire()) {
+      try {
+        await this.#sem.wait(undefined, undefined, (cancel) => this.#seatPermitCancel = cancel);
+      } finally {
+        this.#seatPermitCancel = undefined;
+      }
+      this.waitSamples.add(performance.now() - started);
+    }
+    return this.#afterPermit(undefined, undefined, started);
+  }
+
+  /**
+   * A seat freed on shared connection `conn` goes to the oldest one-shot waiting, unless a
+   * checkout waits for a whole connection or `conn` should not take more statements.
+   */
+  #reseat(conn: ServerConnection): boolean {
+    if (
+      conn.dead || !conn.member.active || this.closing || this.#exclusiveWaiting > 0 ||
+      (conn.retireAt !== Infinity && performance.now() > conn.retireAt)
+    ) {
+      return false;
+    }
+    conn.users++;
+    this.counters.checkouts++;
+    return this.#seats.give(conn);
+  }
+
+  #timedOut(limitMs: number): AcquireTimeoutError {
+    this.counters.timeouts++;
+    this.context.events.dispatchEvent(poolEvent("acquiretimeout", { group: this.name }));
+    return new AcquireTimeoutError(this.name, limitMs);
   }
 
   /** Marks a connection just checked out by a one-shot statement as open to pipelining. */
@@ -317,14 +416,21 @@ export class Group {
         await this.#sem.wait(signal, limit, onQueued);
       } catch (err) {
         if (err instanceof DOMException && err.name === "TimeoutError" && !signal?.aborted) {
-          this.counters.timeouts++;
-          this.context.events.dispatchEvent(poolEvent("acquiretimeout", { group: this.name }));
-          throw new AcquireTimeoutError(this.name, limit);
+          throw this.#timedOut(limit);
         }
         throw err;
       }
       this.waitSamples.add(performance.now() - started);
     }
+    return this.#afterPermit(after, signal, started);
+  }
+
+  /** With a permit taken: a connection for it, or the permit back and the reason why not. */
+  async #afterPermit(
+    after: bigint | undefined,
+    signal: AbortSignal | undefined,
+    started: number,
+  ): Promise<ServerConnection> {
     try {
       if (this.closing) throw new PoolClosedError();
       if (this.#members.length === 0) await this.#findEndpoint();
@@ -558,7 +664,11 @@ export class Group {
    */
   checkin(conn: ServerConnection, txOpen: boolean): Promise<void> | undefined {
     if (conn.state === "shared") {
-      if (--conn.users > 0) return;
+      if (--conn.users > 0) {
+        if (this.#seats.length > 0) this.#reseat(conn);
+        return;
+      }
+      if (this.#seats.length > 0 && this.#reseat(conn)) return;
       const at = this.#shared.indexOf(conn);
       if (at >= 0) this.#shared.splice(at, 1);
       conn.state = "held";
@@ -635,6 +745,7 @@ export class Group {
   async close(timeoutMs: number): Promise<void> {
     this.closing = true;
     this.#sem.rejectAll(new PoolClosedError());
+    this.#seats.rejectAll(new PoolClosedError());
     for (const wake of this.#awaitingRoute.splice(0)) wake();
     const ends: (Promise<void> | undefined)[] = [];
     for (const member of this.#all) {

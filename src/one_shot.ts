@@ -1,7 +1,8 @@
 /**
  * `pool.query()` in an autocommit group (threaded mode): one statement, committed by itself.
- * When every connection is busy and nobody waits it is pipelined onto a connection other
- * one-shots hold (one shared hold, one permit), as postgres.js does. A statement that provably
+ * When every connection is busy it is pipelined onto a connection other one-shots hold (one
+ * shared hold, one permit), as postgres.js does; when those are full too, it waits for a seat on
+ * one in FIFO order with the group's other waiters. A statement that provably
  * never ran (its connection was dead before it was written, or the server terminated the
  * session before reading it) moves to another connection; any other loss is reported with its
  * outcome unknown, never re-sent.
@@ -24,10 +25,7 @@ function hold(group: Group): ServerConnection | Promise<ServerConnection> {
     group.share(own);
     return own;
   }
-  return group.tryShare() ?? group.waitCheckout().then((conn) => {
-    group.share(conn);
-    return conn;
-  });
+  return group.tryShare() ?? group.waitShare();
 }
 
 /** Runs `text` once on `group` and resolves to its rows. */

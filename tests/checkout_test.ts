@@ -192,6 +192,115 @@ describe("checkout", () => {
     await Promise.all(flood);
   });
 
+  // Past every connection's pipeline (64 statements), a one-shot used to wait for a whole
+  // connection, and once one waited nobody could share any more: throughput fell to one
+  // statement per connection at a time (HTTP /queries?n=20 at 64 clients ran at 0.36x postgres.js).
+  it("seats waiting one-shots on a shared connection as soon as a statement on it finishes", async () => {
+    await using p = pool("seats", {}, { connection_count: 1, endpoints: [0] });
+    await p.query("g", "SELECT 1");
+    const admin = cluster.primary;
+    // The second statement of the pipeline waits for a lock held elsewhere.
+    const lock = `SELECT pg_advisory_lock(4242)`;
+    const blocker = (async () => {
+      const { default: postgres } = await import("postgres");
+      const sql = postgres({
+        host: admin.host,
+        port: admin.port,
+        user: cluster.user,
+        pass: cluster.password,
+        database: cluster.database,
+        max: 1,
+        onnotice: () => {},
+      });
+      await sql.unsafe(lock);
+      return sql;
+    })();
+    const held = await blocker;
+    try {
+      const first = p.query("g", "SELECT 1 AS n");
+      const pipeline = Array.from(
+        { length: 63 },
+        (_, i) =>
+          p.query<{ n: number }>(
+            "g",
+            i === 0
+              ? "SELECT 2 AS n FROM (SELECT pg_advisory_lock_shared(4242)) l"
+              : `SELECT ${i + 2} AS n`,
+          ),
+      );
+      const waiting = Array.from(
+        { length: 10 },
+        (_, i) => p.query<{ n: number }>("g", `SELECT ${100 + i} AS n`),
+      );
+      assert.equal(p.stats().groups.g.waiting, 10);
+      await first;
+      // The first statement's seat went to the oldest waiter while the lock holds the rest.
+      await waitFor(() => p.stats().groups.g.waiting === 9, {
+        timeoutMs: 5_000,
+        message: "a freed seat handed to a waiting one-shot",
+      });
+      await held.unsafe("SELECT pg_advisory_unlock(4242)");
+      const rows = await Promise.all([...pipeline, ...waiting]);
+      assert.deepEqual(
+        rows.map((r) => r[0].n),
+        [...Array.from({ length: 63 }, (_, i) => i + 2), ...Array.from({ length: 10 }, (_, i) => 100 + i)],
+      );
+      assert.equal(await cluster.countConnections({ applicationName: "seats" }), 1);
+      assert.equal(p.stats().groups.g.busy, 0);
+      assert.equal(p.stats().groups.g.waiting, 0);
+    } finally {
+      await held.end();
+    }
+  });
+
+  it("gives a waiting checkout the next whole connection even while one-shots wait for seats", async () => {
+    await using p = pool("seats-fifo", {}, { connection_count: 1, endpoints: [0] });
+    let stop = false;
+    let done = 0;
+    // 100 one-shot callers in a loop: 64 seats on the one connection, the rest always waiting.
+    const flood = Array.from({ length: 100 }, async () => {
+      while (!stop) {
+        await p.query("g", "SELECT pg_sleep(0.001)");
+        done++;
+      }
+    });
+    await waitFor(() => done > 200 && p.stats().groups.g.waiting > 0, {
+      message: "one-shots waiting for seats",
+    });
+    const db = await p.acquire("g", { timeout_ms: 10_000 });
+    stop = true;
+    const [{ pid }] = await db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
+    assert.ok(pid > 0);
+    db.release();
+    await Promise.all(flood);
+    assert.equal(p.stats().groups.g.busy, 0);
+  });
+
+  it("times out one-shots waiting for a seat after acquire_timeout_ms", async () => {
+    await using p = pool("seats-timeout", {}, {
+      connection_count: 1,
+      endpoints: [0],
+      acquire_timeout_ms: 150,
+    });
+    // The first statement holds the pipeline for 400 ms: no seat frees before the deadline.
+    const slow = Array.from(
+      { length: 64 },
+      (_, i) => p.query("g", i === 0 ? "SELECT pg_sleep(0.4)" : "SELECT 1"),
+    );
+    const late = Array.from({ length: 3 }, () => p.query("g", "SELECT 1"));
+    const settled = await Promise.allSettled(late);
+    for (const s of settled) {
+      assert.equal(s.status, "rejected");
+      assert.ok((s as PromiseRejectedResult).reason instanceof AcquireTimeoutError);
+    }
+    await Promise.all(slow);
+    assert.equal(p.stats().groups.g.timeouts, 3);
+    assert.equal(p.stats().groups.g.waiting, 0);
+    // The group still works afterwards.
+    await p.query("g", "SELECT 1");
+    assert.equal(p.stats().groups.g.busy, 0);
+  });
+
   it("keeps its capacity exact when shared connections die between bursts of one-shots", async () => {
     await using p = pool("shared-kill", {}, {
       connection_count: 2,

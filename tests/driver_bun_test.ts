@@ -423,6 +423,16 @@ function suite(): void {
         assert.deepEqual(ten.map((r) => r[0].n), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert.ok(tenMs < 1_000, `10 statements took ${tenMs} ms: not pipelined`);
 
+        // A single statement without parameters goes through the extended protocol too (as
+        // Bun's own tagged templates do), so one-shots like pool.query(g, "SELECT 1") pipeline.
+        const bare = () => s.query("SELECT 7 AS n", undefined, { prepare: true });
+        await bare();
+        started = performance.now();
+        const tenBare = await Promise.all(Array.from({ length: 10 }, bare));
+        const tenBareMs = ms(started);
+        assert.deepEqual(tenBare.map((r) => r[0].n), Array(10).fill(7));
+        assert.ok(tenBareMs < 1_000, `10 statements took ${tenBareMs} ms: not pipelined`);
+
         // A transaction as the pool sends it: BEGIN, the statement, COMMIT, the WAL position.
         started = performance.now();
         const tx = await Promise.all([

@@ -34,12 +34,12 @@
  * - No NOTIFY reaches a pooled connection: `onNotify` is never called (the LISTEN session must
  *   stay on postgres.js). No array-type fetch either: `onTypes` is never called.
  * - Bun pipelines only named prepared statements (prepare on, extended protocol) and serializes
- *   the simple protocol. Statements with parameters use the extended protocol; statements
- *   without go through the simple protocol (as postgres.js does: several statements in one
- *   text work, values come back in text form), except the pool's own fixed statements
- *   (`prepare: false` with no parameters: BEGIN, COMMIT, ROLLBACK, the WAL-position query,
- *   pings), which go through the extended protocol as named statements on a session that
- *   prepares, so that they pipeline.
+ *   the simple protocol. On a session that prepares, every single statement goes through the
+ *   extended protocol as a named statement (with or without parameters, the pool's own BEGIN,
+ *   COMMIT, WAL-position query and pings too), so that they pipeline, as Bun's own tagged
+ *   templates do. A text with several statements (a semicolon before its end) goes through the
+ *   simple protocol (as postgres.js does: one result each, values in text form), as does
+ *   everything on a session that does not prepare (`prepare: false`, e.g. behind PgBouncer).
  * - Values: int8 and numeric as strings, dates as `Date`, json parsed, bytea as `Buffer`, like
  *   postgres.js; but arrays of int2/int4/float4/float8 in binary results (statements with
  *   parameters) come back as typed arrays (`Int32Array`...), `'infinity'` timestamps as
@@ -156,6 +156,15 @@ function template(text: string): TemplateStringsArray {
   return strings as unknown as TemplateStringsArray;
 }
 
+// Whether `text` holds one statement at most: no semicolon but trailing ones. A semicolon in a
+// literal or a comment sends a single statement through the simple protocol: slower, as correct.
+function isOneStatement(text: string): boolean {
+  const at = text.indexOf(";");
+  return at === -1 || TRAILING_SEMICOLONS.test(text.slice(at));
+}
+
+const TRAILING_SEMICOLONS = /^[\s;]*$/;
+
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** One server session on Bun's native client. Dies once; never reconnects. */
@@ -253,7 +262,7 @@ export class BunSession implements DriverSession {
     try {
       if (params !== undefined && params.length > 0) {
         query = this.#sql.unsafe(text, params as unknown[]);
-      } else if (!options.prepare && this.#prepare) {
+      } else if (this.#prepare && isOneStatement(text)) {
         query = this.#sql(template(text));
       } else {
         query = this.#sql.unsafe(text);
