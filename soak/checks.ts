@@ -264,12 +264,13 @@ export function checkHeap(heap: HeapMonitor, violations: Violations): void {
 
 /**
  * Samples pool.stats() every 200 ms: a group's busy count (permits in use) must stay within
- * [0, connection_count] — outside it, permits were released twice or leaked. The largest `open`
- * per group is kept as an observation (connections the group held at once).
+ * [0, connection_count] — outside it, permits were released twice or leaked — and its open
+ * connections must never exceed connection_count. The largest `open` per group is kept too.
  */
 export class StatsWatch {
   readonly maxOpen: Record<string, { open: number; size: number }> = {};
   readonly #last = new Map<string, string>();
+  readonly #over = new Map<string, number>();
   #timer: ReturnType<typeof setInterval> | undefined;
 
   constructor(readonly pool: Pool, readonly violations: Violations) {}
@@ -297,6 +298,14 @@ export class StatsWatch {
         );
       }
       this.#last.set(name, key);
+      // The budget: never more server connections than connection_count.
+      if (g.open > g.size && this.#over.get(name) !== g.open) {
+        this.violations.add(
+          "connection-budget",
+          `group ${name}: ${g.open} connections open, connection_count ${g.size}`,
+        );
+      }
+      this.#over.set(name, g.open > g.size ? g.open : 0);
       const m = this.maxOpen[name];
       if (m === undefined || g.open > m.open) this.maxOpen[name] = { open: g.open, size: g.size };
     }

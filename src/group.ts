@@ -582,6 +582,14 @@ export class Group {
       let most: Member | undefined;
       for (const m of this.#all) if (m.idle.length > (most?.idle.length ?? 0)) most = m;
       if (most !== undefined) this.#discard(most.idle.shift()!);
+      else {
+        // No idle one: a connection still warming (it holds no permit) gives way instead.
+        for (const warming of this.#warming) {
+          this.#warming.delete(warming);
+          this.#discard(warming);
+          break;
+        }
+      }
     }
     const lifetime = this.settings.maxLifetimeMs;
     // Jitter fixed per connection so connections opened together do not retire together.
