@@ -44,6 +44,8 @@ export const NAME = {
   noUsing: "pgdbpool threaded, primary, release() without using",
   pgPool: "pg-pool connect()+release()",
   floor: "array pop+push (floor)",
+  /** Informative: what the runtime's `using` statement costs by itself. */
+  usingFloor: "using of an object with an empty dispose (runtime floor)",
   handler: "pgdbpool handler",
   oneShot: "pgdbpool pool.query",
   handlerBun: `pgdbpool handler${BUN_DRIVER}`,
@@ -73,6 +75,8 @@ export const HOW: Readonly<Record<string, string>> = {
   [NAME.noUsing]: '`const db = pool.handler("primary"); db.release()`: the same checkout ' +
     "without `using` (informative, not a target)",
   [NAME.reserve]: "`const r = await sql.reserve(); r.release()` on `postgres({ max: 1 })`",
+  [NAME.usingFloor]: "`using _d = new Disposable()` with an empty `[Symbol.dispose]()`: the " +
+    "`using` statement's own cost on this runtime, which every checkout with `using` pays",
   [NAME.pgPool]: "`const c = await pool.connect(); c.release()` on `new pg.Pool({ max: 4 })`",
   [NAME.begin]: "`` await sql.begin((tx) => tx`UPDATE ...`) ``",
 };

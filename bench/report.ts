@@ -573,6 +573,26 @@ function targetsTable(results: RuntimeResults[], checks: TargetCheck[]): string[
 }
 
 /** Contenders of the query groups in first-seen order over all runtimes. */
+// What `using` costs by itself on each runtime: the floor under every checkout with `using`.
+function usingFloorText(results: RuntimeResults[]): string[] {
+  const parts: string[] = [];
+  for (const r of results) {
+    const floor = median(avgs(find(r, GROUP.checkout, NAME.usingFloor)));
+    const bare = median(avgs(find(r, GROUP.checkout, NAME.noUsing)));
+    if (!(floor > 0) || !(bare > 0)) continue;
+    parts.push(
+      `${runtimeLabel(r)}: \`using\` alone ${formatNs(floor)}, the pool's checkout + release ` +
+        `without it ${formatNs(bare)}`,
+    );
+  }
+  if (parts.length === 0) return [];
+  return [
+    "",
+    "The `using` statement has a cost of its own, paid by every checkout written with it (" +
+    `${parts.join("; ")}), measured in the same group as \`${NAME.usingFloor}\`.`,
+  ];
+}
+
 function queryContenders(results: RuntimeResults[]): string[] {
   const names: string[] = [];
   for (const r of results) {
@@ -1266,6 +1286,7 @@ export function buildReport(results: RuntimeResults[], options: ReportOptions = 
     "except the last two (time, lower is better). Checkout baseline: postgres.js `reserve()` " +
     "on a fresh, warmed `max: 1` client, its best case (it slows down as a client ages, see " +
     "bench/README.md).",
+    ...usingFloorText(results),
     "",
     link("Checkout + release latency per pool and runtime, log scale", CHARTS.checkout),
     "",
