@@ -5,6 +5,7 @@
  * @module
  */
 
+import { RepeatedTexts } from "./repeated_texts.ts";
 import type { ResolvedEndpoint, SslMode } from "./config.ts";
 import { BunSession } from "./driver/bun.ts";
 import {
@@ -109,10 +110,14 @@ export class Endpoint {
   latencyMs: number | undefined;
   /** When this endpoint was last seen to become primary (a promotion), for split-brain ties. */
   promotedAt = 0;
-  /** Options passed with every statement, built once. */
-  readonly queryOptions: StatementOptions;
-  /** The same, for rows as arrays of values. */
-  readonly arrayOptions: StatementOptions;
+  /** Options passed with a statement, built once: as configured, and rows as arrays. */
+  readonly #queryOptions: StatementOptions;
+  readonly #arrayOptions: StatementOptions;
+  /** The same for a recurring text without parameters: a named statement, extended protocol. */
+  readonly #preparedOptions: StatementOptions;
+  readonly #preparedArrayOptions: StatementOptions;
+  /** Set when sessions prepare statements (`prepare`, the default). */
+  readonly #repeated: RepeatedTexts | undefined;
   readonly #settings: ResolvedEndpoint;
   /** Array types learnt by the first session that connected. */
   #types: TypeTables | undefined;
@@ -122,8 +127,26 @@ export class Endpoint {
     this.#settings = settings;
     this.#applicationName = applicationName;
     this.info = Object.freeze({ host: settings.host, port: settings.port, index: settings.index });
-    this.queryOptions = { prepare: settings.prepare };
-    this.arrayOptions = { prepare: settings.prepare, arrays: true };
+    this.#queryOptions = { prepare: settings.prepare };
+    this.#arrayOptions = { prepare: settings.prepare, arrays: true };
+    this.#preparedOptions = { prepare: true, simple: false };
+    this.#preparedArrayOptions = { prepare: true, simple: false, arrays: true };
+    this.#repeated = settings.prepare ? new RepeatedTexts() : undefined;
+  }
+
+  /** How to send `text` (with `params`) on this endpoint's sessions. */
+  statementOptions(
+    text: string,
+    params: readonly unknown[] | undefined,
+    arrays: boolean,
+  ): StatementOptions {
+    if (
+      (params === undefined || params.length === 0) && this.#repeated !== undefined &&
+      this.#repeated.repeated(text)
+    ) {
+      return arrays ? this.#preparedArrayOptions : this.#preparedOptions;
+    }
+    return arrays ? this.#arrayOptions : this.#queryOptions;
   }
 
   /** The database name sessions open. */

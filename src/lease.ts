@@ -185,7 +185,7 @@ export class Lease {
       const context = this.group.context;
       context.watch?.(conn.endpoint);
       const endpoint = conn.endpoint;
-      const options = arrays ? endpoint.arrayOptions : endpoint.queryOptions;
+      const options = endpoint.statementOptions(text, params, arrays);
       const done = context.hooks === undefined
         ? undefined
         : observe(context.hooks, this.group.name, text, conn);

@@ -43,7 +43,7 @@ export async function oneShot(
     const context = group.context;
     context.watch?.(conn.endpoint);
     const endpoint = conn.endpoint;
-    const options = arrays ? endpoint.arrayOptions : endpoint.queryOptions;
+    const options = endpoint.statementOptions(text, params, arrays);
     const done = context.hooks === undefined
       ? undefined
       : observe(context.hooks, group.name, text, conn);

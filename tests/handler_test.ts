@@ -52,6 +52,31 @@ describe("Handler", () => {
     assert.equal(db.endpoint?.index, 0);
   });
 
+  it("prepares recurring texts without parameters, never one-off texts, and keeps several statements in one text working", async () => {
+    using db = pool.handler("auto");
+    const prepared = async () =>
+      (await db.query<{ statement: string }>(
+        "SELECT statement FROM pg_prepared_statements WHERE statement LIKE $1",
+        ["SELECT % /* repeat-probe%"],
+      )).map((r) => r.statement);
+    // First sighting: the simple protocol; from the second on, a named prepared statement.
+    for (let i = 0; i < 3; i++) {
+      const [{ n }] = await db.query<{ n: number }>("SELECT 7 AS n /* repeat-probe */");
+      assert.equal(n, 7);
+    }
+    assert.deepEqual(await prepared(), ["SELECT 7 AS n /* repeat-probe */"]);
+    // Values spliced into the text: each text is new, none is prepared.
+    for (let i = 0; i < 5; i++) {
+      await db.query(`SELECT ${i} AS n /* repeat-probe ${i} */`);
+    }
+    assert.deepEqual(await prepared(), ["SELECT 7 AS n /* repeat-probe */"]);
+    // Several statements in one text, again and again: always the simple protocol.
+    for (let i = 0; i < 3; i++) {
+      const results = await db.query("SELECT 1 AS a; SELECT 2 AS b") as unknown as unknown[][];
+      assert.deepEqual(results.map((r) => [...r]), [[{ a: 1 }], [{ b: 2 }]]);
+    }
+  });
+
   it("ROLLBACK TO SAVEPOINT and ... AND CHAIN keep the transaction open", async () => {
     // Their command tags are ROLLBACK / COMMIT, yet the transaction goes on: commit() must
     // still commit it, and release must still roll back what is left open.

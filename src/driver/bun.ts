@@ -34,12 +34,13 @@
  * - No NOTIFY reaches a pooled connection: `onNotify` is never called (the LISTEN session must
  *   stay on postgres.js). No array-type fetch either: `onTypes` is never called.
  * - Bun pipelines only named prepared statements (prepare on, extended protocol) and serializes
- *   the simple protocol. On a session that prepares, every single statement goes through the
- *   extended protocol as a named statement (with or without parameters, the pool's own BEGIN,
- *   COMMIT, WAL-position query and pings too), so that they pipeline, as Bun's own tagged
- *   templates do. A text with several statements (a semicolon before its end) goes through the
- *   simple protocol (as postgres.js does: one result each, values in text form), as does
- *   everything on a session that does not prepare (`prepare: false`, e.g. behind PgBouncer).
+ *   the simple protocol. On a session that prepares, statements with parameters, recurring
+ *   texts without (`simple: false`, see `repeated_texts.ts`) and the pool's own BEGIN, COMMIT,
+ *   WAL-position query and pings (`prepare: false`) go through the extended protocol as named
+ *   statements, so that they pipeline, as Bun's own tagged templates do. Other texts without
+ *   parameters (seen for the first time, or several statements) go through the simple protocol
+ *   (as postgres.js does: one result each, values in text form), as does everything on a
+ *   session that does not prepare (`prepare: false`, e.g. behind PgBouncer).
  * - Values: int8 and numeric as strings, dates as `Date`, json parsed, bytea as `Buffer`, like
  *   postgres.js; but arrays of int2/int4/float4/float8 in binary results (statements with
  *   parameters) come back as typed arrays (`Int32Array`...), `'infinity'` timestamps as
@@ -156,15 +157,6 @@ function template(text: string): TemplateStringsArray {
   return strings as unknown as TemplateStringsArray;
 }
 
-// Whether `text` holds one statement at most: no semicolon but trailing ones. A semicolon in a
-// literal or a comment sends a single statement through the simple protocol: slower, as correct.
-function isOneStatement(text: string): boolean {
-  const at = text.indexOf(";");
-  return at === -1 || TRAILING_SEMICOLONS.test(text.slice(at));
-}
-
-const TRAILING_SEMICOLONS = /^[\s;]*$/;
-
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** One server session on Bun's native client. Dies once; never reconnects. */
@@ -262,7 +254,7 @@ export class BunSession implements DriverSession {
     try {
       if (params !== undefined && params.length > 0) {
         query = this.#sql.unsafe(text, params as unknown[]);
-      } else if (this.#prepare && isOneStatement(text)) {
+      } else if (this.#prepare && (options.simple === false || !options.prepare)) {
         query = this.#sql(template(text));
       } else {
         query = this.#sql.unsafe(text);

@@ -178,6 +178,11 @@ export interface StatementOptions {
   readonly prepare: boolean;
   /** Rows as arrays of column values instead of objects. */
   readonly arrays?: boolean;
+  /**
+   * `false`: the extended protocol even without parameters (one statement). Otherwise a text
+   * without parameters goes through the simple protocol (several statements allowed).
+   */
+  readonly simple?: boolean;
 }
 
 /** One server session. Dies once; never reconnects. */
