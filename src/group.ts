@@ -357,6 +357,7 @@ export class Group {
   async #permitForSeats(): Promise<ServerConnection> {
     const started = performance.now();
     if (!this.#sem.tryAcquire()) {
+      if (!this.context.threaded) throw new PoolExhaustedError(this.name, this.settings.size);
       try {
         await this.#sem.wait(undefined, undefined, (cancel) => this.#seatPermitCancel = cancel);
       } finally {

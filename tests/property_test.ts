@@ -1233,6 +1233,27 @@ describe("property regressions", () => {
     }),
   );
 
+  // Shrunk by the property in CI (Bun, PostgreSQL 15, seed 20261129, its 24th program), failing
+  // with an unhandled "write CONNECTION_DESTROYED" from postgres.js's terminate().
+  it(
+    "program: a one-shot and a handler's read while a backend of the primary is killed",
+    serial(async () => {
+      await runProgram({
+        autoSize: 2,
+        txSize: 2,
+        autoRole: "any",
+        validateAfterMs: 0,
+        healthCheckIntervalMs: 200,
+        releaseBeforeClose: false,
+      }, [
+        { op: "oneshot", group: "auto", write: false, wait: false },
+        { op: "sleep", ms: 0 },
+        { op: "read", slot: 0, sleepMs: 0, wait: false },
+        { op: "kill", server: "primary", all: false },
+      ]);
+    }),
+  );
+
   // Found with health_check_interval_ms: 0 (the edge entry's setting: "health checks run on
   // demand"; PGDBPOOL_FC_AVOID=startup PGDBPOOL_FC_SEED=31 PGDBPOOL_FC_RUNS=80 hits it). A statement on a connection whose host goes silent never settles: statements have
   // no deadline of their own, and with no background probe nothing ever marks the host down
