@@ -28,7 +28,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import process from "node:process";
 import fc from "fast-check";
-import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { sleep, waitFor } from "./harness/wait.ts";
 import {
@@ -438,6 +438,8 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
       },
     },
     application_name: app,
+    // PGDBPOOL_TEST_DRIVER=bun: the programs run on Bun's native driver.
+    ...testDriver(),
     validate_after_ms: cfg.validateAfterMs,
     health_check_interval_ms: cfg.healthCheckIntervalMs,
     retry_backoff_max_ms: 400,
