@@ -1350,6 +1350,67 @@ describe("property regressions", () => {
     );
   }
 
+  // Found by the property under Bun (seed 20261129) as an unhandled "write CONNECTION_DESTROYED"
+  // from postgres.js's terminate(), after the fix below. A backend killed right after start-up
+  // sends its FATAL in the same TCP segment as the start-up reply. postgres.js reads
+  // ReadyForQuery and creates its type query (sent a microtask later), then the FATAL, with no
+  // statement under way: it rejects the caller's first statement, still queued. The driver took
+  // that rejection as the end of the type fetch, so when the session was ended (or closed) the
+  // type query, sent meanwhile, was rejected by postgres.js with nobody to hear it.
+  it(
+    "a backend killed right after start-up, its FATAL in the start-up reply's segment",
+    serial(async () => {
+      strays.length = 0;
+      const app = "prop_types_fatal_with_startup";
+      const px = await startProxy(cluster.primary);
+      const pool = new Pool({
+        db: [endpointAt(px.host, px.port, 10)],
+        groups: { g: { connection_count: 1 } },
+        application_name: app,
+        health_check_interval_ms: 0,
+        close_timeout_ms: 0,
+      });
+      // The start-up reply (it ends with ReadyForQuery) is held: the partition starts there.
+      px.holdServerChunk = (chunk) => {
+        const n = chunk.length;
+        return n >= 6 && chunk[n - 6] === 0x5a && chunk[n - 2] === 5;
+      };
+      try {
+        const q = pool.query("g", "SELECT 1 AS one");
+        q.catch(() => {});
+        await waitFor(() => px.mode === "blackhole", { message: "the start-up reply held" });
+        px.holdServerChunk = undefined;
+        const [{ pid }] = await cluster.primary.query(
+          "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+          [app],
+        );
+        await cluster.primary.query("SELECT pg_terminate_backend($1)", [pid]);
+        await waitFor(async () => (await cluster.countConnections({ applicationName: app })) === 0, {
+          message: "the backend gone",
+        });
+        // The FATAL and the close are held behind the start-up reply: all arrive together.
+        px.mode = "pass";
+        const r = await settleWithin(q, OP_DEADLINE_MS);
+        await pool.close();
+        await sleep(300);
+        assert.notEqual(r.ok === false && r.err, HANG, "the statement settles");
+        assert.deepEqual(strays.map((e) => describeErr(e)), [], "no unhandled rejection");
+        if (!r.ok) {
+          assert.ok(
+            !(r.err instanceof SessionLostError && r.err.outcome === "unknown"),
+            `a statement never sent is not reported as possibly run (${describeErr(r.err)})`,
+          );
+        }
+      } finally {
+        px.holdServerChunk = undefined;
+        px.mode = "pass";
+        await pool.close();
+        await px.close();
+        strays.length = 0;
+      }
+    }),
+  );
+
   // Found by the property under Bun (CI, seed 20261129) as an unhandled "write
   // CONNECTION_DESTROYED" from postgres.js's terminate(): the pool ended a session whose
   // start-up reply had reached the client's socket but was not read yet. postgres.js's end()

@@ -300,7 +300,12 @@ export class Session {
       query.then(() => {
         this.#fetchingTypes = false;
         this.#hooks.onTypes?.(this.#tables());
-      }, () => this.#fetchingTypes = false);
+      }, (err) => {
+        // The server ran the statement and said no: the type query was answered before it. A
+        // lost connection or a FATAL (one in the start-up reply's segment rejects this statement
+        // while the type query is about to go out) proves nothing: the fetch may be under way.
+        if (this.outcomeOf(err) === "failed") this.#fetchingTypes = false;
+      });
     }
     return query;
   }

@@ -1,5 +1,6 @@
 // A TCP proxy on 127.0.0.1 for fault injection between a client and one server.
 import { connect, createServer, type Server, type Socket } from "node:net";
+import { Buffer } from "node:buffer";
 
 export type ProxyMode = "pass" | "blackhole" | "refuse";
 
@@ -25,6 +26,11 @@ export interface TcpProxy {
    * kernel buffer and the client reading it.
    */
   onServerChunk: ((chunk: Uint8Array) => void) | undefined;
+  /**
+   * Asked before a chunk from the server is relayed: `true` holds it and turns the proxy to
+   * blackhole (a partition that starts right before that chunk).
+   */
+  holdServerChunk: ((chunk: Uint8Array) => boolean) | undefined;
   /** Currently open client sockets. */
   readonly connections: number;
   /** Destroys all current connections with a TCP RST (clients see ECONNRESET). */
@@ -52,6 +58,7 @@ interface Pair {
 class Proxy implements TcpProxy {
   delayMs = 0;
   onServerChunk: ((chunk: Uint8Array) => void) | undefined = undefined;
+  holdServerChunk: ((chunk: Uint8Array) => boolean) | undefined = undefined;
   #mode: ProxyMode = "pass";
   #port = 0;
   readonly #pairs = new Set<Pair>();
@@ -184,13 +191,18 @@ class Proxy implements TcpProxy {
       timer ??= setTimeout(flush, Math.max(0, queue[0].due - Date.now()));
     };
     const heal = (): void => {
-      for (const chunk of held.splice(0)) send(chunk);
+      // What TCP held back arrives together once the partition heals: one chunk.
+      const chunks = held.splice(0);
+      if (chunks.length > 0) send(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
       endIfDrained();
     };
     this.#heal.add(heal);
     from.on("data", (chunk: Uint8Array) => {
       if (this.#mode !== "pass") held.push(chunk); // blackhole: held until the partition heals
-      else {
+      else if (hangs && this.holdServerChunk?.(chunk) === true) {
+        this.#mode = "blackhole";
+        held.push(chunk);
+      } else {
         if (held.length > 0) heal();
         send(chunk);
       }
