@@ -57,7 +57,9 @@ export async function oneShot(
         rows = await conn.session.query(text, params, options) as Rows;
       }
       done?.(undefined);
-      conn.lastUsed = performance.now();
+      // Staleness is judged when a one-shot is a connection's first user: only the last one to
+      // leave needs to stamp it (a clock read per statement shows in profiles under load).
+      if (conn.users === 1) conn.lastUsed = performance.now();
       group.checkin(conn, false);
       if (lsn !== undefined) {
         const token = await readToken(lsn);
