@@ -168,6 +168,7 @@ export async function checkWrites(
     unknown_present: 0,
     unknown_absent: 0,
   };
+  const failedPresent: number[] = [];
   for (let id = 1; id <= last; id++) {
     const status = ledger.get(id);
     if (status === Expect.Present) {
@@ -177,13 +178,26 @@ export async function checkWrites(
       }
     } else if (status === Expect.Absent) {
       figures.failed_absent++;
-      if (seen[id] > 0) {
-        violations.add("failed-write-present", `req ${id} (${ledger.describe(id)})`);
-      }
+      if (seen[id] > 0) failedPresent.push(id);
     } else {
       figures.unknown++;
       if (seen[id] > 0) figures.unknown_present++;
       else figures.unknown_absent++;
+    }
+  }
+  if (failedPresent.length > 0) {
+    // Where each such row was written (server port, backend pid, checkout, and the rows that
+    // checkout left), for the diagnosis: a failed write that is present is a lost guarantee.
+    const rows = await primary.query(
+      `select w.req, format('%s:%s/checkout %s', w.port, w.pid, w.checkout) as at,
+              (select string_agg(o.req::text || '@' || o.port || ':' || o.pid, ' ' order by o.req)
+                 from soak_writes o where o.checkout = w.checkout) as checkout_rows
+         from soak_writes w where w.req = any($1::int[])`,
+      [failedPresent],
+    );
+    const at = new Map(rows.map((r) => [Number(r.req), `${r.at}; checkout rows ${r.checkout_rows}`]));
+    for (const id of failedPresent) {
+      violations.add("failed-write-present", `req ${id} (${ledger.describe(id)}; written ${at.get(id) ?? "?"})`);
     }
   }
   const dups = await primary.query(
