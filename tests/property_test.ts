@@ -1144,6 +1144,29 @@ async function settleWithin<T>(p: Promise<T>, ms: number): Promise<Settled<T>> {
   }
 }
 
+// The checks of the start-up regressions: the statement settled, nothing escaped unhandled,
+// and a statement that failed was not reported as possibly run (it never went out).
+function assertSettledUnsent(r: Settled<unknown>): void {
+  assert.notEqual(r.ok === false && r.err, HANG, "the statement settles");
+  assert.deepEqual(strays.map((e) => describeErr(e)), [], "no unhandled rejection");
+  if (!r.ok) {
+    assert.ok(
+      !(r.err instanceof SessionLostError && r.err.outcome === "unknown"),
+      `a statement never sent is not reported as possibly run (${describeErr(r.err)})`,
+    );
+  }
+}
+
+// The configuration both programs the property shrank to share.
+const SHRUNK_CONFIG: Config = {
+  autoSize: 2,
+  txSize: 2,
+  autoRole: "any",
+  validateAfterMs: 0,
+  healthCheckIntervalMs: 200,
+  releaseBeforeClose: false,
+};
+
 // A runtime fails a test as soon as an unhandled rejection surfaces, and may start the next
 // test while the failed one's body still runs. Each regression body therefore waits for the
 // previous one to end, and lingers a moment before ending so that late rejections surface in it.
@@ -1221,14 +1244,7 @@ describe("property regressions", () => {
   it(
     "program: a transaction handler released with its first write in flight",
     serial(async () => {
-      await runProgram({
-        autoSize: 2,
-        txSize: 2,
-        autoRole: "any",
-        validateAfterMs: 0,
-        healthCheckIntervalMs: 200,
-        releaseBeforeClose: false,
-      }, [
+      await runProgram(SHRUNK_CONFIG, [
         { op: "oneshot", group: "tx", write: false, wait: true },
         { op: "write", slot: 3, then: "release", wait: false },
       ]);
@@ -1240,14 +1256,7 @@ describe("property regressions", () => {
   it(
     "program: a one-shot and a handler's read while a backend of the primary is killed",
     serial(async () => {
-      await runProgram({
-        autoSize: 2,
-        txSize: 2,
-        autoRole: "any",
-        validateAfterMs: 0,
-        healthCheckIntervalMs: 200,
-        releaseBeforeClose: false,
-      }, [
+      await runProgram(SHRUNK_CONFIG, [
         { op: "oneshot", group: "auto", write: false, wait: false },
         { op: "sleep", ms: 0 },
         { op: "read", slot: 0, sleepMs: 0, wait: false },
@@ -1331,14 +1340,7 @@ describe("property regressions", () => {
           const r = await settleWithin(q, OP_DEADLINE_MS);
           px.delayMs = 0;
           await sleep(300);
-          assert.notEqual(r.ok === false && r.err, HANG, "the statement settles");
-          assert.deepEqual(strays.map((e) => describeErr(e)), [], "no unhandled rejection");
-          if (!r.ok) {
-            assert.ok(
-              !(r.err instanceof SessionLostError && r.err.outcome === "unknown"),
-              `a statement never sent is not reported as possibly run (${describeErr(r.err)})`,
-            );
-          }
+          assertSettledUnsent(r);
         } finally {
           px.delayMs = 0;
           await pool.close();
@@ -1393,14 +1395,7 @@ describe("property regressions", () => {
         const r = await settleWithin(q, OP_DEADLINE_MS);
         await pool.close();
         await sleep(300);
-        assert.notEqual(r.ok === false && r.err, HANG, "the statement settles");
-        assert.deepEqual(strays.map((e) => describeErr(e)), [], "no unhandled rejection");
-        if (!r.ok) {
-          assert.ok(
-            !(r.err instanceof SessionLostError && r.err.outcome === "unknown"),
-            `a statement never sent is not reported as possibly run (${describeErr(r.err)})`,
-          );
-        }
+        assertSettledUnsent(r);
       } finally {
         px.holdServerChunk = undefined;
         px.mode = "pass";
@@ -1456,15 +1451,8 @@ describe("property regressions", () => {
           await closing;
           await sleep(300);
           const stored = await cluster.primary.query("SELECT w FROM ledger WHERE run = $1", [run]);
-          assert.notEqual(r.ok === false && r.err, HANG, "the statement settles");
-          assert.deepEqual(strays.map((e) => describeErr(e)), [], "no unhandled rejection");
-          if (!r.ok) {
-            assert.ok(
-              !(r.err instanceof SessionLostError && r.err.outcome === "unknown"),
-              `a statement never sent is not reported as possibly run (${describeErr(r.err)})`,
-            );
-            assert.deepEqual(stored, [], `a statement reported as never sent did not run`);
-          }
+          assertSettledUnsent(r);
+          if (!r.ok) assert.deepEqual(stored, [], `a statement reported as never sent did not run`);
         } finally {
           px.onServerChunk = undefined;
           px.delayMs = 0;
