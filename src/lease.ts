@@ -206,7 +206,7 @@ export class Lease {
         return rows;
       } catch (err) {
         done?.(err);
-        const outcome = conn.outcomeOf(err);
+        const outcome = conn.outcomeOf(err, text);
         if (outcome === "failed") {
           if (isReadOnlyError(err)) this.group.reportFailure(conn, err);
           throw err;
@@ -269,7 +269,7 @@ export class Lease {
     try {
       result = await commit as Rows;
     } catch (err) {
-      const outcome = conn.outcomeOf(err);
+      const outcome = conn.outcomeOf(err, "COMMIT");
       if (outcome === "failed") {
         this.#tx = false;
         throw err;
@@ -320,7 +320,7 @@ export class Lease {
       await conn.session.query("ROLLBACK", undefined, COMMIT_OPTIONS);
       conn.lastUsed = performance.now();
     } catch (err) {
-      const outcome = conn.outcomeOf(err);
+      const outcome = conn.outcomeOf(err, "ROLLBACK");
       if (outcome === "failed") throw err;
       // The session is gone, and its transaction with it: that is a rollback.
       this.group.reportFailure(conn, err);

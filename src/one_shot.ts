@@ -68,7 +68,7 @@ export async function oneShot(
       return rows;
     } catch (err) {
       done?.(err);
-      const outcome = conn.outcomeOf(err);
+      const outcome = conn.outcomeOf(err, text);
       if (outcome === "failed") {
         if (isReadOnlyError(err)) group.reportFailure(conn, err);
         group.checkin(conn, false);

@@ -72,9 +72,9 @@ export class ServerConnection {
     return this.session.dead;
   }
 
-  /** What is known of a statement that failed on this connection with `err`. */
-  outcomeOf(err: unknown): Outcome {
-    return this.session.outcomeOf(err);
+  /** What is known of a statement (`text`) that failed on this connection with `err`. */
+  outcomeOf(err: unknown, text: string): Outcome {
+    return this.session.outcomeOf(err, text);
   }
 
   /** A cheap round trip proving the session is alive; rejects after `timeoutMs`. */

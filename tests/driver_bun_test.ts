@@ -124,7 +124,7 @@ function suite(): void {
         await assert.rejects(empty.query("SELECT 1", undefined, { prepare: false }), (err) => {
           assert.equal((err as { code?: string }).code, "28P01", inspect(err));
           assert.ok(empty.isRefusal(err));
-          assert.equal(empty.outcomeOf(err), "not-executed");
+          assert.equal(empty.outcomeOf(err, "SELECT 1"), "not-executed");
           return true;
         });
 
@@ -178,7 +178,7 @@ function suite(): void {
           s.query("INSERT INTO hits VALUES ('kill', pg_backend_pid())", undefined, { prepare }),
           (err) => {
             assert.ok(err instanceof SessionEndedError, inspect(err));
-            assert.equal(s.outcomeOf(err), "not-executed");
+            assert.equal(s.outcomeOf(err, "INSERT INTO hits VALUES ('kill', pg_backend_pid())"), "not-executed");
             assert.ok(!s.isRefusal(err));
             return true;
           },
@@ -220,7 +220,7 @@ function suite(): void {
         assert.equal(r.status, "rejected");
         const err = (r as PromiseRejectedResult).reason;
         assert.equal((err as { code?: string }).code, "57P01", inspect(err));
-        assert.equal(s.outcomeOf(err), "not-executed");
+        assert.equal(s.outcomeOf(err, "INSERT INTO hits VALUES ($1, $2)"), "not-executed");
         assert.ok(!s.isRefusal(err));
       }
       assert.ok(s.dead);
@@ -244,7 +244,7 @@ function suite(): void {
         proxy.dropAll();
         await assert.rejects(write, (err) => {
           assert.equal((err as { code?: string }).code, "CONNECTION_CLOSED", inspect(err));
-          assert.equal(s.outcomeOf(err), "unknown");
+          assert.equal(s.outcomeOf(err, "INSERT INTO hits SELECT 'cut', 1 FROM pg_sleep(0.3)"), "unknown");
           assert.ok(!s.isRefusal(err));
           return true;
         });
@@ -266,13 +266,13 @@ function suite(): void {
         assert.equal(e.code, "22012", "the SQLSTATE, as postgres.js has it");
         assert.equal(e.errno, "22012");
         assert.equal(e.severity, "ERROR");
-        assert.equal(s.outcomeOf(err), "failed");
+        assert.equal(s.outcomeOf(err, "SELECT 1/0"), "failed");
         assert.ok(!s.isRefusal(err));
         return true;
       });
       await assert.rejects(s.query("SELECT $1::int", ["x"], { prepare: true }), (err) => {
         assert.equal((err as { code?: string }).code, "22P02");
-        assert.equal(s.outcomeOf(err), "failed");
+        assert.equal(s.outcomeOf(err, "SELECT $1::int"), "failed");
         return true;
       });
       // A transaction that failed: COMMIT comes back as ROLLBACK, also as a named statement.
@@ -297,7 +297,7 @@ function suite(): void {
         await assert.rejects(q, (err) => {
           assert.equal((err as { code?: string }).code, "3D000", inspect(err));
           assert.ok(noDb.isRefusal(err));
-          assert.equal(noDb.outcomeOf(err), "not-executed");
+          assert.equal(noDb.outcomeOf(err, "SELECT 1"), "not-executed");
           return true;
         });
       }
@@ -329,7 +329,7 @@ function suite(): void {
         await assert.rejects(reset.query("SELECT 1", undefined, { prepare: false }), (err) => {
           assert.equal((err as { code?: string }).code, "CONNECTION_CLOSED", inspect(err));
           assert.ok(reset.isRefusal(err));
-          assert.equal(reset.outcomeOf(err), "not-executed");
+          assert.equal(reset.outcomeOf(err, "SELECT 1"), "not-executed");
           return true;
         });
         assert.ok(ms(started) < 2_000, `a reset start-up took ${ms(started)} ms to fail`);
@@ -347,7 +347,7 @@ function suite(): void {
         await assert.rejects(hung.query("SELECT 1", undefined, { prepare: false }), (err) => {
           assert.equal((err as { code?: string }).code, "CONNECT_TIMEOUT", inspect(err));
           assert.ok(hung.isRefusal(err));
-          assert.equal(hung.outcomeOf(err), "not-executed");
+          assert.equal(hung.outcomeOf(err, "SELECT 1"), "not-executed");
           assert.ok(!String((err as Error).message).includes(cluster.password));
           return true;
         });
@@ -488,7 +488,7 @@ function suite(): void {
       assert.ok(took >= 150 && took < 2_000, `end(200) took ${took} ms`);
       await assert.rejects(long, (err) => {
         assert.equal((err as { code?: string }).code, "CONNECTION_CLOSED", inspect(err));
-        assert.equal(s.outcomeOf(err), "unknown");
+        assert.equal(s.outcomeOf(err, "SELECT pg_sleep(2)"), "unknown");
         return true;
       });
       assert.equal(closed, 0, "onClose is for ends the session did not ask for");
@@ -509,7 +509,7 @@ function suite(): void {
         await early.end(0);
         await assert.rejects(waiting, (err) => {
           assert.ok(err instanceof SessionEndedError, inspect(err));
-          assert.equal(early.outcomeOf(err), "not-executed");
+          assert.equal(early.outcomeOf(err, "SELECT 1"), "not-executed");
           assert.ok(!early.isRefusal(err));
           return true;
         });

@@ -3,6 +3,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { trailingFatal } from "../src/driver/postgres.ts";
+import { unrunWhenTerminated } from "../src/driver/termination.ts";
 
 const text = new TextEncoder();
 
@@ -52,5 +53,56 @@ describe("trailingFatal", () => {
   it("finds it when the chunk begins in the middle of an earlier message", () => {
     const whole = concat(dataRow, errorResponse("FATAL", "57P01"));
     assert.equal(trailingFatal(whole.subarray(3)), "57P01");
+  });
+});
+
+describe("unrunWhenTerminated", () => {
+  it("a terminated single query, DML or session statement never ran", () => {
+    for (
+      const text of [
+        "SELECT pg_sleep(1)",
+        "  -- why\n/* note */ ( select 1 )",
+        "INSERT INTO t VALUES ($1);",
+        "with x as (delete from t returning *) select * from x ;; ",
+        "UPDATE t SET v = 1",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "ROLLBACK",
+        "ROLLBACK TO SAVEPOINT a",
+        "SET application_name = 'x'",
+      ]
+    ) {
+      assert.equal(unrunWhenTerminated("57P01", text), true, text);
+    }
+    assert.equal(unrunWhenTerminated("57P03", "SELECT 1"), true);
+  });
+
+  it("a text that may commit before its acknowledgement is unknown", () => {
+    for (
+      const text of [
+        "COMMIT",
+        "end",
+        "COMMIT PREPARED 'a'",
+        "ROLLBACK PREPARED 'a'",
+        "PREPARE TRANSACTION 'a'",
+        "BEGIN; INSERT INTO t VALUES (1); COMMIT; SELECT pg_sleep(30)",
+        "SELECT 1; SELECT 2",
+        "SELECT ';'", // a literal's semicolon errs towards unknown
+        "CALL proc()",
+        "DO $$ BEGIN COMMIT; END $$",
+        "CREATE DATABASE x",
+        "VACUUM t",
+        "/* never closed",
+        "-- only a comment",
+        "",
+      ]
+    ) {
+      assert.equal(unrunWhenTerminated("57P01", text), false, text);
+    }
+  });
+
+  it("only a terminating FATAL proves anything", () => {
+    for (const code of ["57P02", "08006", "XX000", undefined]) {
+      assert.equal(unrunWhenTerminated(code, "SELECT 1"), false, String(code));
+    }
   });
 });

@@ -4,9 +4,9 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import process from "node:process";
 import { inspect } from "node:util";
-import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
-import { startProxy, type TcpProxy } from "./harness/proxy.ts";
+import { startProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
 import {
   Pool,
@@ -521,4 +521,89 @@ describe("session integrity", () => {
     const probes = p.stats().endpoints.map((e, i) => e.probes - start[i]);
     for (const n of probes) assert.ok(n <= 7, `${n} probes in 2 s at a 500 ms interval`);
   });
+  // A backend terminated (FATAL 57P01) may already have committed: a statement whose text
+  // commits before it ends, or an extended-protocol COMMIT (the commit happens at Execute, the
+  // termination is acted on when the Sync is read). Such an outcome is unknown, never retried.
+  it("13. a text that committed before its backend was terminated is not re-run", async () => {
+    await using p = pool("i13", { auto: { connection_count: 1, endpoints: [0] } }, {
+      health_check_interval_ms: 0,
+    });
+    await p.query("auto", "SELECT 1");
+    const write = p.query(
+      "auto",
+      "BEGIN; INSERT INTO writes (v) VALUES ('i13'); COMMIT; SELECT pg_sleep(30)",
+    );
+    write.catch(() => {});
+    await waitFor(async () => (await count("i13")) === 1, { message: "the insert to commit" });
+    await waitFor(async () => (await sessions("i13", "AND query LIKE '%pg_sleep%'")) === 1);
+    await cluster.primary.query(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'i13'",
+    );
+    await assert.rejects(write, (err: unknown) => {
+      assert.ok(err instanceof SessionLostError, inspect(err));
+      assert.equal((err as SessionLostError).outcome, "unknown");
+      return true;
+    });
+    assert.equal(await count("i13"), 1, "the committed insert was not re-run");
+  });
+
+  // Sync: 'S' and its length, 4.
+  const SYNC = [0x53, 0, 0, 0, 4];
+  const syncAt = (chunk: Uint8Array): number => {
+    for (let i = 0; i + SYNC.length <= chunk.length; i++) {
+      if (SYNC.every((b, k) => chunk[i + k] === b)) return i;
+    }
+    return chunk.length;
+  };
+
+  for (const via of ["commit()", "query(\"COMMIT\")"] as const) {
+    it(`14. a COMMIT by ${via} that ran before its backend was terminated is reported unknown`, {
+      // The postgres.js driver sends the pool's own COMMIT through the simple protocol, where
+      // the acknowledgement leaves with the commit: no window.
+      skip: via === "commit()" && testDriver().driver !== "bun"
+        ? "the postgres.js driver's COMMIT has no Sync"
+        : false,
+    }, async () => {
+      const app = via === "commit()" ? "i14a" : "i14b";
+      const proxy = await startProxy(cluster.primary);
+      try {
+        await using p = new Pool({
+          db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
+          groups: { tx: { connection_count: 1, autocommit: via !== "commit()" } },
+          application_name: app,
+          health_check_interval_ms: 0,
+        });
+        const commit = async (db: { query(text: string): Promise<unknown>; commit(): Promise<unknown> }) =>
+          via === "commit()" ? await db.commit() : await db.query("COMMIT");
+        // A first transaction, so that a user's COMMIT is a recurring text (a named statement).
+        {
+          using db = p.handler("tx");
+          if (via !== "commit()") await db.query("BEGIN");
+          await db.query("SELECT 1");
+          await commit(db);
+        }
+        using db = p.handler("tx");
+        if (via !== "commit()") await db.query("BEGIN");
+        await db.query(`INSERT INTO writes (v) VALUES ('${app}')`);
+        proxy.cutClientChunk = syncAt;
+        const committing = commit(db);
+        committing.catch(() => {});
+        await waitFor(async () => (await count(app)) === 1, { message: "the COMMIT to run" });
+        proxy.cutClientChunk = undefined;
+        await cluster.primary.query(
+          "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+          [app],
+        );
+        await assert.rejects(committing, (err: unknown) => {
+          assert.ok(err instanceof SessionLostError, inspect(err));
+          assert.equal((err as SessionLostError).outcome, "unknown", inspect(err));
+          return true;
+        });
+        proxy.releaseClients();
+        assert.equal(await count(app), 1);
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
 });

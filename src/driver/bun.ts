@@ -60,6 +60,7 @@ import {
   type StatementOptions,
 } from "./postgres.ts";
 import type { DriverSession } from "./session.ts";
+import { unrunWhenTerminated } from "./termination.ts";
 
 /** A statement as `Bun.SQL` returns it: lazy (sent on its first `then`), with result modes. */
 interface BunQuery extends Promise<Rows> {
@@ -89,10 +90,6 @@ export function hasBunSql(): boolean {
 
 const noop = () => {};
 
-// FATAL errors after which the server executed nothing more on the session: an administrator
-// terminated it (57P01) or it could not start (57P03). 57P02 (crash of another backend) is left
-// out on purpose: quickdie can follow a flushed commit whose acknowledgement never left.
-const terminatedCodes = new Set(["57P01", "57P03"]);
 
 // Bun's connection-level codes, as postgres.js names the same conditions (what `sqlstate.ts`
 // and every caller already know).
@@ -268,15 +265,15 @@ export class BunSession implements DriverSession {
     });
   }
 
-  /** What is known of a statement that rejected with `err` on this session. */
-  outcomeOf(err: unknown): Outcome {
+  /** What is known of a statement (`text`) that rejected with `err` on this session. */
+  outcomeOf(err: unknown, text: string): Outcome {
     if (err instanceof SessionEndedError) return "not-executed";
     const fatal = isFatal(err);
     if (!fatal && !this.#isLost(err)) return "failed";
     // Bun holds every statement back until the start-up has finished.
     if (!this.#established) return "not-executed";
     // Bun rejects each statement in flight with the server's FATAL itself.
-    return fatal && terminatedCodes.has((err as ErrorFields).code as string)
+    return fatal && unrunWhenTerminated((err as ErrorFields).code as string, text)
       ? "not-executed"
       : "unknown";
   }

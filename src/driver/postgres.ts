@@ -14,6 +14,7 @@
 
 import postgres from "postgres";
 import { isConnectionError } from "../sqlstate.ts";
+import { unrunWhenTerminated } from "./termination.ts";
 
 /** The postgres.js tagged template of a session (public as `Sql`). */
 export type DriverSql = postgres.Sql;
@@ -84,10 +85,6 @@ export class SessionEndedError extends Error {
 
 const noop = () => {};
 
-// FATAL errors after which the server executed nothing more on the session: an administrator
-// terminated it (57P01) or it could not start (57P03). 57P02 (crash of another backend) is left
-// out on purpose: quickdie can follow a flushed commit whose acknowledgement never left.
-const terminatedCodes = new Set(["57P01", "57P03"]);
 
 interface NetModule {
   Socket: new () => NetSocket;
@@ -304,14 +301,14 @@ export class Session {
         // The server ran the statement and said no: the type query was answered before it. A
         // lost connection or a FATAL (one in the start-up reply's segment rejects this statement
         // while the type query is about to go out) proves nothing: the fetch may be under way.
-        if (this.outcomeOf(err) === "failed") this.#fetchingTypes = false;
+        if (this.outcomeOf(err, text) === "failed") this.#fetchingTypes = false;
       });
     }
     return query;
   }
 
-  /** What is known of a statement that rejected with `err` on this session. */
-  outcomeOf(err: unknown): Outcome {
+  /** What is known of a statement (`text`) that rejected with `err` on this session. */
+  outcomeOf(err: unknown, text: string): Outcome {
     if (err instanceof SessionEndedError) return "not-executed";
     const fatal = (err as { severity?: unknown } | null)?.severity === "FATAL";
     if (!fatal && !isConnectionError(err)) return "failed";
@@ -322,7 +319,7 @@ export class Session {
     if ((err as { code?: unknown }).code === "CONNECTION_DESTROYED" && !this.#ending) {
       return "not-executed";
     }
-    return terminatedCodes.has(this.#fatalCode() ?? "") ? "not-executed" : "unknown";
+    return unrunWhenTerminated(this.#fatalCode(), text) ? "not-executed" : "unknown";
   }
 
   /**

@@ -53,8 +53,8 @@ export interface DriverSession {
     params: readonly unknown[] | undefined,
     options: StatementOptions,
   ): Promise<Rows>;
-  /** What is known of a statement that rejected with `err` on this session. */
-  outcomeOf(err: unknown): Outcome;
+  /** What is known of a statement (`text`) that rejected with `err` on this session. */
+  outcomeOf(err: unknown, text: string): Outcome;
   /** Whether `err` is this session's refusal itself (connect failed, the server said no). */
   isRefusal(err: unknown): boolean;
   /** Ends the session; statements in flight get `timeoutMs` before the socket is cut. */

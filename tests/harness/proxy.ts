@@ -31,6 +31,15 @@ export interface TcpProxy {
    * blackhole (a partition that starts right before that chunk).
    */
   holdServerChunk: ((chunk: Uint8Array) => boolean) | undefined;
+  /**
+   * Asked before a chunk from a client is relayed: a number `n` below the chunk's length relays
+   * only its first `n` bytes and stalls the rest, with everything that client sends after it,
+   * until `releaseClients()` (a client message cut right before its end: an Execute relayed,
+   * its Sync not yet).
+   */
+  cutClientChunk: ((chunk: Uint8Array) => number) | undefined;
+  /** Relays what `cutClientChunk` stalled, in order, and lets the clients' bytes flow again. */
+  releaseClients(): void;
   /** Currently open client sockets. */
   readonly connections: number;
   /** Destroys all current connections with a TCP RST (clients see ECONNRESET). */
@@ -59,12 +68,15 @@ class Proxy implements TcpProxy {
   delayMs = 0;
   onServerChunk: ((chunk: Uint8Array) => void) | undefined = undefined;
   holdServerChunk: ((chunk: Uint8Array) => boolean) | undefined = undefined;
+  cutClientChunk: ((chunk: Uint8Array) => number) | undefined = undefined;
   #mode: ProxyMode = "pass";
   #port = 0;
   readonly #pairs = new Set<Pair>();
   readonly #server: Server;
   /** Called when the mode goes back to pass: deliver what was held. */
   readonly #heal = new Set<() => void>();
+  /** Called by releaseClients(): relay what a cut stalled. */
+  readonly #release = new Set<() => void>();
 
   constructor(readonly target: { host: string; port: number }, readonly host: string) {
     this.#server = createServer((client) => this.#accept(client));
@@ -82,6 +94,10 @@ class Proxy implements TcpProxy {
     this.#mode = mode;
     if (mode === "refuse") this.dropAll();
     if (mode === "pass") { for (const heal of [...this.#heal]) heal(); }
+  }
+
+  releaseClients(): void {
+    for (const release of [...this.#release]) release();
   }
 
   get connections(): number {
@@ -197,7 +213,30 @@ class Proxy implements TcpProxy {
       endIfDrained();
     };
     this.#heal.add(heal);
+    // The client's bytes after a cut (`cutClientChunk`), until releaseClients().
+    let stalled: Uint8Array[] | undefined;
+    const release = (): void => {
+      const chunks = stalled;
+      stalled = undefined;
+      for (const chunk of chunks ?? []) send(chunk);
+    };
+    if (!hangs) {
+      this.#release.add(release);
+      from.on("close", () => this.#release.delete(release));
+    }
     from.on("data", (chunk: Uint8Array) => {
+      if (stalled !== undefined) {
+        stalled.push(chunk);
+        return;
+      }
+      if (!hangs && this.cutClientChunk !== undefined && this.#mode === "pass") {
+        const n = this.cutClientChunk(chunk);
+        if (n < chunk.length) {
+          stalled = [chunk.subarray(n)];
+          if (n > 0) send(chunk.subarray(0, n));
+          return;
+        }
+      }
       if (this.#mode !== "pass") held.push(chunk); // blackhole: held until the partition heals
       else if (hangs && this.holdServerChunk?.(chunk) === true) {
         this.#mode = "blackhole";
