@@ -206,15 +206,32 @@ export class Pool extends EventTarget implements AsyncDisposable {
     params?: readonly unknown[],
     options?: QueryOptions,
   ): Promise<Rows | ValueRows>;
-  async query(
+  query(
     group: string,
     text: string,
     params?: readonly unknown[],
     options?: QueryOptions,
   ): Promise<Rows | ValueRows> {
-    const g = this[groupLookup](group);
-    const arrays = options?.rowMode === "array";
-    if (g.autocommit && this.#config.threaded) return oneShot(g, text, params, arrays);
+    // Not async: a one-shot's promise is handed back as is (an async frame costs two microtask
+    // hops per statement); errors still arrive as rejections.
+    let g: Group;
+    try {
+      g = this[groupLookup](group);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (g.autocommit && this.#config.threaded) {
+      return oneShot(g, text, params, options?.rowMode === "array");
+    }
+    return this.#checkoutQuery(group, text, params, options);
+  }
+
+  async #checkoutQuery(
+    group: string,
+    text: string,
+    params: readonly unknown[] | undefined,
+    options: QueryOptions | undefined,
+  ): Promise<Rows | ValueRows> {
     const db = new Handler(group, undefined, this);
     try {
       const rows = await db.query(text, params, options);
