@@ -195,11 +195,11 @@ describe("checkout", () => {
   // Past every connection's pipeline (64 statements), a one-shot used to wait for a whole
   // connection, and once one waited nobody could share any more: throughput fell to one
   // statement per connection at a time (HTTP /queries?n=20 at 64 clients ran at 0.36x postgres.js).
-  it("seats waiting one-shots on a shared connection as soon as a statement on it finishes", async () => {
+  it("refills a shared connection's pipeline with waiting one-shots in one batch once it has drained to half", async () => {
     await using p = pool("seats", {}, { connection_count: 1, endpoints: [0] });
     await p.query("g", "SELECT 1");
     const admin = cluster.primary;
-    // The second statement of the pipeline waits for a lock held elsewhere.
+    // The 33rd statement of the pipeline waits for a lock held elsewhere.
     const lock = `SELECT pg_advisory_lock(4242)`;
     const blocker = (async () => {
       const { default: postgres } = await import("postgres");
@@ -223,8 +223,8 @@ describe("checkout", () => {
         (_, i) =>
           p.query<{ n: number }>(
             "g",
-            i === 0
-              ? "SELECT 2 AS n FROM (SELECT pg_advisory_lock_shared(4242)) l"
+            i === 31
+              ? "SELECT 33 AS n FROM (SELECT pg_advisory_lock_shared(4242)) l"
               : `SELECT ${i + 2} AS n`,
           ),
       );
@@ -234,10 +234,13 @@ describe("checkout", () => {
       );
       assert.equal(p.stats().groups.g.waiting, 10);
       await first;
-      // The first statement's seat went to the oldest waiter while the lock holds the rest.
-      await waitFor(() => p.stats().groups.g.waiting === 9, {
+      // One freed seat is not handed on by itself (one socket write per statement)...
+      assert.equal(p.stats().groups.g.waiting, 10);
+      // ...but once 32 statements have finished, the waiters are seated together, while the
+      // lock still holds the rest of the pipeline.
+      await waitFor(() => p.stats().groups.g.waiting === 0, {
         timeoutMs: 5_000,
-        message: "a freed seat handed to a waiting one-shot",
+        message: "the waiting one-shots seated once the pipeline drained to half",
       });
       await held.unsafe("SELECT pg_advisory_unlock(4242)");
       const rows = await Promise.all([...pipeline, ...waiting]);
