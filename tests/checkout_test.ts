@@ -199,8 +199,8 @@ describe("checkout", () => {
     await using p = pool("seats", {}, { connection_count: 1, endpoints: [0] });
     await p.query("g", "SELECT 1");
     const admin = cluster.primary;
-    // The 33rd statement of the pipeline waits for a lock held elsewhere.
-    const lock = `SELECT pg_advisory_lock(4242)`;
+    // The 2nd and the 33rd statement of the pipeline wait for locks held elsewhere.
+    const lock = `SELECT pg_advisory_lock(4242), pg_advisory_lock(4243)`;
     const blocker = (async () => {
       const { default: postgres } = await import("postgres");
       const sql = postgres({
@@ -223,8 +223,10 @@ describe("checkout", () => {
         (_, i) =>
           p.query<{ n: number }>(
             "g",
-            i === 31
-              ? "SELECT 33 AS n FROM (SELECT pg_advisory_lock_shared(4242)) l"
+            i === 0
+              ? "SELECT 2 AS n FROM (SELECT pg_advisory_lock_shared(4242)) l"
+              : i === 31
+              ? "SELECT 33 AS n FROM (SELECT pg_advisory_lock_shared(4243)) l"
               : `SELECT ${i + 2} AS n`,
           ),
       );
@@ -234,15 +236,16 @@ describe("checkout", () => {
       );
       assert.equal(p.stats().groups.g.waiting, 10);
       await first;
-      // One freed seat is not handed on by itself (one socket write per statement)...
+      // One freed seat is not handed on by itself (the 2nd statement holds the rest back)...
       assert.equal(p.stats().groups.g.waiting, 10);
       // ...but once 32 statements have finished, the waiters are seated together, while the
-      // lock still holds the rest of the pipeline.
+      // second lock still holds the rest of the pipeline.
+      await held.unsafe("SELECT pg_advisory_unlock(4242)");
       await waitFor(() => p.stats().groups.g.waiting === 0, {
         timeoutMs: 5_000,
         message: "the waiting one-shots seated once the pipeline drained to half",
       });
-      await held.unsafe("SELECT pg_advisory_unlock(4242)");
+      await held.unsafe("SELECT pg_advisory_unlock(4243)");
       const rows = await Promise.all([...pipeline, ...waiting]);
       assert.deepEqual(
         rows.map((r) => r[0].n),
