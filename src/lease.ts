@@ -24,7 +24,7 @@ import type { ResolvedHandlerOptions } from "./handler_options.ts";
 import type { Rows, Sql } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
-import { LSN_SQL, mayWrite, readToken, sendWrite } from "./token.ts";
+import { LSN_SQL, readToken, sendStatement } from "./token.ts";
 
 const noop = () => {};
 
@@ -218,26 +218,12 @@ export class Lease {
     const first = !this.#used;
     this.#used = true;
     const begin = !this.autocommit && !this.#tx ? this.#begin(conn) : undefined;
-    let lsn: Promise<Rows> | undefined;
     const context = this.group.context;
     context.watch?.(conn.endpoint);
-    const endpoint = conn.endpoint;
     const done = context.hooks === undefined
       ? undefined
       : observe(context.hooks, this.group.name, text, conn);
-    let sent: Promise<Rows>;
-    try {
-      const options = endpoint.statementOptions(text, params, arrays);
-      if (this.autocommit && endpoint.role === "primary" && mayWrite(text)) {
-        const write = sendWrite(conn, text, params, options);
-        lsn = write.lsn;
-        sent = write.sent;
-      } else {
-        sent = conn.session.query(text, params, options) as Promise<Rows>;
-      }
-    } catch (err) {
-      sent = Promise.reject(err);
-    }
+    const { sent, lsn } = sendStatement(conn, text, params, arrays, this.autocommit);
     const failed = (err: unknown): Promise<Rows> =>
       this.#failed(conn, err, text, params, arrays, attempt, first, begin, done);
     return sent.then((rows) => {

@@ -16,7 +16,7 @@ import { MAX_ATTEMPTS, observe } from "./lease.ts";
 import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
-import { mayWrite, readToken, sendWrite } from "./token.ts";
+import { readToken, sendStatement } from "./token.ts";
 
 // A connection of its own (shared from now on), or a seat on one that one-shots share.
 function hold(group: Group): ServerConnection | Promise<ServerConnection> {
@@ -69,24 +69,10 @@ function send(
   }
   const context = group.context;
   context.watch?.(conn.endpoint);
-  const endpoint = conn.endpoint;
   const done = context.hooks === undefined
     ? undefined
     : observe(context.hooks, group.name, text, conn);
-  let lsn: Promise<Rows> | undefined;
-  let sent: Promise<Rows>;
-  try {
-    const options = endpoint.statementOptions(text, params, arrays);
-    if (endpoint.role === "primary" && mayWrite(text)) {
-      const write = sendWrite(conn, text, params, options);
-      lsn = write.lsn;
-      sent = write.sent;
-    } else {
-      sent = conn.session.query(text, params, options);
-    }
-  } catch (err) {
-    sent = Promise.reject(err);
-  }
+  const { sent, lsn } = sendStatement(conn, text, params, arrays, true);
   return sent.then((rows) => {
     done?.(undefined);
     // Staleness is judged when a one-shot is a connection's first user: only the last one to

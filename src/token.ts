@@ -60,3 +60,27 @@ export function sendWrite(
   lsn.catch(noop);
   return { sent, lsn };
 }
+
+/**
+ * Sends one statement of a checkout or a one-shot: an autocommit write on the primary with the
+ * token query behind it (`lsn`), anything else alone. Never throws: a statement the driver
+ * refuses at once comes back as a rejected `sent`.
+ */
+export function sendStatement(
+  conn: ServerConnection,
+  text: string,
+  params: readonly unknown[] | undefined,
+  arrays: boolean,
+  autocommit: boolean,
+): { sent: Promise<Rows>; lsn: Promise<Rows> | undefined } {
+  try {
+    const endpoint = conn.endpoint;
+    const options = endpoint.statementOptions(text, params, arrays);
+    if (autocommit && endpoint.role === "primary" && mayWrite(text)) {
+      return sendWrite(conn, text, params, options);
+    }
+    return { sent: conn.session.query(text, params, options) as Promise<Rows>, lsn: undefined };
+  } catch (err) {
+    return { sent: Promise.reject(err), lsn: undefined };
+  }
+}
