@@ -116,6 +116,12 @@ export class Endpoint {
   /** The same for a recurring text without parameters: a named statement, extended protocol. */
   readonly #preparedOptions: StatementOptions;
   readonly #preparedArrayOptions: StatementOptions;
+  /**
+   * How the pool's own fixed statements are sent (BEGIN, COMMIT, ROLLBACK, the token query): as
+   * named prepared statements when sessions prepare, so the server parses and plans them once
+   * per session and Bun pipelines them; unprepared otherwise (PgBouncer in transaction mode).
+   */
+  readonly controlOptions: StatementOptions;
   /** Set when sessions prepare statements (`prepare`, the default). */
   readonly #repeated: RepeatedTexts | undefined;
   readonly #settings: ResolvedEndpoint;
@@ -131,6 +137,7 @@ export class Endpoint {
     this.#arrayOptions = { prepare: settings.prepare, arrays: true };
     this.#preparedOptions = { prepare: true, simple: false };
     this.#preparedArrayOptions = { prepare: true, simple: false, arrays: true };
+    this.controlOptions = settings.prepare ? this.#preparedOptions : { prepare: false };
     this.#repeated = settings.prepare ? new RepeatedTexts() : undefined;
   }
 

@@ -73,8 +73,6 @@ const MAX_PIPELINE = 64;
  */
 const REFILL_AT = MAX_PIPELINE / 2;
 
-const ROLLBACK = { prepare: false };
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Withdraws the seat queue's permit wait once nobody is left in the queue. */
@@ -731,7 +729,7 @@ export class Group {
   async #rollbackThenCheckin(conn: ServerConnection): Promise<void> {
     try {
       await withDeadline(
-        conn.session.query("ROLLBACK", undefined, ROLLBACK),
+        conn.session.query("ROLLBACK", undefined, conn.endpoint.controlOptions),
         conn.endpoint.connectTimeoutS * 1000,
       );
       conn.lastUsed = performance.now();

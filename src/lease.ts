@@ -35,8 +35,6 @@ const HELD = 0;
 const WAITING = 1;
 const RELEASED = 2;
 
-const COMMIT_OPTIONS = { prepare: false };
-
 /** `ROLLBACK [WORK | TRANSACTION] TO ...`, or anything `... AND CHAIN`. */
 const STAYS_IN_TRANSACTION =
   /^\s*(?:rollback\s+(?:(?:work|transaction)\s+)?to\b|(?:commit|end|rollback|abort)\b[^;]*\band\s+chain\s*;?\s*$)/i;
@@ -309,7 +307,7 @@ export class Lease {
   async #commit(conn: ServerConnection): Promise<string | undefined> {
     this.#used = true;
     if (!this.#tx) return undefined;
-    const commit = conn.session.query("COMMIT", undefined, COMMIT_OPTIONS);
+    const commit = conn.session.query("COMMIT", undefined, conn.endpoint.controlOptions);
     // Wire order is the order of the first then/catch: COMMIT first, the position after it.
     commit.catch(noop);
     const hooks = this.group.context.hooks;
@@ -319,7 +317,7 @@ export class Lease {
     }
     let lsn: Promise<Rows> | undefined;
     if (conn.endpoint.role !== "replica") {
-      lsn = conn.session.query(LSN_SQL, undefined, COMMIT_OPTIONS) as Promise<Rows>;
+      lsn = conn.session.query(LSN_SQL, undefined, conn.endpoint.controlOptions) as Promise<Rows>;
       lsn.catch(noop);
     }
     let result: Rows;
@@ -374,7 +372,7 @@ export class Lease {
     if (!this.#tx) return;
     this.#tx = false;
     try {
-      await conn.session.query("ROLLBACK", undefined, COMMIT_OPTIONS);
+      await conn.session.query("ROLLBACK", undefined, conn.endpoint.controlOptions);
       conn.lastUsed = performance.now();
     } catch (err) {
       const outcome = conn.outcomeOf(err, "ROLLBACK");
@@ -515,7 +513,7 @@ export class Lease {
   }
 
   #begin(conn: ServerConnection): Promise<unknown> {
-    const begin = conn.session.query("BEGIN", undefined, COMMIT_OPTIONS);
+    const begin = conn.session.query("BEGIN", undefined, conn.endpoint.controlOptions);
     begin.catch(noop);
     this.#tx = true;
     return begin;

@@ -11,7 +11,6 @@ import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 
 const noop = () => {};
-const LSN_OPTIONS = { prepare: false };
 
 /** NULL on a replica instead of an error: the role may be unknown (PostgreSQL < 14). */
 export const LSN_SQL =
@@ -56,7 +55,7 @@ export function sendWrite(
   const sent = conn.session.query(text, params, options).then() as Promise<
     Rows
   >;
-  const lsn = conn.session.query(LSN_SQL, undefined, LSN_OPTIONS) as Promise<Rows>;
+  const lsn = conn.session.query(LSN_SQL, undefined, conn.endpoint.controlOptions) as Promise<Rows>;
   lsn.catch(noop);
   return { sent, lsn };
 }

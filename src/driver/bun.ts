@@ -35,9 +35,10 @@
  *   stay on postgres.js). No array-type fetch either: `onTypes` is never called.
  * - Bun pipelines only named prepared statements (prepare on, extended protocol) and serializes
  *   the simple protocol. On a session that prepares, statements with parameters, recurring
- *   texts without (`simple: false`, see `repeated_texts.ts`) and the pool's own BEGIN, COMMIT,
- *   WAL-position query and pings (`prepare: false`) go through the extended protocol as named
- *   statements, so that they pipeline, as Bun's own tagged templates do. Other texts without
+ *   texts without (`simple: false`, see `repeated_texts.ts`), the pool's own BEGIN, COMMIT,
+ *   ROLLBACK and WAL-position query (`Endpoint.controlOptions`) and pings (`prepare: false`) go
+ *   through the extended protocol as named statements, so that they pipeline, as Bun's own
+ *   tagged templates do. Other texts without
  *   parameters (seen for the first time, or several statements) go through the simple protocol
  *   (as postgres.js does: one result each, values in text form), as does everything on a
  *   session that does not prepare (`prepare: false`, e.g. behind PgBouncer).
