@@ -183,10 +183,11 @@ export class Handler implements Disposable, AsyncDisposable {
   }
 
   /**
-   * Resolves once the connection is held and proven alive (`pool.acquire()` uses it).
+   * This handler once its connection is held and proven alive (`pool.acquire()` uses it): at
+   * once when it is already, else a promise that releases the handler before it rejects.
    * @ignore
    */
-  [leaseReady](): Promise<void> {
-    return this.#lease.ready();
+  [leaseReady](): this | Promise<this> {
+    return this.#lease.readyWith(this, () => this.release());
   }
 }

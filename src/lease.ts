@@ -131,10 +131,36 @@ export class Lease {
     return this.#token;
   }
 
-  /** Resolves once a connection is held and proven alive (for `pool.acquire()`). */
-  async ready(): Promise<void> {
-    const conn = this.#conn ?? await this.#connection();
-    if (this.#used) return;
+  /**
+   * `value` once a connection is held and proven alive (for `pool.acquire()`, which passes the
+   * handler): at once when a connection used within `validate_after_ms` is held already, else a
+   * promise that runs `undo` before it rejects. No async frames: a contended checkout reaches
+   * its waiter in as few microtask hops as the check-in allows.
+   */
+  readyWith<T>(value: T, undo: () => void): T | Promise<T> {
+    const fail = (err: unknown): never => {
+      undo();
+      throw err;
+    };
+    const ready = (held: ServerConnection): T | Promise<T> => {
+      const proof = this.#readyOn(held);
+      return proof === undefined ? value : proof.then(() => value, fail);
+    };
+    const conn = this.#conn;
+    if (conn !== null) return ready(conn);
+    return this.#connection().then(ready, fail);
+  }
+
+  #readyOn(conn: ServerConnection): Promise<void> | undefined {
+    if (this.#used) return undefined;
+    if (!this.group.ended && !this.#stale(conn)) {
+      this.#validated = true;
+      return undefined;
+    }
+    return this.#prove(conn);
+  }
+
+  async #prove(conn: ServerConnection): Promise<void> {
     this.#inflight++;
     try {
       await this.#validate(conn);

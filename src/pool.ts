@@ -168,15 +168,23 @@ export class Pool extends EventTarget implements AsyncDisposable {
    * Resolves once a connection of `group` is checked out and validated, so its `sql` can be
    * used at once.
    */
-  async acquire(group: string, options?: HandlerOptions): Promise<Handler> {
-    const db = new Handler(group, options, this);
+  acquire(group: string, options?: HandlerOptions): Promise<Handler> {
+    // Not async: with a connection at hand (or handed over by a check-in) the caller's promise
+    // settles without async frames in between.
+    let db: Handler;
+    let ready: Handler | Promise<Handler>;
     try {
-      await db[leaseReady]();
+      db = new Handler(group, options, this);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    try {
+      ready = db[leaseReady]();
     } catch (err) {
       db.release();
-      throw err;
+      return Promise.reject(err);
     }
-    return db;
+    return ready instanceof Promise ? ready : Promise.resolve(ready);
   }
 
   /**
