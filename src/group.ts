@@ -464,12 +464,7 @@ export class Group {
       return this.#afterPermitSlow(after, signal, started);
     }
     try {
-      this.counters.checkouts++;
-      const conn = this.#take();
-      if (this.context.hooks !== undefined) {
-        this.#observeCheckout(conn, performance.now() - started);
-      }
-      return conn;
+      return this.#checkedOut(this.#take(), started);
     } catch (err) {
       this.#sem.release();
       throw err;
@@ -484,16 +479,20 @@ export class Group {
     try {
       if (this.closing) throw new PoolClosedError();
       if (this.#members.length === 0) await this.#findEndpoint();
-      this.counters.checkouts++;
       const conn = after === undefined ? this.#take() : await this.#takeAfter(after, signal);
-      if (this.context.hooks !== undefined) {
-        this.#observeCheckout(conn, performance.now() - started);
-      }
-      return conn;
+      return this.#checkedOut(conn, started);
     } catch (err) {
       this.#sem.release();
       throw err;
     }
+  }
+
+  #checkedOut(conn: ServerConnection, started: number): ServerConnection {
+    this.counters.checkouts++;
+    if (this.context.hooks !== undefined) {
+      this.#observeCheckout(conn, performance.now() - started);
+    }
+    return conn;
   }
 
   /**

@@ -184,7 +184,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
       db.release();
       return Promise.reject(err);
     }
-    return ready instanceof Promise ? ready : Promise.resolve(ready);
+    return Promise.resolve(ready);
   }
 
   /**
