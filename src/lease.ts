@@ -24,7 +24,7 @@ import type { ResolvedHandlerOptions } from "./handler_options.ts";
 import type { Rows, Sql } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
-import { LSN_SQL, readToken, sendStatement } from "./token.ts";
+import { readToken, sendStatement, sendTokenQuery } from "./token.ts";
 
 const noop = () => {};
 
@@ -343,8 +343,7 @@ export class Lease {
     }
     let lsn: Promise<Rows> | undefined;
     if (conn.endpoint.role !== "replica") {
-      lsn = conn.session.query(LSN_SQL, undefined, conn.endpoint.controlOptions) as Promise<Rows>;
-      lsn.catch(noop);
+      lsn = sendTokenQuery(conn);
     }
     let result: Rows;
     try {

@@ -42,10 +42,20 @@ export async function readToken(lsn: Promise<Rows>): Promise<string | undefined>
 }
 
 /**
+ * Sends the token query on `conn` now, behind whatever was sent before it (postgres.js sends on
+ * the first then/catch, so callers send their statement first): the position read after it.
+ */
+export function sendTokenQuery(conn: ServerConnection): Promise<Rows> {
+  const lsn = conn.session.query(LSN_SQL, undefined, conn.endpoint.controlOptions) as Promise<Rows>;
+  lsn.catch(noop);
+  return lsn;
+}
+
+/**
  * Sends a write with the token query pipelined right behind it (one round trip): `sent` is the
  * write's result, `lsn` the position read after it committed.
  */
-export function sendWrite(
+function sendWrite(
   conn: ServerConnection,
   text: string,
   params: readonly unknown[] | undefined,
@@ -55,9 +65,7 @@ export function sendWrite(
   const sent = conn.session.query(text, params, options).then() as Promise<
     Rows
   >;
-  const lsn = conn.session.query(LSN_SQL, undefined, conn.endpoint.controlOptions) as Promise<Rows>;
-  lsn.catch(noop);
-  return { sent, lsn };
+  return { sent, lsn: sendTokenQuery(conn) };
 }
 
 /**
