@@ -12,6 +12,22 @@ export interface Reclaimable {
   reclaim(): void;
 }
 
+/**
+ * This module's directory, as stack frames name it (a URL in Deno, Node and on JSR; a plain
+ * path in Bun): every frame under it is the pool's own, above the caller's code.
+ */
+const OWN_DIR = new URL(".", import.meta.url);
+const OWN_PREFIXES = OWN_DIR.protocol === "file:"
+  ? [OWN_DIR.href, decodeURIComponent(OWN_DIR.pathname)]
+  : [OWN_DIR.href];
+
+/** The stack of `err` from the first frame outside the pool (all of it if none is). */
+function callerStack(err: Error): string {
+  const frames = (err.stack ?? "").split("\n").slice(1);
+  const first = frames.findIndex((f) => !OWN_PREFIXES.some((p) => f.includes(p)));
+  return (first === -1 ? frames : frames.slice(first)).join("\n");
+}
+
 // Held values are the leases, never the handlers: a handler stays collectable.
 const finalizers = new FinalizationRegistry<Reclaimable>((lease) => lease.reclaim());
 
@@ -25,10 +41,9 @@ export class LeakWatch {
   readonly #lease: Reclaimable;
 
   constructor(handler: object, lease: Reclaimable, ms: number, onLeak: (watch: LeakWatch) => void) {
-    // Below the message: this constructor, the lease's and the handler's frames; the caller's
-    // code starts after them.
-    const lines = (new Error().stack ?? "").split("\n");
-    this.stack = lines.slice(4).join("\n");
+    // The pool's own frames (this constructor, the lease, the handler, pool.handler or
+    // pool.acquire, in any number) are left out: the stack starts in the caller's code.
+    this.stack = callerStack(new Error());
     this.since = performance.now();
     this.#lease = lease;
     this.#timer = setTimeout(() => onLeak(this), ms);

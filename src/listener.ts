@@ -47,7 +47,10 @@ export interface Subscription extends AsyncDisposable {
  * ```
  */
 export interface ListenOptions {
-  /** Unlistens when aborted. */
+  /**
+   * Unlistens when aborted. Aborted before `listen()` resolved, the subscription is undone and
+   * `listen()` rejects with the signal's reason.
+   */
   readonly signal?: AbortSignal;
 }
 
@@ -123,8 +126,20 @@ export class Listener {
       this.#reopen();
       throw err;
     }
-    const unlisten = () => this.#unlisten(channel, listener);
-    options?.signal?.addEventListener("abort", () => unlisten(), { once: true });
+    const signal = options?.signal;
+    // The abort handler goes with the subscription: a long-lived signal shared by many
+    // subscriptions must not keep every one of them (and its callback) alive.
+    const onAbort = () => void this.#unlisten(channel, listener);
+    const unlisten = () => {
+      signal?.removeEventListener("abort", onAbort);
+      return this.#unlisten(channel, listener);
+    };
+    if (signal?.aborted) {
+      // Aborted while the LISTEN was on the way: the abort event has already fired.
+      await this.#unlisten(channel, listener);
+      signal.throwIfAborted();
+    }
+    signal?.addEventListener("abort", onAbort, { once: true });
     return { channel, unlisten, [Symbol.asyncDispose]: unlisten };
   }
 
@@ -148,6 +163,9 @@ export class Listener {
 
   async #unlisten(channel: string, listener: (payload: string) => void): Promise<void> {
     if (!this.#drop(channel, listener)) return;
+    // A session being opened may be sending this channel's LISTEN: let it finish, then undo it.
+    if (this.#connecting !== undefined) await this.#connecting.catch(() => {});
+    if (this.#channels.has(channel)) return; // subscribed again meanwhile
     const session = this.#session;
     if (session === undefined || session.dead) return;
     if (this.#channels.size === 0) {
@@ -165,6 +183,8 @@ export class Listener {
   /** Opens a session on the current primary and listens to every channel on it. */
   async #open(): Promise<void> {
     const endpoint = await this.#primary();
+    // Everyone unlistened while the primary was being found: no session to open.
+    if (this.#channels.size === 0) return;
     const session = endpoint.listenSession({
       onNotify: (channel, payload) => this.#deliver(channel, payload),
       onClose: () => {
@@ -181,17 +201,30 @@ export class Listener {
         ),
       );
     } catch (err) {
-      if (this.#session === session) {
+      // Ended on purpose meanwhile (the last unlisten, or close()): the server did nothing wrong.
+      const ours = this.#session === session;
+      if (ours) {
         this.#session = undefined;
         this.#endpoint = undefined;
       }
       session.end(0);
+      if (this.#closed) throw new PoolClosedError();
+      if (!ours && this.#channels.size === 0) return;
       this.#topology.report(endpoint, err);
       throw err;
     }
     if (this.#closed) {
       session.end(0);
       throw new PoolClosedError();
+    }
+    if (this.#channels.size === 0) {
+      // The last subscription went while its LISTEN was on the way.
+      if (this.#session === session) {
+        this.#session = undefined;
+        this.#endpoint = undefined;
+      }
+      session.end(0);
+      return;
     }
     this.#retryMs = RETRY_MIN_MS;
     if (this.#lost) {

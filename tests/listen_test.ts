@@ -47,7 +47,10 @@ describe("pool.listen", () => {
     await p.query("write", "SELECT pg_notify('orders', 'one'), pg_notify($1, 'two')", [weird]);
     await waitFor(() => got.length === 3, { message: "three deliveries" });
     assert.deepEqual(got.sort(), ["a:one", "b:one", "c:two"]);
-    assert.equal((await cluster.primary.query("SELECT count(*)::int AS n FROM listen_guard"))[0].n, 0);
+    assert.equal(
+      (await cluster.primary.query("SELECT count(*)::int AS n FROM listen_guard"))[0].n,
+      0,
+    );
     assert.equal((await listenSessions("l1")).length, 1, "one LISTEN session for every channel");
     assert.equal(p.stats().groups.write.open, 1, "the group's own budget is untouched");
 
@@ -65,10 +68,14 @@ describe("pool.listen", () => {
 
   it("refuses channel names PostgreSQL cannot carry, naming the value", async () => {
     await using p = pool("l2");
-    await assert.rejects(p.listen("", () => {}), (e: unknown) =>
-      e instanceof TypeError && e.message.includes('""'));
-    await assert.rejects(p.listen("x".repeat(64), () => {}), (e: unknown) =>
-      e instanceof RangeError && e.message.includes("63 bytes"));
+    await assert.rejects(
+      p.listen("", () => {}),
+      (e: unknown) => e instanceof TypeError && e.message.includes('""'),
+    );
+    await assert.rejects(
+      p.listen("x".repeat(64), () => {}),
+      (e: unknown) => e instanceof RangeError && e.message.includes("63 bytes"),
+    );
     await assert.rejects(
       p.listen("ok", "nope" as unknown as () => void),
       (e: unknown) => e instanceof TypeError && e.message.includes("onNotify"),
@@ -79,8 +86,10 @@ describe("pool.listen", () => {
     await using p = pool("l3");
     const events: string[] = [];
     p.addEventListener("listenlost", (e) => events.push(`lost ${e.detail.reason}`));
-    p.addEventListener("listenrestored", (e) =>
-      events.push(`restored ${e.detail.endpoint.port} ${e.detail.channels.join(",")}`));
+    p.addEventListener(
+      "listenrestored",
+      (e) => events.push(`restored ${e.detail.endpoint.port} ${e.detail.channels.join(",")}`),
+    );
     const got: string[] = [];
     await p.listen("kill", (payload) => got.push(payload));
     await cluster.primary.query(
@@ -100,7 +109,10 @@ describe("pool.listen", () => {
     try {
       const events: string[] = [];
       p.addEventListener("listenlost", () => events.push("lost"));
-      p.addEventListener("listenrestored", (e) => events.push(`restored ${e.detail.endpoint.port}`));
+      p.addEventListener(
+        "listenrestored",
+        (e) => events.push(`restored ${e.detail.endpoint.port}`),
+      );
       const got: string[] = [];
       await p.listen("failover", (payload) => got.push(payload));
       const [promoted] = cluster.replicas;
@@ -120,5 +132,85 @@ describe("pool.listen", () => {
     }
     assert.equal((await listenSessions("l4")).length, 0, "close() ends the LISTEN session");
     await assert.rejects(p.listen("late", () => {}), { name: "PoolClosedError" });
+  });
+});
+
+describe("pool.listen with the old primary still up", () => {
+  // Its own primary and replica: the replica is promoted while the primary keeps running (two
+  // primaries, as when an orchestrator fences the old one late), which the cluster above cannot
+  // be put back from.
+  let split: PgCluster;
+  before(async () => {
+    split = await startCluster({ replicas: 1 });
+  }, { timeout: 180_000 });
+  after(async () => {
+    await split?.close();
+  }, { timeout: 60_000 });
+
+  const splitListenSessions = async (app: string) =>
+    (await poolSessions(split, app)).filter((s) => s.applicationName === `${app}/listen`);
+
+  it("moves to a replica promoted while the old primary keeps running", async () => {
+    await using p = new Pool({
+      db: split.endpoints(),
+      groups: { write: { connection_count: 1, role: "primary" } },
+      application_name: "l5",
+      health_check_interval_ms: 100,
+    });
+    const events: string[] = [];
+    p.addEventListener("listenlost", (e) => events.push(`lost ${e.detail.reason}`));
+    p.addEventListener("listenrestored", (e) => events.push(`restored ${e.detail.endpoint.port}`));
+    const got: string[] = [];
+    await p.listen("split", (payload) => got.push(payload));
+    const [promoted] = split.replicas;
+    assert.deepEqual(
+      (await splitListenSessions("l5")).map((s) => s.server.port),
+      [split.primary.port],
+    );
+    await promoted.promote();
+    await waitFor(() => events.includes(`restored ${promoted.port}`), {
+      timeoutMs: 15_000,
+      message: "LISTEN restored on the promoted server",
+    });
+    assert.deepEqual(events, ["lost no longer the primary", `restored ${promoted.port}`]);
+    // The old primary, still running, keeps no LISTEN session of the pool.
+    await waitFor(async () => {
+      const ports = (await splitListenSessions("l5")).map((s) => s.server.port);
+      return ports.length === 1 && ports[0] === promoted.port;
+    }, { message: "the LISTEN session only on the promoted server" });
+    await promoted.query("SELECT pg_notify('split', 'from the promoted server')");
+    await waitFor(() => got.includes("from the promoted server"), {
+      message: "delivery from the promoted server",
+    });
+  });
+
+  it("undoes a subscription whose signal aborts before listen() resolves", async () => {
+    await using p = new Pool({
+      db: split.endpoints(),
+      groups: { write: { connection_count: 1, role: "primary" } },
+      application_name: "l6",
+    });
+    const aborted = new AbortController();
+    const got: string[] = [];
+    const pending = p.listen("abort_early", (payload) => got.push(payload), {
+      signal: aborted.signal,
+    });
+    aborted.abort(new Error("gave up"));
+    await assert.rejects(pending, { message: "gave up" });
+    await waitFor(async () => (await splitListenSessions("l6")).length === 0, {
+      message: "no LISTEN session left by the aborted subscription",
+    });
+    // A signal aborted after unlisten() does nothing more; a later subscription works.
+    const later = new AbortController();
+    const sub = await p.listen("abort_late", (payload) => got.push(payload), {
+      signal: later.signal,
+    });
+    await sub.unlisten();
+    later.abort();
+    const again = await p.listen("abort_late", (payload) => got.push(payload));
+    await p.query("write", "SELECT pg_notify('abort_early', 'x'), pg_notify('abort_late', 'y')");
+    await waitFor(() => got.includes("y"), { message: "delivery to the later subscription" });
+    assert.deepEqual(got, ["y"]);
+    await again.unlisten();
   });
 });
