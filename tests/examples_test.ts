@@ -1,6 +1,7 @@
 // The examples, started as real processes. The server examples answer concurrent requests and
 // shut down cleanly on SIGTERM and on SIGINT, closing their pools, leaving no server connection
-// behind. The demo (`npm run demo`) runs its faults to the end and leaves no server behind.
+// behind. The demo, run as `npm run demo` from a fresh copy of the project, runs its faults to
+// the end in under 30 s and leaves nothing running, also when interrupted.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -8,7 +9,8 @@ import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { freePorts, processesIn } from "./harness/exec.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
-import { bunBin, denoBin, getFresh, runCommand, Service } from "./tools.ts";
+import { copyAway, type ProjectCopy } from "./project_copy.ts";
+import { bunBin, denoBin, getFresh, node24Bin, runCommand, Service } from "./tools.ts";
 
 await setTestTimeout(180_000);
 
@@ -186,25 +188,48 @@ describe("examples/bun_serve.ts (Bun.serve with reusePort, two processes)", () =
   }
 });
 
-describe("examples/demo.ts (npm run demo)", () => {
-  // The demo under the runtime running this test (npm run demo uses Deno).
-  const [cmd, args] = "Bun" in globalThis
-    ? [bunBin(), ["examples/demo.ts"]]
-    : [denoBin(), ["run", "-A", "examples/demo.ts"]];
+describe("npm run demo (scripts/demo.mjs), from a fresh copy of the project", () => {
+  // The way users run it: `npm run demo` is Node running scripts/demo.mjs, which runs
+  // examples/demo.ts under Deno, whatever runtime runs this test. From a copy in a mode-700
+  // directory with a fresh TMPDIR, like a first run in a `git clone` made in `mktemp -d`: as
+  // root, the harness first makes its readable copy of the PostgreSQL binaries, and that time
+  // counts too.
+  let copy: ProjectCopy;
+  before(() => {
+    copy = copyAway("demo");
+  });
+  after(() => copy?.remove());
 
-  /** The demo's cluster directory, from its output; no process may still work inside it. */
+  /** Promised in the README and the demo's own description: the whole run, start to exit. */
+  const PROMISED_MS = 30_000;
+
+  const demo = (): [string, string[], { cwd: string; env: Record<string, string> }] => [
+    node24Bin(),
+    ["scripts/demo.mjs"],
+    // "" unsets the bun-native pass's driver choice (testDriver treats it as unset; Deno's
+    // child_process cannot remove an inherited variable): users do not set it.
+    { cwd: copy.project, env: { TMPDIR: copy.tmp, PGDBPOOL_TEST_DRIVER: "" } },
+  ];
+
+  /** Nothing still works in the demo's cluster directory, the copy or its TMPDIR (the Deno
+   * process included), and the cluster directory is gone. */
   function nothingLeft(output: string): void {
     const dir = output.match(/data in (\S+)/)?.[1];
     assert.ok(dir, `no data directory in the output:\n${output}`);
-    assert.deepEqual(processesIn(dir) ?? [], [], `processes left in ${dir}`);
+    assert.ok(dir.startsWith(copy.tmp + "/"), `${dir} is not in the run's TMPDIR ${copy.tmp}`);
+    for (const d of [dir, copy.outer, copy.tmp]) {
+      assert.deepEqual(processesIn(d) ?? [], [], `processes left in ${d}`);
+    }
     assert.equal(existsSync(dir), false, `${dir} is still there`);
   }
 
-  it("follows every fault, loses no acknowledged write and leaves nothing running", async () => {
+  it("follows every fault, loses no acknowledged write and leaves nothing running, in under 30 s", async () => {
+    const [cmd, args, opts] = demo();
     const started = performance.now();
-    const run = await runCommand(cmd, args, { timeoutMs: 120_000 });
-    const seconds = (performance.now() - started) / 1000;
+    const run = await runCommand(cmd, args, { ...opts, timeoutMs: 120_000 });
+    const took = performance.now() - started;
     const out = run.stdout + run.stderr;
+    console.log(`npm run demo took ${(took / 1000).toFixed(1)} s`);
     assert.equal(run.code, 0, out);
     assert.match(out, /^\s+acknowledged writes lost\s+0$/m);
     assert.match(out, /^\s+read-your-writes reads\s+\d+, 0 without their write/m);
@@ -216,19 +241,22 @@ describe("examples/demo.ts (npm run demo)", () => {
     assert.match(out, /app\s+first write on the new primary :\d+/);
     assert.match(out, /app\s+reads reach the rejoined replica :\d+/);
     assert.match(out, /all servers stopped, data deleted/);
-    // Meant to take under 30 s; the bound leaves room for a busy CI machine.
-    assert.ok(seconds < 90, `took ${seconds.toFixed(1)} s`);
+    assert.ok(took < PROMISED_MS, `took ${(took / 1000).toFixed(1)} s:\n${out}`);
     nothingLeft(out);
   });
 
-  it("stops its servers on SIGINT in the middle of the run", async () => {
-    const svc = new Service("demo", cmd, args);
-    services.push(svc);
-    await svc.waitForOutput(/fault\s+replay paused/, 90_000);
-    svc.kill("SIGINT");
-    const exit = await svc.waitExit(EXIT_DEADLINE_MS);
-    assert.equal(exit.code, 130, svc.output);
-    assert.match(svc.output, /SIGINT: stopping the servers/);
-    nothingLeft(svc.output);
-  });
+  for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+    it(`stops its servers on ${signal} in the middle of the run (exit ${code})`, async () => {
+      const [cmd, args, opts] = demo();
+      // The signal goes to Node, which passes it on to the demo and exits with its code.
+      const svc = new Service("npm run demo", cmd, args, opts);
+      services.push(svc);
+      await svc.waitForOutput(/fault\s+replay paused/, 90_000);
+      svc.kill(signal);
+      const exit = await svc.waitExit(EXIT_DEADLINE_MS);
+      assert.equal(exit.code, code, svc.output);
+      assert.match(svc.output, new RegExp(`${signal}: stopping the servers`));
+      nothingLeft(svc.output);
+    });
+  }
 });
