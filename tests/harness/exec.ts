@@ -91,7 +91,11 @@ export function writeServerFile(path: string, text: string, mode = 0o644): void 
   chownToServer(path);
 }
 
-function wrap(cmd: string, args: string[], asServer: boolean): [string, string[]] {
+/**
+ * The command line that runs `cmd` as the server user when `asServer` and we are root
+ * (`setpriv`, which execs `cmd`, so the child's pid is the command's own), else unchanged.
+ */
+export function wrap(cmd: string, args: string[], asServer: boolean): [string, string[]] {
   const u = asServer ? serverUser() : null;
   if (!u) return [cmd, args];
   return ["setpriv", [`--reuid=${u.uid}`, `--regid=${u.gid}`, "--clear-groups", cmd, ...args]];

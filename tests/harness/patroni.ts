@@ -25,19 +25,18 @@ import { delimiter, join } from "node:path";
 import process from "node:process";
 import postgres from "postgres";
 import { serverBinDir } from "./binaries.ts";
-import { killAll, processRoot, track, untrack } from "./datadir.ts";
 import {
-  chownToServer,
-  freePorts,
-  pidAlive,
-  processesIn,
-  serverUser,
-  writeServerFile,
-} from "./exec.ts";
+  DATABASE,
+  HOST,
+  killAll,
+  processRoot,
+  track,
+  untrack,
+  USER as POOL_USER,
+} from "./datadir.ts";
+import { chownToServer, freePorts, pidAlive, processesIn, wrap, writeServerFile } from "./exec.ts";
 import { HARNESS_APP } from "./server.ts";
 import { sleep, waitFor } from "./wait.ts";
-
-const HOST = "127.0.0.1";
 
 /**
  * Patroni's timing (global DCS settings). A leader that stops renewing its key loses it after
@@ -46,9 +45,6 @@ const HOST = "127.0.0.1";
  */
 export const PATRONI_TIMING = { ttl: 8, loop_wait: 1, retry_timeout: 3 } as const;
 
-/** The login the pool uses: not a superuser, owner of {@link PatroniLab.database}. */
-const POOL_USER = "pool_user";
-const DATABASE = "pooltest";
 const SUPERUSER = "postgres";
 const REPLICATION_USER = "replicator";
 const REWIND_USER = "rewinder";
@@ -119,6 +115,7 @@ export interface StartPatroniOptions {
 /** Debian's PostgreSQL 15, the build the lab is made for. */
 export const DEBIAN_PG15_BIN = "/usr/lib/postgresql/15/bin";
 
+/** `$envName` if set, else `name` on PATH, else the first of `extra` that exists. */
 function findBin(envName: string, name: string, extra: string[]): string | undefined {
   const candidates = [
     process.env[envName],
@@ -126,6 +123,16 @@ function findBin(envName: string, name: string, extra: string[]): string | undef
     ...extra,
   ].filter((p): p is string => !!p);
   return candidates.find((p) => existsSync(p));
+}
+
+/** Patroni's executable ($PATRONI_BIN, else `patroni` on PATH or Debian's), if installed. */
+function patroniBin(): string | undefined {
+  return findBin("PATRONI_BIN", "patroni", ["/usr/bin/patroni"]);
+}
+
+/** etcd's executable ($ETCD_BIN, else `etcd` on PATH or Debian's etcd-server), if installed. */
+function etcdBin(): string | undefined {
+  return findBin("ETCD_BIN", "etcd", ["/usr/bin/etcd"]);
 }
 
 /** The lab's PostgreSQL bin dir for `pgBin` (default $PGDBPOOL_PG_BIN, else Debian's 15). */
@@ -139,11 +146,11 @@ export function labPgBin(pgBin?: string): string {
  */
 export function patroniMissing(pgBin?: string): string | undefined {
   const missing: string[] = [];
-  if (!findBin("PATRONI_BIN", "patroni", ["/usr/bin/patroni"])) missing.push("patroni");
+  if (!patroniBin()) missing.push("patroni");
   else if (!existsSync("/usr/lib/python3/dist-packages/etcd") && !process.env.PATRONI_BIN) {
     missing.push("python3-etcd");
   }
-  if (!findBin("ETCD_BIN", "etcd", ["/usr/bin/etcd"])) missing.push("etcd-server");
+  if (!etcdBin()) missing.push("etcd-server");
   const bin = labPgBin(pgBin);
   for (
     const tool of ["initdb", "pg_ctl", "postgres", "pg_rewind", "pg_basebackup", "pg_controldata"]
@@ -155,7 +162,10 @@ export function patroniMissing(pgBin?: string): string | undefined {
     "`apt-get install -y patroni python3-etcd etcd-server postgresql-15` (CI: .ci/run installs them)";
 }
 
-/** A long-running child (etcd or Patroni) whose output goes to a log file. */
+/**
+ * A long-running child (etcd or Patroni) whose output goes to a log file; as root it runs as
+ * the server user (exec.ts `wrap`).
+ */
 class Proc {
   readonly child: ChildProcess;
   exited = false;
@@ -168,10 +178,7 @@ class Proc {
     logFile: string,
     env: Record<string, string>,
   ) {
-    const u = serverUser();
-    const [file, argv] = u
-      ? ["setpriv", [`--reuid=${u.uid}`, `--regid=${u.gid}`, "--clear-groups", cmd, ...args]]
-      : [cmd, args];
+    const [file, argv] = wrap(cmd, args, true);
     const fd = openSync(logFile, "a");
     chownToServer(logFile);
     try {
@@ -279,6 +286,7 @@ export async function startPatroni(opts: StartPatroniOptions = {}): Promise<Patr
 }
 
 export class PatroniLab {
+  /** The login the pool uses: not a superuser, owner of {@link PatroniLab.database}. */
   readonly user = POOL_USER;
   readonly password: string = randomBytes(12).toString("hex");
   readonly database = DATABASE;
@@ -325,9 +333,12 @@ export class PatroniLab {
         pgLogFile: join(dir, "log", "postgresql.log"),
         apiUrl: `http://${HOST}:${apiPort}`,
       });
+      // It holds the superuser, replication and rewind passwords: 0600, owned by the server
+      // user Patroni runs as (writeServerFile chowns it to that user when we are root).
       writeServerFile(
         join(dir, "patroni.yml"),
         JSON.stringify(this.#config(name, port, apiPort, dir), null, 2),
+        0o600,
       );
       writeServerFile(join(dir, "pgpass"), "", 0o600);
     }
@@ -424,7 +435,7 @@ export class PatroniLab {
   }
 
   async #startEtcd(deadline: number): Promise<void> {
-    const etcd = findBin("ETCD_BIN", "etcd", ["/usr/bin/etcd"])!;
+    const etcd = etcdBin()!;
     const dir = join(this.dir, "etcd");
     mkdirSync(dir);
     chownToServer(dir);
@@ -455,7 +466,7 @@ export class PatroniLab {
   /** Starts (or restarts) a node's Patroni, which starts its PostgreSQL. No-op when running. */
   startNode(node: PatroniNode): void {
     if (this.isRunning(node)) return;
-    const patroni = findBin("PATRONI_BIN", "patroni", ["/usr/bin/patroni"])!;
+    const patroni = patroniBin()!;
     this.#procs.set(
       node.name,
       new Proc(
@@ -485,7 +496,7 @@ export class PatroniLab {
 
   /**
    * `kill -9` of the node's Patroni, then of its postmaster (Patroni first, so that it cannot
-   * react to its PostgreSQL dying). Resolves to `performance.now()` right after both signals.
+   * react to its PostgreSQL dying). Returns `performance.now()` right after both signals.
    * The postmaster's children exit on their own once they notice it is gone.
    */
   killNode(node: PatroniNode): number {
