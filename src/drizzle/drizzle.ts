@@ -28,8 +28,9 @@ import { type PgdbpoolQueryResultHKT, PgdbpoolSession, type Runner } from "./ses
  * @example Writes on the primary, reads on replicas that have the caller's writes
  * ```ts
  * import type { PgdbpoolDrizzleConfig } from "@x/pgdbpool/drizzle";
- * import * as schema from "./schema.ts";
+ * import { pgTable, serial, text } from "drizzle-orm/pg-core";
  *
+ * const schema = { notes: pgTable("notes", { id: serial().primaryKey(), body: text() }) };
  * const options: PgdbpoolDrizzleConfig<typeof schema> = {
  *   group: "write",
  *   read: "read",
@@ -59,7 +60,8 @@ export interface PgdbpoolDrizzleConfig<
   casing?: "snake_case" | "camelCase";
 }
 
-const KNOWN = ["group", "read", "read_your_writes", "schema", "logger", "casing"];
+// The options of Drizzle's own that it honours (the routing ones are the router's).
+const DRIZZLE_KEYS = ["schema", "logger", "casing"];
 
 /**
  * A Drizzle database over `pool`. Without `read` every statement runs on `group`; with `read`,
@@ -98,14 +100,7 @@ export function drizzle<TSchema extends Record<string, unknown> = Record<string,
   pool: Pool,
   options: PgdbpoolDrizzleConfig<TSchema>,
 ): PgdbpoolDatabase<TSchema> {
-  const router = new Router(pool, options, "drizzle()");
-  for (const key of Object.keys(options)) {
-    if (!KNOWN.includes(key)) {
-      throw new TypeError(
-        `drizzle(): option ${quote(key)} is not supported (known: ${KNOWN.join(", ")})`,
-      );
-    }
-  }
+  const router = new Router(pool, options, "drizzle()", DRIZZLE_KEYS);
   const dialect = new PgDialect({ casing: options.casing });
   const logger = loggerOf(options.logger);
   type Tables = ExtractTablesWithRelations<TSchema>;

@@ -107,8 +107,7 @@ export class PgdbpoolPreparedQuery<T extends PreparedQueryConfig> extends PgPrep
 
   /** Runs the statement and maps its rows the way Drizzle's builder asked for. */
   async execute(placeholderValues: Record<string, unknown> = {}): Promise<T["execute"]> {
-    const params = fillPlaceholders(this.#params, placeholderValues);
-    this.#logger.logQuery(this.#text, params);
+    const params = this.#fill(placeholderValues);
     const fields = this.#fields;
     const mapper = this.#mapper;
     if (fields === undefined && mapper === undefined) return await this.#run(params, false);
@@ -121,9 +120,7 @@ export class PgdbpoolPreparedQuery<T extends PreparedQueryConfig> extends PgPrep
 
   /** Runs the statement and resolves to its rows as objects, unmapped. */
   async all(placeholderValues: Record<string, unknown> = {}): Promise<T["all"]> {
-    const params = fillPlaceholders(this.#params, placeholderValues);
-    this.#logger.logQuery(this.#text, params);
-    return await this.#run(params, false);
+    return await this.#run(this.#fill(placeholderValues), false);
   }
 
   /**
@@ -132,6 +129,14 @@ export class PgdbpoolPreparedQuery<T extends PreparedQueryConfig> extends PgPrep
    */
   isResponseInArrayMode(): boolean {
     return this.#arrayMode;
+  }
+
+  // The parameters with the values of `sql.placeholder()`s filled in, logged as they are sent
+  // (before encoding: the logger sees what the caller gave).
+  #fill(placeholderValues: Record<string, unknown>): unknown[] {
+    const params = fillPlaceholders(this.#params, placeholderValues);
+    this.#logger.logQuery(this.#text, params);
+    return params;
   }
 
   async #run(params: unknown[], arrays: boolean): Promise<Rows | ValueRows> {

@@ -22,6 +22,9 @@ export interface RouterOptions {
   readonly read_your_writes?: boolean;
 }
 
+/** The keys of {@linkcode RouterOptions}. */
+const ROUTING_KEYS: readonly string[] = ["group", "read", "read_your_writes"];
+
 // A pool's groups never change: their names are read once per pool (so that making a database
 // object per request stays cheap).
 const groupNames = new WeakMap<Pool, readonly string[]>();
@@ -46,14 +49,24 @@ export class Router {
 
   /**
    * Checks the options against `pool` (a `TypeError` names the bad value); `caller` prefixes
-   * the messages, e.g. `drizzle()`.
+   * the messages, e.g. `drizzle()`. `otherKeys` are the integration's own options: any key
+   * that is neither one of them nor a routing option is refused, so that a misspelt or
+   * unsupported option (Drizzle's `cache`) fails here instead of being ignored.
    */
-  constructor(pool: Pool, options: RouterOptions, caller: string) {
+  constructor(pool: Pool, options: RouterOptions, caller: string, otherKeys: readonly string[]) {
     if (!(pool instanceof Pool)) {
       throw new TypeError(`${caller} needs a Pool of @x/pgdbpool (got ${quote(pool)})`);
     }
     if (typeof options !== "object" || options === null) {
       throw new TypeError(`${caller} needs options with a group (got ${quote(options)})`);
+    }
+    const known = [...ROUTING_KEYS, ...otherKeys];
+    for (const key of Object.keys(options)) {
+      if (!known.includes(key)) {
+        throw new TypeError(
+          `${caller}: option ${quote(key)} is not supported (known: ${known.join(", ")})`,
+        );
+      }
     }
     const configured = groupsOf(pool);
     const check = (key: string, name: unknown): string => {

@@ -17,7 +17,6 @@ import {
   type QueryCompiler,
 } from "kysely";
 import type { Pool } from "../../mod.ts";
-import { quote } from "../quote.ts";
 import { Router } from "../integration/router.ts";
 import { PgdbpoolDriver } from "./driver.ts";
 
@@ -48,8 +47,6 @@ export interface PgdbpoolDialectConfig {
    */
   read_your_writes?: boolean;
 }
-
-const KNOWN = ["pool", "group", "read", "read_your_writes"];
 
 /**
  * Kysely's PostgreSQL dialect over a pgdbpool `Pool`. SELECT queries outside a transaction run
@@ -83,29 +80,21 @@ const KNOWN = ["pool", "group", "read", "read_your_writes"];
  * ```
  */
 export class PgdbpoolDialect {
-  readonly #config: PgdbpoolDialectConfig;
+  readonly #router: Router;
 
   /** Checks `config` against its pool (a `TypeError` names the bad value). */
   constructor(config: PgdbpoolDialectConfig) {
-    if (typeof config === "object" && config !== null) {
-      for (const key of Object.keys(config)) {
-        if (!KNOWN.includes(key)) {
-          throw new TypeError(
-            `PgdbpoolDialect: option ${quote(key)} is not supported (known: ${KNOWN.join(", ")})`,
-          );
-        }
-      }
-    }
-    new Router(config?.pool, config, "PgdbpoolDialect");
-    this.#config = { ...config };
+    this.#router = new Router(config?.pool, config, "PgdbpoolDialect", ["pool"]);
   }
 
   /**
-   * A driver with its own read-your-writes state (one per Kysely instance).
+   * The driver Kysely runs statements through. Its read-your-writes state is the dialect's:
+   * Kysely asks once per `new Kysely()`, so a dialect made for its Kysely instance (as
+   * usually written) gives that instance its own; two instances sharing one dialect share it.
    * @ignore Kysely's plumbing.
    */
   createDriver(): Driver {
-    return new PgdbpoolDriver(new Router(this.#config.pool, this.#config, "PgdbpoolDialect"));
+    return new PgdbpoolDriver(this.#router);
   }
 
   /**
