@@ -11,7 +11,20 @@ import {
   type ExtractTablesWithRelations,
   type RelationalSchemaConfig,
 } from "drizzle-orm";
-import { PgDatabase, type PgDialect, type PgSession } from "drizzle-orm/pg-core";
+import {
+  /**
+   * Drizzle's own class, documented by Drizzle: `@ignore` tells `deno doc --lint` not to ask
+   * this package to document or re-export it (re-exporting it would pull Drizzle's whole,
+   * partly undocumented, declaration tree into these docs). Deno already skips such
+   * references to jsr: and https: packages, but sees an npm package in node_modules as local
+   * files (denoland/deno#27364). Only this import is exempt: any other private type in the
+   * public API still fails the lint.
+   * @ignore
+   */
+  PgDatabase,
+  type PgDialect,
+  type PgSession,
+} from "drizzle-orm/pg-core";
 import type { Pool } from "../../mod.ts";
 import type { PgdbpoolQueryResultHKT } from "./session.ts";
 
