@@ -41,7 +41,7 @@ import { instrument } from "../otel.ts";
 import { poolHooks } from "../src/hooks.ts";
 import { failureOf } from "../src/otel/attributes.ts";
 import { SECONDS_BUCKETS } from "../src/otel/metrics.ts";
-import { commandOf } from "../src/otel/span_name.ts";
+import { commandOf, operationOf } from "../src/otel/span_name.ts";
 
 await setTestTimeout(180_000);
 
@@ -288,6 +288,8 @@ describe("@x/pgdbpool/otel", () => {
       await p.transaction("tx", async (db) => {
         await db.query("UPDATE otel_items SET v = $1", ["b"]);
       });
+      // No single operation: the CTE could write too.
+      await p.query("read", "WITH x AS (SELECT 1 AS n) SELECT n FROM x");
 
       const spans = sdk.spans;
       const server = (port: number) => ({
@@ -298,13 +300,19 @@ describe("@x/pgdbpool/otel", () => {
       });
       const primary = server(cluster.primary.port);
       const replica = server(cluster.replicas[0].port);
+      const doing = (operation: string, attributes: Attributes) => ({
+        ...attributes,
+        "db.operation.name": operation,
+      });
+      const db = cluster.database;
       assert.deepEqual(
         spans.map((s) => [s.name, s.kind, s.attributes]),
         [
-          [`INSERT ${cluster.database}`, SpanKind.CLIENT, primary],
-          [`SELECT ${cluster.database}`, SpanKind.CLIENT, replica],
-          [`UPDATE ${cluster.database}`, SpanKind.CLIENT, primary],
-          [`COMMIT ${cluster.database}`, SpanKind.CLIENT, primary],
+          [`INSERT ${db}`, SpanKind.CLIENT, doing("INSERT", primary)],
+          [`SELECT ${db}`, SpanKind.CLIENT, doing("SELECT", replica)],
+          [`UPDATE ${db}`, SpanKind.CLIENT, doing("UPDATE", primary)],
+          [`COMMIT ${db}`, SpanKind.CLIENT, doing("COMMIT", primary)],
+          [db, SpanKind.CLIENT, replica],
         ],
       );
       for (const s of spans) {
@@ -317,16 +325,21 @@ describe("@x/pgdbpool/otel", () => {
       const duration = m.get("db.client.operation.duration");
       assert.equal(duration.descriptor.unit, "s");
       assert.equal(duration.dataPointType, DataPointType.HISTOGRAM);
-      const onPrimary = m.histogram("db.client.operation.duration", primary)!;
-      const onReplica = m.histogram("db.client.operation.duration", replica)!;
-      assert.equal(onPrimary.count, 3);
-      assert.equal(onReplica.count, 1);
-      assert.deepEqual(onPrimary.buckets.boundaries, [...SECONDS_BUCKETS]);
-      assert.equal(duration.dataPoints.length, 2, "no other attribute sets");
+      // One data point per attribute set of the spans: server and operation.
+      const points = [
+        doing("INSERT", primary),
+        doing("SELECT", replica),
+        doing("UPDATE", primary),
+        doing("COMMIT", primary),
+        replica,
+      ].map((attributes) => m.histogram("db.client.operation.duration", attributes)!);
+      assert.deepEqual(points.map((h) => h?.count), [1, 1, 1, 1, 1]);
+      assert.deepEqual(points[0].buckets.boundaries, [...SECONDS_BUCKETS]);
+      assert.equal(duration.dataPoints.length, 5, "no other attribute sets");
       // The histogram measures what the span measures.
       const seconds = (s: ReadableSpan) => s.duration[0] + s.duration[1] / 1e9;
       const spanTotal = spans.reduce((n, s) => n + seconds(s), 0);
-      const histogramTotal = onPrimary.sum! + onReplica.sum!;
+      const histogramTotal = points.reduce((n, h) => n + h.sum!, 0);
       assert.ok(
         Math.abs(spanTotal - histogramTotal) < 1e-6,
         `spans ${spanTotal} s, histogram ${histogramTotal} s`,
@@ -389,6 +402,7 @@ describe("@x/pgdbpool/otel", () => {
         "db.namespace": cluster.database,
         "server.address": "127.0.0.1",
         "server.port": cluster.primary.port,
+        "db.operation.name": "SELECT",
         "db.response.status_code": "22012",
         "error.type": "22012",
       });
@@ -496,6 +510,7 @@ describe("@x/pgdbpool/otel", () => {
           "db.namespace": cluster.database,
           "server.address": "127.0.0.1",
           "server.port": cluster.primary.port,
+          "db.operation.name": "SELECT",
         })?.count,
         1,
       );
@@ -546,6 +561,7 @@ describe("@x/pgdbpool/otel", () => {
           "db.namespace": cluster.database,
           "server.address": "127.0.0.1",
           "server.port": cluster.primary.port,
+          "db.operation.name": "SELECT",
         })?.count,
         1,
         "no measurement after stop()",
@@ -585,7 +601,7 @@ describe("@x/pgdbpool/otel", () => {
     }
   });
 
-  it("classifies errors without reading messages, names spans by command", () => {
+  it("classifies errors without reading messages, names operations by command", () => {
     assert.deepEqual(failureOf({ code: "40001", message: "x" }), {
       statusCode: "40001",
       type: "40001",
@@ -605,5 +621,14 @@ describe("@x/pgdbpool/otel", () => {
     assert.equal(commandOf("SELECTED"), undefined);
     assert.equal(commandOf("frobnicate 1"), undefined);
     assert.equal(commandOf(""), undefined);
+    // db.operation.name: one statement whose command says what it does.
+    assert.equal(operationOf("select 1"), "SELECT");
+    assert.equal(operationOf("INSERT INTO t SELECT * FROM u;  \n"), "INSERT");
+    assert.equal(operationOf("(SELECT 1) UNION (SELECT 2)"), "SELECT");
+    assert.equal(operationOf("COMMIT"), "COMMIT");
+    assert.equal(operationOf("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x"), undefined);
+    assert.equal(operationOf("SELECT 1; DELETE FROM t"), undefined);
+    assert.equal(operationOf("SELECT ';'"), undefined, "no parsing: any inner semicolon counts");
+    assert.equal(operationOf("frobnicate 1"), undefined);
   });
 });

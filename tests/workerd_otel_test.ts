@@ -1,10 +1,12 @@
 // @x/pgdbpool/otel in real workerd (npm `workerd`): tests/fixtures/otel_worker.ts, bundled with
 // esbuild (--conditions=workerd selects postgres.js's cloudflare:sockets build; the browser
 // platform selects the OpenTelemetry SDK's non-Node build), instruments an edge pool on the test
-// primary and replica and answers with what the SDK's in-memory exporters received.
+// primary and replica and answers with what the SDK's in-memory exporters received. A second
+// worker, without nodejs_compat, shows that the otel entry itself needs no Node API: no
+// diagnostics_channel, no AsyncLocalStorage, no Buffer.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
@@ -20,18 +22,26 @@ let cluster: PgCluster;
 let dir: string;
 let workerd: Service | undefined;
 let base: string;
+let bareBase: string;
 
-function capnpConfig(port: number, endpoints: unknown): string {
+function capnpConfig(port: number, barePort: number, endpoints: unknown): string {
   // JSON string literals are valid capnp string literals.
   const text = (s: string) => JSON.stringify(s);
+  // nodejs_compat is for the pool, not for the otel entry: postgres.js's cloudflare build (the
+  // edge pool's driver) imports node:buffer and node:stream, and only its socket comes from
+  // cloudflare:sockets. The "bare" worker loads the otel entry and the SDK without it.
   return `using Workerd = import "/workerd/workerd.capnp";
 
 const config :Workerd.Config = (
   services = [
     (name = "main", worker = .worker),
+    (name = "bare", worker = .bare),
     (name = "internet", network = (allow = ["public", "private", "local"])),
   ],
-  sockets = [(name = "http", address = "127.0.0.1:${port}", http = (), service = "main")],
+  sockets = [
+    (name = "http", address = "127.0.0.1:${port}", http = (), service = "main"),
+    (name = "bare", address = "127.0.0.1:${barePort}", http = (), service = "bare"),
+  ],
 );
 
 const worker :Workerd.Worker = (
@@ -43,6 +53,90 @@ const worker :Workerd.Worker = (
     (name = "APP_NAME", text = ${text(APP)}),
   ],
 );
+
+const bare :Workerd.Worker = (
+  modules = [(name = "bare.js", esModule = embed "bare.js")],
+  compatibilityDate = "2025-09-01",
+);
+`;
+}
+
+/**
+ * The worker without nodejs_compat: the otel entry and the SDK only. A real pool cannot load
+ * there (its driver needs Node modules), so it instruments a stand-in with what `instrument()`
+ * uses of a pool (its observer slot and `stats()`), calls the hooks as the pool does, and
+ * answers with what the SDK received and whether any Node global exists.
+ */
+function bareWorker(): string {
+  const local = (...parts: string[]) => JSON.stringify(join(ROOT, ...parts));
+  return `import { instrument } from ${local("otel.ts")};
+import { poolHooks } from ${local("src", "hooks.ts")};
+import {
+  AggregationTemporality,
+  InMemoryMetricExporter,
+  MeterProvider,
+  PeriodicExportingMetricReader,
+} from "@opentelemetry/sdk-metrics";
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from "@opentelemetry/sdk-trace-base";
+
+const group = {
+  size: 2, open: 1, idle: 1, busy: 0, waiting: 3, checkouts: 1, timeouts: 0,
+  wait_ms: { p50: 0, p99: 0 },
+};
+
+export default {
+  async fetch(request) {
+    if (new URL(request.url).pathname !== "/otel") return new Response("", { status: 404 });
+    const metricExporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
+    const reader = new PeriodicExportingMetricReader({
+      exporter: metricExporter,
+      exportIntervalMillis: 3600000,
+    });
+    const meterProvider = new MeterProvider({ readers: [reader] });
+    const spanExporter = new InMemorySpanExporter();
+    const tracerProvider = new BasicTracerProvider({
+      spanProcessors: [new SimpleSpanProcessor(spanExporter)],
+    });
+    const pool = { [poolHooks]: undefined, stats: () => ({ groups: { g: group }, endpoints: [] }) };
+    const stop = instrument(pool, { meterProvider, tracerProvider });
+    const hooks = pool[poolHooks];
+    hooks.connected("g", 3);
+    hooks.checkout("g", 5);
+    hooks.statement({
+      group: "g",
+      text: "select 1",
+      endpoint: { host: "db.internal", port: 5433, index: 0 },
+      database: "app",
+    })(undefined);
+    hooks.checkin("g", 7);
+    await reader.forceFlush();
+    stop();
+    const metrics = (metricExporter.getMetrics().at(-1)?.scopeMetrics ?? []).flatMap((scope) =>
+      scope.metrics.map((m) => ({
+        name: m.descriptor.name,
+        points: m.dataPoints.map((p) => ({
+          attributes: p.attributes,
+          value: typeof p.value === "number" ? p.value : p.value.count,
+        })),
+      }))
+    );
+    const spans = spanExporter.getFinishedSpans().map((s) => ({
+      name: s.name,
+      attributes: s.attributes,
+    }));
+    await meterProvider.shutdown();
+    await tracerProvider.shutdown();
+    return Response.json({
+      node: ["process", "Buffer", "require"].filter((name) => name in globalThis),
+      spans,
+      metrics,
+    });
+  },
+};
 `;
 }
 
@@ -61,9 +155,25 @@ before(async () => {
     "--log-level=warning",
   ]);
   assert.equal(build.code, 0, `esbuild failed:\n${build.stdout}${build.stderr}`);
-  const [port] = await freePorts(1);
+  // No --external:node:* here: a Node module anywhere in the otel entry's graph (or the SDK's
+  // browser build) fails this build.
+  writeFileSync(join(dir, "bare.js"), bareWorker());
+  const bare = await runCommand(esbuildBin(), [
+    join(dir, "bare.js"),
+    "--bundle",
+    "--platform=browser",
+    "--format=esm",
+    `--outfile=${join(dir, "bare.bundle.js")}`,
+    "--log-level=warning",
+  ], { cwd: dir, env: { NODE_PATH: join(ROOT, "node_modules") } }); // the SDK, from the temp dir
+  assert.equal(bare.code, 0, `esbuild (bare worker) failed:\n${bare.stdout}${bare.stderr}`);
+  renameSync(join(dir, "bare.bundle.js"), join(dir, "bare.js"));
+  const [port, barePort] = await freePorts(2);
   base = `http://127.0.0.1:${port}`;
-  writeFileSync(join(dir, "config.capnp"), capnpConfig(port, cluster.endpoints()), { mode: 0o600 });
+  bareBase = `http://127.0.0.1:${barePort}`;
+  writeFileSync(join(dir, "config.capnp"), capnpConfig(port, barePort, cluster.endpoints()), {
+    mode: 0o600,
+  });
   workerd = new Service(
     "workerd",
     workerdBin(),
@@ -120,33 +230,25 @@ describe("@x/pgdbpool/otel in workerd", () => {
       "server.port": port,
     });
     const db = cluster.database;
+    const primary = server(cluster.primary.port);
+    const replica = server(cluster.replicas[0].port);
+    const doing = (operation: string, attributes: Record<string, unknown>) => ({
+      ...attributes,
+      "db.operation.name": operation,
+    });
+    const failure = { "db.response.status_code": "22012", "error.type": "22012" };
     assert.deepEqual(out.spans.map((s) => [s.name, s.kind, s.attributes, s.status]), [
-      [`SELECT ${db}`, 2, {
-        ...server(cluster.primary.port),
-        "db.query.text": "SELECT $1::int AS n",
-      }, {
+      [`SELECT ${db}`, 2, { ...doing("SELECT", primary), "db.query.text": "SELECT $1::int AS n" }, {
         code: 0,
       }],
-      [`COMMIT ${db}`, 2, { ...server(cluster.primary.port), "db.query.text": "COMMIT" }, {
+      [`COMMIT ${db}`, 2, { ...doing("COMMIT", primary), "db.query.text": "COMMIT" }, { code: 0 }],
+      [`SELECT ${db}`, 2, { ...doing("SELECT", replica), "db.query.text": "SELECT 2 AS n" }, {
         code: 0,
       }],
       [
         `SELECT ${db}`,
         2,
-        { ...server(cluster.replicas[0].port), "db.query.text": "SELECT 2 AS n" },
-        {
-          code: 0,
-        },
-      ],
-      [
-        `SELECT ${db}`,
-        2,
-        {
-          ...server(cluster.replicas[0].port),
-          "db.query.text": "SELECT 1/0",
-          "db.response.status_code": "22012",
-          "error.type": "22012",
-        },
+        { ...doing("SELECT", replica), "db.query.text": "SELECT 1/0", ...failure },
         { code: 2, message: "22012" },
       ],
     ]);
@@ -162,21 +264,13 @@ describe("@x/pgdbpool/otel in workerd", () => {
       metric(name).points.find((p) => key(p.attributes) === key(attributes))?.value;
     const duration = metric("db.client.operation.duration");
     assert.equal(duration.unit, "s");
-    const failed = {
-      ...server(cluster.replicas[0].port),
-      "db.response.status_code": "22012",
-      "error.type": "22012",
-    };
-    assert.equal(duration.points.length, 3);
-    assert.equal(
-      (point(duration.name, server(cluster.primary.port)) as { count: number }).count,
-      2,
-    );
-    assert.equal(
-      (point(duration.name, server(cluster.replicas[0].port)) as { count: number }).count,
-      1,
-    );
-    assert.equal((point(duration.name, failed) as { count: number }).count, 1);
+    const count = (attributes: Record<string, unknown>) =>
+      (point(duration.name, attributes) as { count: number } | undefined)?.count;
+    assert.equal(duration.points.length, 4);
+    assert.equal(count(doing("SELECT", primary)), 1);
+    assert.equal(count(doing("COMMIT", primary)), 1);
+    assert.equal(count(doing("SELECT", replica)), 1);
+    assert.equal(count({ ...doing("SELECT", replica), ...failure }), 1);
     const pool = (g: string) => ({ "db.client.connection.pool.name": g });
     assert.equal(point("db.client.connection.max", pool("write")), 1);
     assert.equal(point("db.client.connection.max", pool("read")), 1);
@@ -201,6 +295,41 @@ describe("@x/pgdbpool/otel in workerd", () => {
       (point("db.client.connection.use_time", pool("write")) as { count: number }).count,
       1,
     );
+  });
+
+  it("the otel entry runs without nodejs_compat", async () => {
+    const res = await http(`${bareBase}/otel`, { timeoutMs: 30_000 });
+    assert.equal(
+      res.status,
+      200,
+      `GET /otel (bare) -> ${res.status} ${res.body}\n--- workerd output ---\n${workerd?.output}`,
+    );
+    const out = JSON.parse(res.body) as {
+      node: string[];
+      spans: { name: string; attributes: Record<string, unknown> }[];
+      metrics: { name: string; points: { attributes: Record<string, unknown>; value: number }[] }[];
+    };
+    assert.deepEqual(out.node, [], "no Node global: the worker runs without nodejs_compat");
+    assert.deepEqual(out.spans, [{
+      name: "SELECT app",
+      attributes: {
+        "db.system.name": "postgresql",
+        "db.namespace": "app",
+        "server.address": "db.internal",
+        "server.port": 5433,
+        "db.operation.name": "SELECT",
+      },
+    }]);
+    const g = { "db.client.connection.pool.name": "g" };
+    const values = Object.fromEntries(
+      out.metrics.map((m) => [m.name, m.points.map((p) => [p.attributes, p.value])]),
+    );
+    assert.deepEqual(values["db.client.connection.pending_requests"], [[g, 3]]);
+    assert.deepEqual(values["db.client.connection.max"], [[g, 2]]);
+    for (const name of ["create_time", "wait_time", "use_time"]) {
+      assert.deepEqual(values[`db.client.connection.${name}`], [[g, 1]], name);
+    }
+    assert.equal(values["db.client.operation.duration"].length, 1);
   });
 
   it("leaves no server connection behind", async () => {

@@ -1,7 +1,7 @@
 /**
  * Attribute names and values of the OpenTelemetry database-client semantic conventions, built
- * once per group and per server and reused for every measurement (no allocation on the hot path
- * unless a statement fails).
+ * once per group, and per server and operation, and reused for every measurement (no
+ * allocation on the hot path unless a statement fails).
  *
  * @module
  */
@@ -21,6 +21,8 @@ export const NAMESPACE = "db.namespace";
 export const SERVER_ADDRESS = "server.address";
 /** `server.port`: the configured port. */
 export const SERVER_PORT = "server.port";
+/** `db.operation.name`: the statement's command keyword, when it is one operation. */
+export const OPERATION_NAME = "db.operation.name";
 /** `db.query.text`: the statement as given (only with `queryText: true`). */
 export const QUERY_TEXT = "db.query.text";
 /** `db.response.status_code`: the SQLSTATE of a failed statement. */
@@ -57,24 +59,38 @@ export class GroupAttributeCache {
   }
 }
 
+/** One endpoint's statement attributes, per operation (a fixed set of keywords). */
+interface ServerAttributes {
+  readonly database: string;
+  readonly byOperation: Map<string | undefined, Attributes>;
+}
+
 /**
  * Per-server attributes of statements (`db.system.name`, `db.namespace`, `server.address`,
- * `server.port`). An endpoint's `info` object lives as long as its pool, so it is the key.
+ * `server.port`, and `db.operation.name` when known). An endpoint's `info` object lives as long
+ * as its pool, so it is the key.
  */
 export class ServerAttributeCache {
-  readonly #byEndpoint = new WeakMap<EndpointInfo, Attributes>();
+  readonly #byEndpoint = new WeakMap<EndpointInfo, ServerAttributes>();
 
-  /** The attributes of statements sent to `endpoint`, on `database`. */
-  of(endpoint: EndpointInfo, database: string): Attributes {
-    let found = this.#byEndpoint.get(endpoint);
-    if (found === undefined || found[NAMESPACE] !== database) {
-      found = Object.freeze({
+  /** The attributes of statements sent to `endpoint`, on `database`, doing `operation`. */
+  of(endpoint: EndpointInfo, database: string, operation: string | undefined): Attributes {
+    let server = this.#byEndpoint.get(endpoint);
+    if (server === undefined || server.database !== database) {
+      server = { database, byOperation: new Map() };
+      this.#byEndpoint.set(endpoint, server);
+    }
+    let found = server.byOperation.get(operation);
+    if (found === undefined) {
+      const base: Attributes = {
         [SYSTEM_NAME]: "postgresql",
         [NAMESPACE]: database,
         [SERVER_ADDRESS]: endpoint.host,
         [SERVER_PORT]: endpoint.port,
-      });
-      this.#byEndpoint.set(endpoint, found);
+      };
+      if (operation !== undefined) base[OPERATION_NAME] = operation;
+      found = Object.freeze(base);
+      server.byOperation.set(operation, found);
     }
     return found;
   }

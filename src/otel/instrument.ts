@@ -107,8 +107,9 @@ export interface Instrumentation extends Disposable {
  * `db.client.connection.timeouts`, `db.client.connection.create_time`,
  * `db.client.connection.wait_time`, `db.client.connection.use_time` and
  * `db.client.operation.duration` (`db.system.name`, `db.namespace`, `server.address`,
- * `server.port`; on failure `error.type` and `db.response.status_code`). Spans: one CLIENT span
- * per statement with the same attributes, named `{command} {db.namespace}`.
+ * `server.port`, `db.operation.name` when the statement is one command, e.g. `SELECT`; on
+ * failure `error.type` and `db.response.status_code`). Spans: one CLIENT span per statement
+ * with the same attributes, named `{db.operation.name} {db.namespace}` (or `{db.namespace}`).
  *
  * @example Metrics and traces to the global providers
  * ```ts

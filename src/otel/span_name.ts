@@ -1,7 +1,9 @@
 /**
- * Span names: `{command} {db.namespace}` (`SELECT app`), where the command is the statement's
- * first keyword when it is a PostgreSQL command, else just `{db.namespace}`. Low cardinality by
- * construction: a fixed set of keywords times the configured databases.
+ * What a statement's text says about it without parsing SQL: its command keyword, whether it is
+ * a single operation (then the keyword is its `db.operation.name`), and the span name
+ * `{db.operation.name} {db.namespace}` (`SELECT app`), or just `{db.namespace}` when the
+ * operation is not known. Low cardinality by construction: a fixed set of keywords times the
+ * configured databases.
  *
  * @module
  */
@@ -116,22 +118,56 @@ export function commandOf(text: string): string | undefined {
   return COMMANDS.has(word) ? word : undefined;
 }
 
-/** Span names per database and command, made once each. */
+const SEMICOLON = 59;
+
+/** Whether `text` holds one statement at most: no semicolon but trailing ones. */
+function oneStatement(text: string): boolean {
+  const semicolon = text.indexOf(";");
+  if (semicolon < 0) return true;
+  for (let i = semicolon + 1; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c !== SEMICOLON && c !== SPACE && c !== TAB && c !== LF && c !== CR) return false;
+  }
+  return true;
+}
+
+/**
+ * The statement's `db.operation.name`: its command keyword (see {@linkcode commandOf}) when
+ * that keyword says what the whole text does, else undefined. The conventions' PostgreSQL page
+ * advises against taking the operation name from the query text, because one text may hold
+ * several operations; the keyword is taken only where that cannot be, so there is none for:
+ *
+ * - a text of several statements (without parameters the simple protocol runs them all; a
+ *   semicolon inside a literal or a comment counts too: no name rather than a wrong one);
+ * - `WITH`: the operation follows the common table expressions, which may write as well;
+ * - a first word that is not a PostgreSQL command.
+ *
+ * Upper-cased, unlike the conventions' advice to keep the application's case: SQL keywords are
+ * case-insensitive and PostgreSQL names its commands in capitals (as in its command tags),
+ * while query builders write `select` and people `SELECT`; one operation must not become two
+ * metric series.
+ */
+export function operationOf(text: string): string | undefined {
+  const command = commandOf(text);
+  if (command === undefined || command === "WITH" || !oneStatement(text)) return undefined;
+  return command;
+}
+
+/** Span names per database and operation, made once each. */
 export class SpanNames {
   readonly #byDatabase = new Map<string, Map<string | undefined, string>>();
 
-  /** `{command} {database}`, or `{database}` when the first keyword is not a command. */
-  of(text: string, database: string): string {
-    const command = commandOf(text);
+  /** `{operation} {database}`, or `{database}` when the operation is not known. */
+  of(operation: string | undefined, database: string): string {
     let names = this.#byDatabase.get(database);
     if (names === undefined) {
       names = new Map();
       this.#byDatabase.set(database, names);
     }
-    let name = names.get(command);
+    let name = names.get(operation);
     if (name === undefined) {
-      name = command === undefined ? database : `${command} ${database}`;
-      names.set(command, name);
+      name = operation === undefined ? database : `${operation} ${database}`;
+      names.set(operation, name);
     }
     return name;
   }

@@ -24,7 +24,7 @@ import {
   STATUS_CODE,
   withFailure,
 } from "./attributes.ts";
-import type { SpanNames } from "./span_name.ts";
+import { operationOf, type SpanNames } from "./span_name.ts";
 
 /** What the statement hook needs. */
 export interface StatementObserver {
@@ -41,12 +41,13 @@ export function observeStatement(
   o: StatementObserver,
   start: StatementStart,
 ): (error: unknown) => void {
-  const attributes = o.servers.of(start.endpoint, start.database);
+  const operation = operationOf(start.text);
+  const attributes = o.servers.of(start.endpoint, start.database, operation);
   // performance.now() values are read by the SDK as offsets from its time origin: the span and
   // the histogram measure the same interval.
   const began = performance.now();
   const span = o.tracer.startSpan(
-    o.names.of(start.text, start.database),
+    o.names.of(operation, start.database),
     {
       kind: SpanKind.CLIENT,
       attributes: o.queryText ? { ...attributes, [QUERY_TEXT]: start.text } : attributes,
