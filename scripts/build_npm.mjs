@@ -26,8 +26,9 @@ await build({
   },
   outdir,
   bundle: true,
-  // One shared chunk: both entries must share module state (Connection.init's pool) and classes
-  // (instanceof PoolError works whichever entry threw).
+  // Shared chunks: the five entries must share module state (Connection.init's pool, the
+  // hooks symbol by which dist/otel.js instruments a pool) and classes (instanceof PoolError
+  // works whichever entry threw; the Drizzle and Kysely entries check instanceof Pool).
   splitting: true,
   format: "esm",
   platform: "neutral",

@@ -73,9 +73,23 @@ export interface PoolEventDetailMap {
  * ```ts
  * import type { Pool, PoolEventType } from "@x/pgdbpool";
  *
- * const types: PoolEventType[] = ["endpointdown", "endpointup", "rolechange", "acquiretimeout", "connectionerror"];
+ * // A record keyed by PoolEventType stops compiling when a type is added or removed.
+ * const every: Record<PoolEventType, true> = {
+ *   endpointdown: true,
+ *   endpointup: true,
+ *   rolechange: true,
+ *   acquiretimeout: true,
+ *   connectionerror: true,
+ *   replicalagging: true,
+ *   replicacaughtup: true,
+ *   leak: true,
+ *   listenlost: true,
+ *   listenrestored: true,
+ * };
  * function record(pool: Pool, seen: string[]) {
- *   for (const type of types) pool.addEventListener(type, (e) => seen.push(e.type));
+ *   for (const type of Object.keys(every) as PoolEventType[]) {
+ *     pool.addEventListener(type, (e) => seen.push(e.type));
+ *   }
  * }
  * ```
  */
