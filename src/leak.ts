@@ -16,10 +16,18 @@ export interface Reclaimable {
  * This module's directory, as stack frames name it (a URL in Deno, Node and on JSR; a plain
  * path in Bun): every frame under it is the pool's own, above the caller's code.
  */
-const OWN_DIR = new URL(".", import.meta.url);
-const OWN_PREFIXES = OWN_DIR.protocol === "file:"
-  ? [OWN_DIR.href, decodeURIComponent(OWN_DIR.pathname)]
-  : [OWN_DIR.href];
+const OWN_PREFIXES = ownPrefixes();
+
+function ownPrefixes(): string[] {
+  let dir: URL;
+  try {
+    dir = new URL(".", import.meta.url);
+  } catch {
+    // workerd names bundled modules by bare name (no URL): the whole stack is kept there.
+    return [];
+  }
+  return dir.protocol === "file:" ? [dir.href, decodeURIComponent(dir.pathname)] : [dir.href];
+}
 
 /** The stack of `err` from the first frame outside the pool (all of it if none is). */
 function callerStack(err: Error): string {
