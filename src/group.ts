@@ -75,6 +75,13 @@ const REFILL_AT = MAX_PIPELINE / 2;
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * The `started` of a permit the seat queue takes for its waiters: no checkout of its own (it
+ * may find nobody left to seat); each seated one-shot is one, and records its wait
+ * (`waitShare`).
+ */
+const FOR_SEATS = -1;
+
 /** Withdraws the seat queue's permit wait once nobody is left in the queue. */
 const SEATS_GONE = Symbol("seats gone");
 
@@ -208,7 +215,7 @@ export class Group {
       this.#cursor = 0;
       this.#rebalance();
     }
-    if (members.length > 0) for (const wake of this.#awaitingRoute.splice(0)) wake();
+    if (members.length > 0) { for (const wake of this.#awaitingRoute.splice(0)) wake(); }
   }
 
   /** Tells listeners when lag moves a replica out of this group's routing, and back in. */
@@ -311,8 +318,9 @@ export class Group {
     }
     if (best !== null) {
       best.users++;
-      // Joining a hold is not a checkout of a connection: wait and use time are per hold.
+      // A request served at once: it waited for nothing (use time is per hold).
       this.counters.checkouts++;
+      this.context.hooks?.checkout(this.name, 0);
     }
     return best;
   }
@@ -330,7 +338,14 @@ export class Group {
     if (this.closing) return Promise.reject(new PoolClosedError());
     const seat = this.#seats.wait();
     if (!this.#seekingSeats) this.#seekSeats();
-    return seat;
+    if (this.context.hooks === undefined) return seat;
+    // Each one-shot that waits for a seat is a pending request: its own wait is its wait time
+    // (the permit the seat queue seeks for it records none, see #permitForSeats).
+    const started = performance.now();
+    return seat.then((conn) => {
+      this.context.hooks?.checkout(this.name, performance.now() - started);
+      return conn;
+    });
   }
 
   async #seekSeats(): Promise<void> {
@@ -349,6 +364,9 @@ export class Group {
           this.#return(conn);
           break;
         }
+        // A checkout for the oldest waiter (whose wait waitShare records).
+        this.counters.checkouts++;
+        if (this.context.hooks !== undefined) conn.heldSince = performance.now();
         this.share(conn);
         this.#seats.give(conn);
         while (conn.users < MAX_PIPELINE && this.#seats.length > 0) {
@@ -373,7 +391,7 @@ export class Group {
       }
       this.waitSamples.add(performance.now() - started);
     }
-    return this.#afterPermit(undefined, undefined, started);
+    return this.#afterPermit(undefined, undefined, FOR_SEATS);
   }
 
   // Seats the oldest waiters on a shared connection until its pipeline is full; false when it
@@ -488,6 +506,8 @@ export class Group {
   }
 
   #checkedOut(conn: ServerConnection, started: number): ServerConnection {
+    // The seat queue counts and times its hold when it seats someone (#seekSeats).
+    if (started === FOR_SEATS) return conn;
     this.counters.checkouts++;
     if (this.context.hooks !== undefined) {
       this.#observeCheckout(conn, performance.now() - started);

@@ -275,6 +275,41 @@ describe("@x/pgdbpool/otel", () => {
     }
   });
 
+  it("one wait_time per request: one-shots that join a shared connection or wait for a seat", async () => {
+    const sdk = new Sdk();
+    try {
+      await using p = new Pool(
+        config("otel-seats", {
+          groups: { one: { connection_count: 1, role: "primary" } },
+        }),
+      );
+      using _otel = instrument(p, { meterProvider: sdk.meterProvider });
+      await p.query("one", "SELECT 1"); // the connection is open and idle
+      // One connection pipelines 64 statements: the first takes it, 63 join it, the rest wait
+      // for seats as it drains (pending requests, like a checkout waiting for a permit).
+      const n = 160;
+      const all = Array.from({ length: n }, () => p.query("one", "SELECT pg_sleep(0.005)"));
+      await waitFor(() => p.stats().groups.one.waiting > 0, { message: "one-shots waiting" });
+      assert.ok(
+        (await sdk.collect()).sum("db.client.connection.pending_requests", pool("one"))! > 0,
+      );
+      await Promise.all(all);
+      const m = await sdk.collect();
+      const wait = m.histogram("db.client.connection.wait_time", pool("one"))!;
+      assert.equal(p.stats().groups.one.checkouts, n + 1);
+      assert.equal(wait.count, n + 1, "one wait_time per one-shot");
+      assert.ok(wait.min === 0, `joined at once: ${wait.min} s`);
+      assert.ok(wait.max! >= 0.05, `a seat waited ${wait.max} s`);
+      const use = m.histogram("db.client.connection.use_time", pool("one"))!;
+      assert.ok(
+        use.count >= 1 && use.count < n,
+        `use_time per hold of the connection (${use.count})`,
+      );
+    } finally {
+      await sdk.shutdown();
+    }
+  });
+
   it("one CLIENT span per statement, with the attributes of db.client.operation.duration", async () => {
     const sdk = new Sdk();
     try {
