@@ -170,14 +170,21 @@ export class Listener {
     if (session === undefined || session.dead) return;
     if (this.#channels.size === 0) {
       // Nobody listens any more: the dedicated connection goes too.
-      this.#session = undefined;
-      this.#endpoint = undefined;
-      await session.end(0);
+      await this.#endSession(session);
       return;
     }
     await session.query(`UNLISTEN ${quoteChannel(channel)}`, undefined, STATEMENT).catch(() => {
       // A session that died meanwhile listens to nothing; its replacement skips this channel.
     });
+  }
+
+  /** Ends `session`, and forgets it if it is still the one in use. */
+  #endSession(session: Session): Promise<void> {
+    if (this.#session === session) {
+      this.#session = undefined;
+      this.#endpoint = undefined;
+    }
+    return session.end(0);
   }
 
   /** Opens a session on the current primary and listens to every channel on it. */
@@ -203,11 +210,7 @@ export class Listener {
     } catch (err) {
       // Ended on purpose meanwhile (the last unlisten, or close()): the server did nothing wrong.
       const ours = this.#session === session;
-      if (ours) {
-        this.#session = undefined;
-        this.#endpoint = undefined;
-      }
-      session.end(0);
+      this.#endSession(session);
       if (this.#closed) throw new PoolClosedError();
       if (!ours && this.#channels.size === 0) return;
       this.#topology.report(endpoint, err);
@@ -219,11 +222,7 @@ export class Listener {
     }
     if (this.#channels.size === 0) {
       // The last subscription went while its LISTEN was on the way.
-      if (this.#session === session) {
-        this.#session = undefined;
-        this.#endpoint = undefined;
-      }
-      session.end(0);
+      this.#endSession(session);
       return;
     }
     this.#retryMs = RETRY_MIN_MS;
