@@ -23,13 +23,15 @@ export interface CpuSnapshot {
   ours: number;
 }
 
-interface Proc {
+/** A process as /proc/<pid>/stat shows it. */
+export interface Proc {
   ppid: number;
   /** utime + stime + cutime + cstime: its own time and that of the children it reaped. */
   time: number;
 }
 
-function processes(): Map<number, Proc> {
+/** Every process of the machine by pid. */
+export function processes(): Map<number, Proc> {
   const out = new Map<number, Proc>();
   for (const name of readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
@@ -45,6 +47,13 @@ function processes(): Map<number, Proc> {
     }
   }
   return out;
+}
+
+/** The child pids of each process of `procs`. */
+export function childrenByParent(procs: Map<number, Proc>): Map<number, number[]> {
+  const children = new Map<number, number[]>();
+  for (const [pid, p] of procs) children.set(p.ppid, [...(children.get(p.ppid) ?? []), pid]);
+  return children;
 }
 
 /**
@@ -63,8 +72,7 @@ export function cpuSnapshot(roots: readonly number[]): CpuSnapshot | undefined {
   const idle = v[3] + v[4];
   const total = v.reduce((a, b) => a + b, 0);
   const procs = processes();
-  const children = new Map<number, number[]>();
-  for (const [pid, p] of procs) children.set(p.ppid, [...(children.get(p.ppid) ?? []), pid]);
+  const children = childrenByParent(procs);
   let ours = 0;
   const seen = new Set<number>();
   const stack = roots.filter((pid) => procs.has(pid));
@@ -81,6 +89,11 @@ export function cpuSnapshot(roots: readonly number[]): CpuSnapshot | undefined {
 /** Share of the machine (0..1) that other work used between two snapshots. */
 export function foreignShare(a: CpuSnapshot, b: CpuSnapshot): number {
   const total = b.total - a.total;
-  if (total <= 0) return 0;
-  return Math.max(0, (b.busy - a.busy) - (b.ours - a.ours)) / total;
+  // /proc/stat and the processes are read a moment apart: over a window of a few ticks that
+  // skew is the whole figure (a section's first sample once read 158693%).
+  if (total < MIN_WINDOW_TICKS) return 0;
+  return Math.min(1, Math.max(0, (b.busy - a.busy) - (b.ours - a.ours)) / total);
 }
+
+/** Shortest window worth a share: one second of one core. */
+const MIN_WINDOW_TICKS = 100;

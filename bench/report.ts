@@ -55,6 +55,8 @@ export interface Machine {
   /** 1-minute load average when the run started and ended: other load skews every figure. */
   loadavg_before: number;
   loadavg_after: number;
+  /** Where the micro, scaling and memory sections ran (bench/cpu_pinning.ts). */
+  pinning?: string;
 }
 
 /** The content of bench/results/<runtime>.json. */
@@ -530,7 +532,9 @@ function header(results: RuntimeResults[]): string[] {
     `Micro-benchmarks: median of ${first.rounds} round(s); a round runs each runtime's suite in ` +
     `turn against one local primary + streaming replica, and contenders alternate (each group ` +
     `runs in reverse order on even rounds). Ratios are taken per round between benches that ran ` +
-    `side by side, then the median (range) is shown. ${loadText}` +
+    `side by side, then the median (range) is shown. ` +
+    (m.pinning === undefined ? "" : `Placement (micro, scaling, memory): ${m.pinning}. `) +
+    loadText +
     (busy.length > 0
       ? ` — **other work was running on the machine (${
         busy.join(", ")

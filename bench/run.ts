@@ -44,6 +44,13 @@ import type { BenchRecord } from "./bun_runner.ts";
 import { type HttpResults, killApps, runHttp, seed, wrkMissing } from "./http/run.ts";
 import type { MemoryResults, MemorySample } from "./memory.ts";
 import { type CpuSnapshot, cpuSnapshot, foreignShare } from "./cpu.ts";
+import {
+  describePinning,
+  onClientCpus,
+  type Pinning,
+  pinningPlan,
+  pinProcessTrees,
+} from "./cpu_pinning.ts";
 import { writeReport } from "./report.ts";
 import type { Machine, RuntimeResults, SectionLoad } from "./report.ts";
 import type { ScalingResults } from "./scaling.ts";
@@ -73,6 +80,9 @@ function binary(name: Runtime): string {
   const local = join(ROOT, "node_modules", ".bin", name);
   return existsSync(local) ? local : name;
 }
+
+/** Placement of the micro, scaling and memory sections (bench/cpu_pinning.ts); set by main. */
+let pinning: Pinning | string = "not pinned";
 
 /** Children still running, killed if the run is interrupted. */
 const children = new Set<ReturnType<typeof spawn>>();
@@ -128,11 +138,17 @@ async function runMicro(
   const vars = { ...env, [EXTRA_VAR]: extraFile };
   let parsed: { runtime: string; benches: BenchRecord[] };
   if (runtime === "deno") {
-    const out = await exec(binary("deno"), ["bench", "-A", "--json", ...files], vars);
+    const out = await exec(
+      ...onClientCpus(pinning, binary("deno"), ["bench", "-A", "--json", ...files]),
+      vars,
+    );
     parsed = JSON.parse(out);
   } else {
     const outFile = join(tmp, `bun-${Date.now()}.json`);
-    await exec(binary("bun"), ["bench/bun_runner.ts", "--out", outFile, ...files], vars);
+    await exec(
+      ...onClientCpus(pinning, binary("bun"), ["bench/bun_runner.ts", "--out", outFile, ...files]),
+      vars,
+    );
     parsed = JSON.parse(readFileSync(outFile, "utf8"));
   }
   const failed = parsed.benches.filter((b) => b.results.some((r) => !("ok" in r)));
@@ -199,8 +215,15 @@ async function runScaling(
   const out = join(tmp, `scaling-${runtime}.json`);
   const [cmd, args] = script(runtime, "bench/scaling.ts");
   await exec(
-    cmd,
-    [...args, "--out", out, "--rounds", String(rounds), "--seconds", String(seconds)],
+    ...onClientCpus(pinning, cmd, [
+      ...args,
+      "--out",
+      out,
+      "--rounds",
+      String(rounds),
+      "--seconds",
+      String(seconds),
+    ]),
     env,
   );
   return JSON.parse(readFileSync(out, "utf8"));
@@ -211,7 +234,10 @@ async function runMemory(
   env: Record<string, string>,
   repeats: number,
 ): Promise<MemoryResults> {
-  const [cmd, args] = script(runtime, "bench/memory.ts", ["--v8-flags=--expose-gc"]);
+  const [cmd, args] = onClientCpus(
+    pinning,
+    ...script(runtime, "bench/memory.ts", ["--v8-flags=--expose-gc"]),
+  );
   const lastLine = (s: string) => s.trim().split("\n").pop()!;
   const { names, notes } = JSON.parse(lastLine(await exec(cmd, [...args, "--list"], env)));
   const entries: MemoryResults["entries"] = [];
@@ -377,6 +403,12 @@ async function main(): Promise<void> {
     );
   }
   const cluster = await startCluster({ replicas: 1 });
+  const postmasters = () =>
+    cluster.servers.map((s) => s.postmasterPid()).filter((pid): pid is number => pid !== null);
+  pinning = pinningPlan();
+  if (typeof pinning !== "string") pinProcessTrees(postmasters(), pinning.server);
+  host.pinning = describePinning(pinning);
+  console.error(`bench: ${host.pinning}`);
   // Interrupted (Ctrl-C, SIGTERM): no server, app or bench process may outlive the run.
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
     process.once(signal, async () => {
@@ -456,6 +488,8 @@ async function main(): Promise<void> {
       }
     }
     if (http) {
+      // The app, wrk and PostgreSQL share every core here (see bench/cpu_pinning.ts).
+      if (typeof pinning !== "string") pinProcessTrees(postmasters(), pinning.all);
       enter("http");
       await seed((text) => cluster.primary.query(text));
       for (const runtime of o.runtimes) {

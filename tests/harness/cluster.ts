@@ -41,7 +41,9 @@ export function testDriver(): { driver?: "postgres" | "bun" } {
   const driver = process.env.PGDBPOOL_TEST_DRIVER;
   if (driver === undefined || driver === "") return {};
   if (driver !== "postgres" && driver !== "bun") {
-    throw new Error(`PGDBPOOL_TEST_DRIVER must be "postgres" or "bun" (got ${JSON.stringify(driver)})`);
+    throw new Error(
+      `PGDBPOOL_TEST_DRIVER must be "postgres" or "bun" (got ${JSON.stringify(driver)})`,
+    );
   }
   return { driver };
 }
@@ -64,6 +66,8 @@ export interface PgServer {
   promote(): Promise<void>;
   /** Whether the postmaster recorded in postmaster.pid is alive. */
   isRunning(): boolean;
+  /** The pid recorded in postmaster.pid, or null when the file is absent. */
+  postmasterPid(): number | null;
 }
 
 export interface PgCluster {
