@@ -457,6 +457,8 @@ function targetCell(t: TargetCheck | undefined, limit: number): string {
   return `${shown}${range} ${t.pass ? "PASS" : "FAIL"}${t.note ? ` (${t.note})` : ""}`;
 }
 
+/** A run must start below this 1-minute load average: an idle machine. */
+export const IDLE_LOAD = 0.7;
 /** A 1-minute load average above this many times the cores means someone else was busy too. */
 const BUSY_PER_CORE = 1.75;
 /** More CPU than this share of the machine used by other processes makes a section noisy. */
@@ -476,16 +478,16 @@ export interface SectionLoad {
 
 /**
  * Whether other work ran on the machine: the figures are then not to be taken as real. A run
- * must start on an idle machine (load < 0.7), and other processes may not have used more than
+ * must start on an idle machine (load below `IDLE_LOAD`), and other processes may not have used more than
  * 5% of the machine's CPU while a section ran (bench/cpu.ts). Without that figure (not Linux,
  * older results) the load average decides: none past `BUSY_PER_CORE` x cores.
  */
 export function noisy(m: Machine, load?: SectionLoad): boolean {
   if (load?.foreign_cpu !== undefined) {
-    return load.before > 0.7 || load.foreign_cpu > FOREIGN_CPU_LIMIT;
+    return load.before > IDLE_LOAD || load.foreign_cpu > FOREIGN_CPU_LIMIT;
   }
-  if (load !== undefined) return load.before > 0.7 || load.max > BUSY_PER_CORE * m.cores;
-  return m.loadavg_before > 0.7 || m.loadavg_after > 1.5 * m.cores;
+  if (load !== undefined) return load.before > IDLE_LOAD || load.max > BUSY_PER_CORE * m.cores;
+  return m.loadavg_before > IDLE_LOAD || m.loadavg_after > 1.5 * m.cores;
 }
 
 /** Sections whose figures were taken on a busy machine. */

@@ -51,8 +51,13 @@ import {
   pinningPlan,
   pinProcessTrees,
 } from "./cpu_pinning.ts";
-import { writeReport } from "./report.ts";
-import type { Machine, RuntimeResults, SectionLoad } from "./report.ts";
+import {
+  IDLE_LOAD,
+  type Machine,
+  type RuntimeResults,
+  type SectionLoad,
+  writeReport,
+} from "./report.ts";
 import type { ScalingResults } from "./scaling.ts";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
@@ -301,6 +306,31 @@ function machine(): Machine {
   };
 }
 
+/** How long a run waits at most for the load average of earlier work to decay. */
+const SETTLE_MS = 180_000;
+
+/**
+ * Waits until the 1-minute load average is below `IDLE_LOAD` (up to `SETTLE_MS`): work that
+ * ended just before the run (a build, a test suite) keeps the average up for a minute or two,
+ * and a run started then is labelled noisy, however quiet the machine has become. Work still
+ * running keeps it up, and the run goes on after the wait all the same, labelled.
+ */
+async function settle(): Promise<void> {
+  const until = performance.now() + SETTLE_MS;
+  let told = false;
+  while (os.loadavg()[0] > IDLE_LOAD && performance.now() < until) {
+    if (!told) {
+      console.error(
+        `bench: load average ${os.loadavg()[0].toFixed(2)}: waiting up to ${
+          SETTLE_MS / 1000
+        } s for it to fall below ${IDLE_LOAD}`,
+      );
+      told = true;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+  }
+}
+
 /** Parsed command line. */
 export interface Options {
   rounds: number;
@@ -393,10 +423,11 @@ async function main(): Promise<void> {
   const http = o.suites.includes("http") && missing === undefined;
   const microFiles = o.suites.filter((s) => s in MICRO).map((s) => MICRO[s]);
   const started = performance.now();
+  await settle();
   const date = new Date().toISOString();
   const source = sourceVersion();
   const host = machine();
-  if (host.loadavg_before > 0.7) {
+  if (host.loadavg_before > IDLE_LOAD) {
     console.error(
       `bench: load average ${host.loadavg_before.toFixed(2)}: other work is running, the ` +
         "figures will be noisy",
