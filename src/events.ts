@@ -28,7 +28,11 @@ export interface PoolEventDetailMap {
   /** A server that was down answers again. */
   endpointup: { readonly endpoint: EndpointInfo };
   /** A server's detected role changed (promotion, demotion, first detection). */
-  rolechange: { readonly endpoint: EndpointInfo; readonly from: EndpointRole; readonly to: EndpointRole };
+  rolechange: {
+    readonly endpoint: EndpointInfo;
+    readonly from: EndpointRole;
+    readonly to: EndpointRole;
+  };
   /** A checkout waited `acquire_timeout_ms` in vain. */
   acquiretimeout: { readonly group: string };
   /** A statement of `group` failed at the connection level on `endpoint`. */

@@ -77,8 +77,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * The `started` of a permit the seat queue takes for its waiters: no checkout of its own (it
- * may find nobody left to seat); each seated one-shot is one, and records its wait
- * (`waitShare`).
+ * may find nobody left to seat); each seated one-shot is one, and the seat queue records its
+ * wait.
  */
 const FOR_SEATS = -1;
 
@@ -127,6 +127,12 @@ export class Group {
       settings.acquireTimeoutMs,
       () => this.#timedOut(settings.acquireTimeoutMs),
       () => this.#seatPermitCancel?.(SEATS_GONE),
+      // Each one-shot that waited for a seat is a checkout that waited: its own wait counts,
+      // in stats() and for the hooks (the permit the queue seeks for it records none).
+      (waitedMs) => {
+        this.waitSamples.add(waitedMs);
+        this.context.hooks?.checkout(this.name, waitedMs);
+      },
     );
     this.#expires = settings.maxLifetimeMs !== undefined || settings.idleTimeoutMs !== undefined;
     this.#all = settings.endpoints.map((i) => ({
@@ -338,14 +344,7 @@ export class Group {
     if (this.closing) return Promise.reject(new PoolClosedError());
     const seat = this.#seats.wait();
     if (!this.#seekingSeats) this.#seekSeats();
-    if (this.context.hooks === undefined) return seat;
-    // Each one-shot that waits for a seat is a pending request: its own wait is its wait time
-    // (the permit the seat queue seeks for it records none, see #permitForSeats).
-    const started = performance.now();
-    return seat.then((conn) => {
-      this.context.hooks?.checkout(this.name, performance.now() - started);
-      return conn;
-    });
+    return seat;
   }
 
   async #seekSeats(): Promise<void> {
@@ -364,15 +363,16 @@ export class Group {
           this.#return(conn);
           break;
         }
-        // A checkout for the oldest waiter (whose wait waitShare records).
+        // A checkout for the oldest waiter (the seat queue records its wait).
         this.counters.checkouts++;
-        if (this.context.hooks !== undefined) conn.heldSince = performance.now();
+        const now = performance.now();
+        if (this.context.hooks !== undefined) conn.heldSince = now;
         this.share(conn);
-        this.#seats.give(conn);
+        this.#seats.give(conn, now);
         while (conn.users < MAX_PIPELINE && this.#seats.length > 0) {
           conn.users++;
           this.counters.checkouts++;
-          this.#seats.give(conn);
+          this.#seats.give(conn, now);
         }
       }
     } finally {
@@ -381,7 +381,6 @@ export class Group {
   }
 
   async #permitForSeats(): Promise<ServerConnection> {
-    const started = performance.now();
     if (!this.#sem.tryAcquire()) {
       if (!this.context.threaded) throw new PoolExhaustedError(this.name, this.settings.size);
       try {
@@ -389,7 +388,6 @@ export class Group {
       } finally {
         this.#seatPermitCancel = undefined;
       }
-      this.waitSamples.add(performance.now() - started);
     }
     return this.#afterPermit(undefined, undefined, FOR_SEATS);
   }
@@ -397,8 +395,9 @@ export class Group {
   // Seats the oldest waiters on a shared connection until its pipeline is full; false when it
   // may take none.
   #refill(conn: ServerConnection): boolean {
-    if (!this.#reseat(conn)) return false;
-    while (conn.users < MAX_PIPELINE && this.#seats.length > 0 && this.#reseat(conn));
+    const now = performance.now();
+    if (!this.#reseat(conn, now)) return false;
+    while (conn.users < MAX_PIPELINE && this.#seats.length > 0 && this.#reseat(conn, now));
     return true;
   }
 
@@ -406,16 +405,16 @@ export class Group {
    * One seat on shared connection `conn` for the oldest one-shot waiting, unless a checkout
    * waits for a whole connection or `conn` should not take more statements.
    */
-  #reseat(conn: ServerConnection): boolean {
+  #reseat(conn: ServerConnection, now: number): boolean {
     if (
       conn.dead || !conn.member.active || this.closing || this.#exclusiveWaiting > 0 ||
-      (conn.retireAt !== Infinity && performance.now() > conn.retireAt)
+      now > conn.retireAt
     ) {
       return false;
     }
     conn.users++;
     this.counters.checkouts++;
-    return this.#seats.give(conn);
+    return this.#seats.give(conn, now);
   }
 
   #timedOut(limitMs: number): AcquireTimeoutError {

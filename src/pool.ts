@@ -10,7 +10,7 @@ import { PoolClosedError, UnconfiguredGroupError } from "./errors.ts";
 import { Group, type GroupContext, groupLookup } from "./group.ts";
 import type { PoolEventListener, PoolEventType } from "./events.ts";
 import { type PoolHooks, poolHooks } from "./hooks.ts";
-import { type ListenOptions, Listener, type Subscription } from "./listener.ts";
+import { Listener, type ListenOptions, type Subscription } from "./listener.ts";
 import { Handler, type HandlerOptions, leaseReady } from "./handler.ts";
 import { oneShot } from "./one_shot.ts";
 import type { QueryOptions, Row, Rows, ValueRows } from "./rows.ts";

@@ -17,6 +17,7 @@ export class SeatQueue<T> {
   readonly #timeoutMs: number;
   readonly #onTimeout: () => unknown;
   readonly #onEmptied: () => void;
+  readonly #onSeated: (waitedMs: number) => void;
   #queue: Seat<T>[] = [];
   #head = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -25,11 +26,18 @@ export class SeatQueue<T> {
    * @param timeoutMs how long each waiter waits at most
    * @param onTimeout makes the reason a waiter is rejected with when its time is up
    * @param onEmptied called when timeouts leave the queue empty
+   * @param onSeated told how long each waiter waited, as it is handed its value
    */
-  constructor(timeoutMs: number, onTimeout: () => unknown, onEmptied: () => void) {
+  constructor(
+    timeoutMs: number,
+    onTimeout: () => unknown,
+    onEmptied: () => void,
+    onSeated: (waitedMs: number) => void,
+  ) {
     this.#timeoutMs = timeoutMs;
     this.#onTimeout = onTimeout;
     this.#onEmptied = onEmptied;
+    this.#onSeated = onSeated;
   }
 
   /** Waiters in the queue. */
@@ -45,10 +53,15 @@ export class SeatQueue<T> {
     });
   }
 
-  /** Hands `value` to the oldest waiter. Returns false when nobody waits. */
-  give(value: T): boolean {
+  /**
+   * Hands `value` to the oldest waiter. Returns false when nobody waits. `now` may be passed by
+   * a caller seating several waiters at once (one clock read for all of them).
+   */
+  give(value: T, now: number = performance.now()): boolean {
     const seat = this.#shift();
     if (seat === undefined) return false;
+    // Every wait has the same timeout, so the deadline says when the waiter came.
+    this.#onSeated(now - (seat.deadline - this.#timeoutMs));
     seat.resolve(value);
     return true;
   }

@@ -57,6 +57,28 @@ describe("observability", () => {
     assert.deepEqual(JSON.parse(JSON.stringify(s)), s);
   });
 
+  it("stats() counts the wait of every pool.query() that waited for a seat", async () => {
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { g: { connection_count: 1, endpoints: [0], acquire_timeout_ms: 5000 } },
+      application_name: "stats-seats",
+    });
+    const held = await p.acquire("g");
+    const started = performance.now();
+    const queries = Array.from({ length: 20 }, (_, i) => p.query("g", "SELECT $1::int AS i", [i]));
+    await waitFor(() => p.stats().groups.g.waiting === 20);
+    await waitFor(() => performance.now() - started >= 60);
+    held.release();
+    const rows = await Promise.all(queries);
+    assert.deepEqual(rows.map((r) => r[0].i), Array.from({ length: 20 }, (_, i) => i));
+    const s = p.stats().groups.g;
+    assert.equal(s.checkouts, 21);
+    assert.equal(s.waiting, 0);
+    // 20 of the 21 checkouts waited at least the 60 ms the connection was held: the median too.
+    assert.ok(s.wait_ms.p50 >= 55, `p50 ${s.wait_ms.p50}`);
+    assert.ok(s.wait_ms.p99 >= 55, `p99 ${s.wait_ms.p99}`);
+  });
+
   it("dispatches acquiretimeout, connectionerror and endpointdown events", async () => {
     const closedPort = await new Promise<number>((resolve) => {
       const server = createServer().listen(0, "127.0.0.1", () => {

@@ -91,7 +91,6 @@ export function hasBunSql(): boolean {
 
 const noop = () => {};
 
-
 // Bun's connection-level codes, as postgres.js names the same conditions (what `sqlstate.ts`
 // and every caller already know).
 const connectionCodes: Readonly<Record<string, string>> = {

@@ -85,7 +85,6 @@ export class SessionEndedError extends Error {
 
 const noop = () => {};
 
-
 interface NetModule {
   Socket: new () => NetSocket;
 }
