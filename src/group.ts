@@ -721,7 +721,19 @@ export class Group {
     return this.#take();
   }
 
-  /** A statement failed on `conn` for a connection-level or read-only reason. */
+  /**
+   * Whether what `conn`'s refused session carried may run on another server: the refusal took
+   * its server out of routing (a full server stays in: trying it again would only add load) and
+   * another server is routable.
+   */
+  movesRefused(conn: ServerConnection): boolean {
+    return conn.endpoint.state === "down" && this.#members.length > 0;
+  }
+
+  /**
+   * A statement failed on `conn` for a connection-level or read-only reason. A refusal of the
+   * session itself takes the server out of routing at once (see `Topology.report`).
+   */
   reportFailure(conn: ServerConnection, err: unknown): void {
     this.context.events.dispatchEvent(
       poolEvent("connectionerror", {
@@ -730,7 +742,7 @@ export class Group {
         reason: reasonOf(err),
       }),
     );
-    this.context.topology.report(conn.endpoint, err);
+    this.context.topology.report(conn.endpoint, err, conn.session.isRefusal(err));
   }
 
   /**

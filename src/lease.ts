@@ -295,23 +295,26 @@ export class Lease {
       if (isReadOnlyError(err)) this.group.reportFailure(conn, err);
       throw err;
     }
-    this.group.reportFailure(conn, err);
-    // A server that refused the session: its own error says why (nothing ran, nothing lost).
-    // A pipelined BEGIN went first and carries the refusal.
-    if (conn.session.isRefusal(err)) throw err;
-    if (begin !== undefined && !conn.session.established) {
-      const refusal = await begin.then(() => undefined, (first) => first);
-      if (conn.session.isRefusal(refusal)) throw refusal;
+    // A server that refused the session: nothing ran, nothing lost. A pipelined BEGIN went
+    // first and carries the refusal.
+    let refusal = conn.session.isRefusal(err) ? err : undefined;
+    if (refusal === undefined && begin !== undefined && !conn.session.established) {
+      const held = await begin.then(() => undefined, (beginErr) => beginErr);
+      if (conn.session.isRefusal(held)) refusal = held;
     }
-    // Nothing of this checkout ran on that session: it may move, a bounded number of times.
+    this.group.reportFailure(conn, refusal ?? err);
+    // Nothing of this checkout ran on that session: it may move, a bounded number of times;
+    // after a refusal only to another server (else the refusal says why, to the caller).
     if (
       outcome === "not-executed" && first && this.#lost === null && this.#conn === conn &&
-      attempt < MAX_ATTEMPTS && !this.group.closing
+      attempt < MAX_ATTEMPTS && !this.group.closing &&
+      (refusal === undefined || (!this.#pinned && this.group.movesRefused(conn)))
     ) {
       this.#tx = false;
       this.#used = false;
       return await this.#send(this.#swap(conn), text, params, arrays, attempt + 1);
     }
+    if (refusal !== undefined) throw refusal;
     throw this.#lose(conn, err, outcome, "its connection was lost during a statement");
   }
 

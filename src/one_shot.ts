@@ -95,11 +95,17 @@ function send(
     group.reportFailure(conn, err);
     if (!conn.dead) conn.end(0);
     group.checkin(conn, false);
-    // A server that refused the session: its own error says why (nothing ran).
-    if (conn.session.isRefusal(err)) throw err;
-    if (outcome === "not-executed" && attempt < MAX_ATTEMPTS && !group.closing) {
+    // A server that refused the session: nothing ran. Another server of the group takes the
+    // statement if one is routable (the refusing one is out of routing now); else the
+    // refusal is the caller's error, it says why.
+    const refused = conn.session.isRefusal(err);
+    if (
+      outcome === "not-executed" && attempt < MAX_ATTEMPTS && !group.closing &&
+      (!refused || group.movesRefused(conn))
+    ) {
       return oneShot(group, text, params, arrays, attempt + 1);
     }
+    if (refused) throw err;
     throw new SessionLostError(
       group.name,
       outcome,

@@ -293,10 +293,12 @@ export class Topology {
   }
 
   /**
-   * A statement or connect failed on `endpoint`. Only the endpoint's own probe decides its
-   * health, so this triggers one at once; a full server (53300, 53400) is not probed at all.
+   * A statement or connect failed on `endpoint`. A session the server refused outright (it
+   * could not even start) is the answer a probe would get, so the endpoint is down at once and
+   * the checkouts that follow go elsewhere; any other failure triggers a probe, which decides.
+   * A full server (53300, 53400) is neither marked down nor probed.
    */
-  report(endpoint: Endpoint, err: unknown): void {
+  report(endpoint: Endpoint, err: unknown, refused = false): void {
     if (this.#closed) return;
     endpoint.errors++;
     if (isCapacityError(err)) return;
@@ -309,7 +311,9 @@ export class Topology {
       clearTimeout(this.#timer);
       this.#schedule(FAST_INTERVAL_MS);
     }
-    this.probe(endpoint);
+    if (!refused) this.probe(endpoint);
+    // Concurrent refusals of one server count as one failure (the back-off grows per probe).
+    else if (endpoint.state !== "down") this.markDown(endpoint, err);
     // A primary that went read-only or away: look for the new one everywhere.
     if (isReadOnlyError(err) || endpoint.role === "primary") this.refresh();
   }

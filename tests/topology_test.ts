@@ -1,5 +1,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { type AddressInfo, createServer } from "node:net";
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { startProxy } from "./harness/proxy.ts";
@@ -158,6 +159,48 @@ describe("roles and routing", () => {
       await cluster.replicas[1].start();
     }
   });
+
+  it("a server refusing connections costs an any-group no statement: nothing ran, it runs elsewhere", async () => {
+    const closedPort = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, "127.0.0.1", () => {
+        const { port } = server.address() as AddressInfo;
+        server.close(() => resolve(port));
+      });
+    });
+    const refusing = { ...cluster.endpoints()[0], port: closedPort };
+    const ports = [cluster.primary.port, ...cluster.replicas.map((r) => r.port)];
+    // Probes on demand only, so that routing learns of the refusing server from checkouts.
+    const modes = [
+      { health_check_interval_ms: 0 },
+      { health_check_interval_ms: 0, type: "non-threaded" },
+    ] as const;
+    for (const extra of modes) {
+      await using p = pool("refusing", { any: { connection_count: 6 } }, {
+        db: [refusing, ...cluster.endpoints()],
+        ...extra,
+      });
+      const downs: number[] = [];
+      p.addEventListener("endpointdown", (e) => downs.push(e.detail.endpoint.port));
+      const oneShots = Array.from(
+        { length: "type" in extra ? 3 : 12 },
+        () => p.query<{ port: number }>("any", "SELECT inet_server_port() AS port"),
+      );
+      const handlers = Array.from({ length: 3 }, async () => {
+        await using db = p.handler("any");
+        return await db.query<{ port: number }>("SELECT inet_server_port() AS port");
+      });
+      const settled = await Promise.allSettled([...oneShots, ...handlers]);
+      const failures = settled.flatMap((s) => s.status === "rejected" ? [String(s.reason)] : []);
+      assert.deepEqual(failures, [], JSON.stringify(extra));
+      for (const s of settled) {
+        if (s.status === "fulfilled") {
+          assert.ok(ports.includes(s.value[0].port), String(s.value[0].port));
+        }
+      }
+      assert.deepEqual(downs, [closedPort]);
+      assert.equal(p.stats().endpoints[0].state, "down");
+    }
+  });
 });
 
 describe("stale connections", () => {
@@ -201,7 +244,11 @@ describe("replica lag", () => {
     for (const type of ["replicalagging", "replicacaughtup"] as const) {
       p.addEventListener(type, (e) => {
         const d = (e as PoolEvent).detail;
-        events.push(`${type} ${d.group} ${d.endpoint?.port} ${d.lag_ms! > 300 === (type === "replicalagging")}`);
+        events.push(
+          `${type} ${d.group} ${d.endpoint?.port} ${
+            d.lag_ms! > 300 === (type === "replicalagging")
+          }`,
+        );
       });
     }
     await portOf(p, "read"); // the pool is lazy: the first checkout starts its probes
