@@ -175,7 +175,10 @@ describe("roles and routing", () => {
       { health_check_interval_ms: 0, type: "non-threaded" },
     ] as const;
     for (const extra of modes) {
-      await using p = pool("refusing", { any: { connection_count: 6 } }, {
+      await using p = pool("refusing", {
+        any: { connection_count: 6 },
+        tx: { connection_count: 6, autocommit: false },
+      }, {
         db: [refusing, ...cluster.endpoints()],
         ...extra,
       });
@@ -189,7 +192,14 @@ describe("roles and routing", () => {
         await using db = p.handler("any");
         return await db.query<{ port: number }>("SELECT inet_server_port() AS port");
       });
-      const settled = await Promise.allSettled([...oneShots, ...handlers]);
+      // In a transaction group BEGIN goes out with the first statement and carries the refusal.
+      const transactions = Array.from({ length: 3 }, async () => {
+        await using db = p.handler("tx");
+        const rows = await db.query<{ port: number }>("SELECT inet_server_port() AS port");
+        await db.commit();
+        return rows;
+      });
+      const settled = await Promise.allSettled([...oneShots, ...handlers, ...transactions]);
       const failures = settled.flatMap((s) => s.status === "rejected" ? [String(s.reason)] : []);
       assert.deepEqual(failures, [], JSON.stringify(extra));
       for (const s of settled) {
