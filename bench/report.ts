@@ -297,6 +297,16 @@ function httpP99(h: HttpResults, route: string, connections: number, variant: st
   return cell ? mean(cell.samples.map((s) => s.p99_ns)) : NaN;
 }
 
+/** Mean app CPU time per request of an HTTP cell, in ns; NaN when the runs did not record it. */
+function httpCpu(h: HttpResults, route: string, connections: number, variant: string): number {
+  const cell = h.cells.find((c) =>
+    c.route === route && c.connections === connections && c.variant === variant
+  );
+  const us = cell?.samples.map((s) => s.app_cpu_us);
+  if (us === undefined || us.length === 0 || us.some((x) => x === undefined)) return NaN;
+  return mean(us as number[]) * 1000;
+}
+
 function httpErrors(h: HttpResults, variant: string): number {
   return h.cells.filter((c) => c.variant === variant)
     .reduce((n, c) => n + c.samples.reduce((m, s) => m + s.errors, 0), 0);
@@ -729,9 +739,10 @@ function variantLabel(r: RuntimeResults, variant: string): string {
 function httpTable(results: RuntimeResults[]): string[] {
   const lines = [
     "| runtime | route | wrk connections | pgdbpool req/s | direct req/s | pool / direct | " +
-    "p99 pool | p99 direct |",
-    "|---|---|---|---|---|---|---|---|",
+    "p99 pool | p99 direct | app CPU/req pool | app CPU/req direct |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ];
+  const cpu = (ns: number) => Number.isNaN(ns) ? "—" : formatNs(ns);
   for (const r of results) {
     const h = r.http;
     if (h === undefined) continue;
@@ -745,6 +756,8 @@ function httpTable(results: RuntimeResults[]): string[] {
             variantLabel(r, "direct")
           }) | ${formatRatio(pool / direct)} | ${formatNs(httpP99(h, route, connections, v))} | ${
             formatNs(httpP99(h, route, connections, "direct"))
+          } | ${cpu(httpCpu(h, route, connections, v))} | ${
+            cpu(httpCpu(h, route, connections, "direct"))
           } |`,
         );
       }
@@ -765,7 +778,11 @@ function httpText(results: RuntimeResults[]): string[] {
     `\`UPDATE\`, \`/fortunes\` 12 rows + 1, sorted, HTML-escaped. \`wrk -t1 --latency\`, ` +
     `${h.seconds} s per run after ${h.warmup_seconds} s of warm-up per route; each pair runs ` +
     `twice in mirrored order (pool, direct, direct, pool) and the ratio compares mean req/s. ` +
-    `The app, PostgreSQL and wrk share the machine's ${results[0].machine.cores} cores.`,
+    `The app, PostgreSQL and wrk share the machine's ${results[0].machine.cores} cores. ` +
+    `App CPU/req is the CPU time of the app's process (user + system, all threads, from ` +
+    `\`/proc\`) during a run divided by the requests it served: what a request costs the ` +
+    `machine on the app's side, which moves less than req/s with where the scheduler places the ` +
+    `three processes.`,
     "",
     `- **pgdbpool**: ${VARIANTS.pool}`,
     ...(results.some((r) => r.http?.variants.includes("pool-bun"))

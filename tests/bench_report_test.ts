@@ -2,6 +2,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
+import process from "node:process";
 import { join } from "node:path";
 import {
   buildReport,
@@ -11,7 +12,7 @@ import {
   type RuntimeResults,
   writeReport,
 } from "../bench/report.ts";
-import { parseWrk } from "../bench/http/run.ts";
+import { parseWrk, processCpuUs } from "../bench/http/run.ts";
 import { escapeHtml, queryCount, renderFortunes, updateParams } from "../bench/http/tfb.ts";
 
 // Two runtimes: Deno with two rounds (so ratios have a range), Bun with one and no Bun driver.
@@ -369,6 +370,27 @@ Transfer/sec:      3.00MB
     assert.equal(s.requests, 200000);
     assert.equal(s.errors, 7);
     assert.throws(() => parseWrk("connection refused"), /unreadable/);
+  });
+
+  it("reads a process's CPU time from /proc, and shows it per request in the HTTP table", () => {
+    const before = processCpuUs(process.pid)!;
+    assert.ok(before > 0, `CPU time of this process: ${before}`);
+    const started = performance.now();
+    let x = 0;
+    while (performance.now() - started < 300) x += Math.sqrt(x + 1);
+    const after = processCpuUs(process.pid)!;
+    assert.ok(after - before >= 150_000, `300 ms of spinning took ${after - before} us of CPU`);
+    assert.equal(processCpuUs(2 ** 30), undefined);
+    // Results from before the column existed show a dash; recorded ones their mean.
+    const dbRow = (md: string) =>
+      md.split("\n").find((l) => l.startsWith("| Deno") && l.includes("`/db` | 64 |"))!;
+    assert.match(dbRow(buildReport(sample).markdown), /\| — \| — \|$/);
+    const withCpu: RuntimeResults[] = structuredClone(sample);
+    for (const cell of withCpu[0].http!.cells) {
+      cell.samples.forEach((s, i) => s.app_cpu_us = cell.variant === "pool" ? 100 + 20 * i : 90);
+    }
+    const line = dbRow(buildReport(withCpu).markdown);
+    assert.match(line, /\| 110 µs \| 90\.0 µs \|$/);
   });
 
   it("reads the queries parameter as TechEmpower does", () => {

@@ -9,6 +9,9 @@
  * (pool, direct, direct, pool), so drift and a warmer server favour nobody; the ratio compares
  * the mean requests/s of the two runs of each. Before any load, every route of every variant is
  * fetched once and its response checked, so a broken app fails the run instead of being fast.
+ * Each run also records the app's own CPU time per request (from `/proc/<pid>/stat`): what a
+ * request costs the machine, which moves less than requests/s with where the scheduler puts the
+ * app, PostgreSQL and wrk on the shared cores.
  *
  * Used by bench/run.ts (`runHttp`); wrk is Debian's package `wrk` (`apt-get install wrk`).
  *
@@ -16,7 +19,7 @@
  */
 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import process from "node:process";
 import { createInterface } from "node:readline";
 import { ENDPOINTS_VAR } from "../names.ts";
@@ -34,6 +37,11 @@ export interface WrkSample {
   requests: number;
   /** Socket errors plus non-2xx/3xx responses. */
   errors: number;
+  /**
+   * CPU time of the app's process (user + system, all its threads) during the run, per request
+   * served, in microseconds; absent where `/proc` cannot tell.
+   */
+  app_cpu_us?: number;
 }
 
 /** One route at one connection count for one variant: a sample per run. */
@@ -93,6 +101,46 @@ export function parseWrk(out: string): WrkSample {
     requests: Number(requests[1]),
     errors,
   };
+}
+
+/** Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`, 100 on Linux). */
+let clockTicks: number | undefined;
+
+function ticksPerSecond(): number {
+  if (clockTicks === undefined) {
+    try {
+      clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
+    } catch {
+      clockTicks = NaN;
+    }
+    if (!(clockTicks > 0)) clockTicks = 100;
+  }
+  return clockTicks;
+}
+
+/** User + system CPU time of process `pid` so far, in microseconds; undefined without `/proc`. */
+export function processCpuUs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime (fields 14 and 15)
+    return Number.isFinite(ticks) ? ticks / ticksPerSecond() * 1e6 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** One wrk run against `app`, with the app's CPU time per request. */
+function measure(app: App, route: string, connections: number, seconds: number): WrkSample {
+  const before = processCpuUs(app.child.pid);
+  const sample = wrk(`http://127.0.0.1:${app.port}${route}`, connections, seconds);
+  const after = processCpuUs(app.child.pid);
+  if (before !== undefined && after !== undefined && after > before && sample.requests > 0) {
+    sample.app_cpu_us = (after - before) / sample.requests;
+  }
+  return sample;
 }
 
 function wrk(url: string, connections: number, seconds: number): WrkSample {
@@ -249,7 +297,7 @@ export async function runHttp(o: HttpOptions): Promise<HttpResults> {
         const shift = turn++ % apps.length;
         const order = [...apps.slice(shift), ...apps.slice(0, shift)];
         for (const app of [...order, ...[...order].reverse()]) {
-          const sample = wrk(`http://127.0.0.1:${app.port}${route}`, connections, o.seconds);
+          const sample = measure(app, route, connections, o.seconds);
           const key = `${route}\u0000${connections}\u0000${app.variant}`;
           const cell = cells.get(key) ?? { route, connections, variant: app.variant, samples: [] };
           cell.samples.push(sample);
@@ -257,6 +305,7 @@ export async function runHttp(o: HttpOptions): Promise<HttpResults> {
           log(
             `http ${o.runtime} ${route} c=${connections} ${app.variant}: ` +
               `${sample.rps.toFixed(0)} req/s, p99 ${(sample.p99_ns / 1e6).toFixed(1)} ms` +
+              (sample.app_cpu_us ? `, app CPU ${sample.app_cpu_us.toFixed(0)} us/req` : "") +
               (sample.errors ? `, ${sample.errors} errors` : ""),
           );
         }
