@@ -241,8 +241,9 @@ export class TransactionAbortedError extends PoolError {
 }
 
 /**
- * No endpoint can serve the group right now (all down, or none has the role the group needs).
- * Raised at once instead of hanging.
+ * No endpoint can serve the group right now (all down, or none has the role the group needs, or
+ * the only one that could refused the session: its error is the `cause`). Raised at once instead
+ * of hanging.
  *
  * @example Failing fast when every replica is down
  * ```ts

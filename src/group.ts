@@ -16,6 +16,7 @@ import {
   PoolExhaustedError,
 } from "./errors.ts";
 import { poolEvent, reasonOf } from "./events.ts";
+import { isCapacityError } from "./sqlstate.ts";
 import { route } from "./routing.ts";
 import { SeatQueue } from "./seat_queue.ts";
 import { Semaphore } from "./semaphore.ts";
@@ -728,6 +729,24 @@ export class Group {
    */
   movesRefused(conn: ServerConnection): boolean {
     return conn.endpoint.state === "down" && this.#members.length > 0;
+  }
+
+  /**
+   * What the caller hears of a refused session that no other server could take: the server is
+   * out of reach, `NoEndpointAvailableError` with the driver's error as `cause` (what later
+   * checkouts hear too while it is down). A full server's refusal (53300, 53400) is its own
+   * error: the server is up.
+   */
+  refusalError(conn: ServerConnection, err: unknown): unknown {
+    if (isCapacityError(err)) return err;
+    const { host, port } = conn.endpoint.info;
+    const e = err as { code?: unknown; message?: unknown } | null;
+    const why = [e?.code, e?.message].filter((x) => typeof x === "string" && x !== "");
+    return new NoEndpointAvailableError(
+      this.name,
+      `${host}:${port} refused the session (${why.length > 0 ? why.join(": ") : String(err)})`,
+      { cause: err },
+    );
   }
 
   /**

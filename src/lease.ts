@@ -304,7 +304,7 @@ export class Lease {
     }
     this.group.reportFailure(conn, refusal ?? err);
     // Nothing of this checkout ran on that session: it may move, a bounded number of times;
-    // after a refusal only to another server (else the refusal says why, to the caller).
+    // after a refusal only to another server (else the caller hears why).
     if (
       outcome === "not-executed" && first && this.#lost === null && this.#conn === conn &&
       attempt < MAX_ATTEMPTS && !this.group.closing &&
@@ -314,7 +314,7 @@ export class Lease {
       this.#used = false;
       return await this.#send(this.#swap(conn), text, params, arrays, attempt + 1);
     }
-    if (refusal !== undefined) throw refusal;
+    if (refusal !== undefined) throw this.group.refusalError(conn, refusal);
     throw this.#lose(conn, err, outcome, "its connection was lost during a statement");
   }
 

@@ -96,8 +96,8 @@ function send(
     if (!conn.dead) conn.end(0);
     group.checkin(conn, false);
     // A server that refused the session: nothing ran. Another server of the group takes the
-    // statement if one is routable (the refusing one is out of routing now); else the
-    // refusal is the caller's error, it says why.
+    // statement if one is routable (the refusing one is out of routing now); else the caller
+    // hears why.
     const refused = conn.session.isRefusal(err);
     if (
       outcome === "not-executed" && attempt < MAX_ATTEMPTS && !group.closing &&
@@ -105,7 +105,7 @@ function send(
     ) {
       return oneShot(group, text, params, arrays, attempt + 1);
     }
-    if (refused) throw err;
+    if (refused) throw group.refusalError(conn, err);
     throw new SessionLostError(
       group.name,
       outcome,

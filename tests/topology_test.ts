@@ -211,6 +211,41 @@ describe("roles and routing", () => {
       assert.equal(p.stats().endpoints[0].state, "down");
     }
   });
+  it("a refusal nothing else can take is NoEndpointAvailableError, the driver's error its cause", async () => {
+    const closedPort = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, "127.0.0.1", () => {
+        const { port } = server.address() as AddressInfo;
+        server.close(() => resolve(port));
+      });
+    });
+    const real = cluster.endpoints()[0];
+    const cases = [
+      { db: { ...real, port: closedPort }, code: "ECONNREFUSED", where: `:${closedPort}` },
+      { db: { ...real, pass: "not-the-password-9f2c" }, code: "28P01", where: `:${real.port}` },
+    ];
+    for (const { db, code, where } of cases) {
+      await using p = pool("refused-alone", {
+        auto: { connection_count: 2 },
+        tx: { connection_count: 2, autocommit: false },
+      }, { db: [db], health_check_interval_ms: 0 });
+      const check = (err: unknown) => {
+        assert.ok(err instanceof NoEndpointAvailableError, String(err));
+        assert.equal((err.cause as { code?: string }).code, code);
+        assert.ok(err.message.includes(where) && err.message.includes(code), err.message);
+        const text = `${err.message} ${err.stack} ${String(err.cause)}`;
+        assert.ok(!text.includes(db.pass), `the error shows the password: ${text}`);
+        return true;
+      };
+      // The first statement meets the refusal itself; later ones find the server down: the same
+      // kind of error either way.
+      await assert.rejects(p.query("auto", "SELECT 1"), check);
+      await assert.rejects(p.query("auto", "SELECT 1"), NoEndpointAvailableError);
+      await assert.rejects(async () => {
+        await using db = p.handler("tx");
+        await db.query("SELECT 1");
+      }, NoEndpointAvailableError);
+    }
+  });
 });
 
 describe("stale connections", () => {
