@@ -112,7 +112,7 @@ export function checkDeadline(
 ): void {
   const now = performance.now();
   const waited = now - startedAt;
-  const stall = lag.worstBetween(startedAt, now);
+  const stall = Math.max(lag.worstBetween(startedAt, now), lag.pending(now));
   if (waited > deadlineMs + LATE_MS + stall) {
     violations.add(
       "late-rejection",
@@ -195,9 +195,14 @@ export async function checkWrites(
          from soak_writes w where w.req = any($1::int[])`,
       [failedPresent],
     );
-    const at = new Map(rows.map((r) => [Number(r.req), `${r.at}; checkout rows ${r.checkout_rows}`]));
+    const at = new Map(
+      rows.map((r) => [Number(r.req), `${r.at}; checkout rows ${r.checkout_rows}`]),
+    );
     for (const id of failedPresent) {
-      violations.add("failed-write-present", `req ${id} (${ledger.describe(id)}; written ${at.get(id) ?? "?"})`);
+      violations.add(
+        "failed-write-present",
+        `req ${id} (${ledger.describe(id)}; written ${at.get(id) ?? "?"})`,
+      );
     }
   }
   const dups = await primary.query(

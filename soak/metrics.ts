@@ -122,6 +122,15 @@ export class LoopLag {
     clearInterval(this.#timer);
   }
 
+  /**
+   * The stall still under way at `now`: how far the monitor's tick is overdue. A timer that fires
+   * at the end of a stall may run before the monitor's own tick in the same turn, so a stall is
+   * not yet noted when such a timer's callback looks (the monitor notes it when it ends).
+   */
+  pending(now: number): number {
+    return Math.max(0, now - this.#last - LoopLag.PERIOD_MS);
+  }
+
   /** The longest stall that ended within [from, to] (plus one period), in milliseconds. */
   worstBetween(from: number, to: number): number {
     let worst = 0;
