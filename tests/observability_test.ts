@@ -1,8 +1,8 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { type AddressInfo, createServer } from "node:net";
 import { inspect } from "node:util";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { closedPort } from "./harness/closed_port.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { AcquireTimeoutError, NoEndpointAvailableError, Pool, type PoolEvent } from "../mod.ts";
@@ -80,14 +80,9 @@ describe("observability", () => {
   });
 
   it("dispatches acquiretimeout, connectionerror and endpointdown events", async () => {
-    const closedPort = await new Promise<number>((resolve) => {
-      const server = createServer().listen(0, "127.0.0.1", () => {
-        const { port } = server.address() as AddressInfo;
-        server.close(() => resolve(port));
-      });
-    });
+    const refusedPort = await closedPort();
     await using p = new Pool({
-      db: [...cluster.endpoints(), { ...cluster.endpoints()[0], port: closedPort }],
+      db: [...cluster.endpoints(), { ...cluster.endpoints()[0], port: refusedPort }],
       groups: {
         g: { connection_count: 1, endpoints: [0], acquire_timeout_ms: 50 },
         nowhere: { connection_count: 1, endpoints: [2] },
@@ -119,10 +114,10 @@ describe("observability", () => {
     const err = events.find((e) => e.type === "connectionerror");
     assert.ok(err, "connectionerror dispatched");
     assert.equal(err.detail.group, "nowhere");
-    assert.equal(err.detail.endpoint?.port, closedPort);
+    assert.equal(err.detail.endpoint?.port, refusedPort);
     assert.equal(err.detail.reason, "ECONNREFUSED");
     const down = events.find((e) => e.type === "endpointdown");
-    assert.equal(down?.detail.endpoint?.port, closedPort);
+    assert.equal(down?.detail.endpoint?.port, refusedPort);
     assert.equal(p.stats().groups.g.timeouts, 1);
     assert.ok(p.stats().endpoints[2].errors >= 1);
     assert.equal(p.stats().endpoints[2].state, "down");

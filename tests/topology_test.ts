@@ -1,7 +1,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { type AddressInfo, createServer } from "node:net";
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
+import { closedPort } from "./harness/closed_port.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { startProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
@@ -161,13 +161,8 @@ describe("roles and routing", () => {
   });
 
   it("a server refusing connections costs an any-group no statement: nothing ran, it runs elsewhere", async () => {
-    const closedPort = await new Promise<number>((resolve) => {
-      const server = createServer().listen(0, "127.0.0.1", () => {
-        const { port } = server.address() as AddressInfo;
-        server.close(() => resolve(port));
-      });
-    });
-    const refusing = { ...cluster.endpoints()[0], port: closedPort };
+    const refusedPort = await closedPort();
+    const refusing = { ...cluster.endpoints()[0], port: refusedPort };
     const ports = [cluster.primary.port, ...cluster.replicas.map((r) => r.port)];
     // Probes on demand only, so that routing learns of the refusing server from checkouts.
     const modes = [
@@ -207,20 +202,15 @@ describe("roles and routing", () => {
           assert.ok(ports.includes(s.value[0].port), String(s.value[0].port));
         }
       }
-      assert.deepEqual(downs, [closedPort]);
+      assert.deepEqual(downs, [refusedPort]);
       assert.equal(p.stats().endpoints[0].state, "down");
     }
   });
   it("a refusal nothing else can take is NoEndpointAvailableError, the driver's error its cause", async () => {
-    const closedPort = await new Promise<number>((resolve) => {
-      const server = createServer().listen(0, "127.0.0.1", () => {
-        const { port } = server.address() as AddressInfo;
-        server.close(() => resolve(port));
-      });
-    });
+    const refusedPort = await closedPort();
     const real = cluster.endpoints()[0];
     const cases = [
-      { db: { ...real, port: closedPort }, code: "ECONNREFUSED", where: `:${closedPort}` },
+      { db: { ...real, port: refusedPort }, code: "ECONNREFUSED", where: `:${refusedPort}` },
       { db: { ...real, pass: "not-the-password-9f2c" }, code: "28P01", where: `:${real.port}` },
     ];
     for (const { db, code, where } of cases) {
