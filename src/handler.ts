@@ -68,6 +68,8 @@ export interface HandlerOptions {
  */
 export class Handler implements Disposable, AsyncDisposable {
   readonly #lease: Lease;
+  /** Under leak detection: the tagged template, which holds this handler (see `sql`). */
+  #heldSql: Sql | null | undefined;
 
   /**
    * Checks out a connection of `group` from `pool`, or from the module-wide pool of
@@ -79,7 +81,10 @@ export class Handler implements Disposable, AsyncDisposable {
     const g = (pool ?? defaultPool())[groupLookup](group);
     this.#lease = new Lease(g, resolveHandlerOptions(group, options));
     const leakMs = g.settings.leakDetectionMs;
-    if (leakMs !== undefined) this.#lease.watchLeaks(this, leakMs);
+    if (leakMs !== undefined) {
+      this.#lease.watchLeaks(this, leakMs);
+      this.#heldSql = null;
+    }
   }
 
   /** Name of the group this handler belongs to. */
@@ -104,7 +109,9 @@ export class Handler implements Disposable, AsyncDisposable {
    * `await pool.acquire()` when the group may be busy.
    */
   get sql(): Sql {
-    return this.#lease.sql;
+    if (this.#heldSql === undefined) return this.#lease.sql;
+    // Under leak detection the caller may keep only the tagged template: it holds this handler.
+    return this.#heldSql = this.#lease.sqlHolding(this, this.#heldSql);
   }
 
   /**

@@ -36,6 +36,19 @@ function callerStack(err: Error): string {
   return (first === -1 ? frames : frames.slice(first)).join("\n");
 }
 
+/** What the tagged template of a watched handler handed out, each holding that handler. */
+const holders = new WeakMap<object, object>();
+
+/**
+ * Keeps `owner` reachable for as long as `value` is (when it is an object): a statement the
+ * driver still holds keeps the handler it was sent through, which is then not reclaimed.
+ */
+export function keepReachable(value: unknown, owner: object): void {
+  if ((typeof value === "object" && value !== null) || typeof value === "function") {
+    holders.set(value as object, owner);
+  }
+}
+
 // Held values are the leases, never the handlers: a handler stays collectable.
 const finalizers = new FinalizationRegistry<Reclaimable>((lease) => lease.reclaim());
 

@@ -19,7 +19,7 @@ import {
 import type { Group } from "./group.ts";
 import { poolEvent } from "./events.ts";
 import type { PoolHooks } from "./hooks.ts";
-import { LeakWatch } from "./leak.ts";
+import { keepReachable, LeakWatch } from "./leak.ts";
 import type { ResolvedHandlerOptions } from "./handler_options.ts";
 import type { Rows, Sql } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
@@ -74,7 +74,15 @@ export class Lease {
   #validating: Promise<ServerConnection> | null = null;
   /** Set under `leak_detection_ms`. */
   #leak: LeakWatch | undefined;
-  /** Statements of this checkout not settled yet: release waits for them before check-in. */
+  /**
+   * The handler was collected while a statement of it was still awaited (the one-liner
+   * `await pool.handler(g).query(...)` drops it at once): reclaimed once nothing is in flight.
+   */
+  #orphaned = false;
+  /**
+   * Statements of this checkout not settled yet, counted from the call (also while they wait
+   * for the connection): release waits for them before check-in, a reclaim until they settle.
+   */
   #inflight = 0;
   /** `#leave()` as settle callbacks, made once per lease on its first statement. */
   #leaveWith: ((rows: Rows) => Rows) | undefined;
@@ -210,9 +218,9 @@ export class Lease {
     params: readonly unknown[] | undefined,
     arrays: boolean,
   ): Promise<Rows> {
-    let conn = this.#conn ?? await this.#connection();
     this.#inflight++;
     try {
+      let conn = this.#conn ?? await this.#connection();
       if (!this.#used && !this.#validated && this.#stale(conn)) {
         // Concurrent first statements share one validation: one swap at most.
         conn = await (this.#validating ??= this.#validate(conn).finally(() => {
@@ -323,10 +331,10 @@ export class Lease {
    * after the COMMIT acknowledgement, pipelined behind it (no extra round trip).
    */
   async commit(): Promise<string | undefined> {
-    const held = this.#conn ?? await this.#connection();
-    if (this.#state === RELEASED) throw this.#afterRelease();
     this.#inflight++;
     try {
+      const held = this.#conn ?? await this.#connection();
+      if (this.#state === RELEASED) throw this.#afterRelease();
       return await this.#commit(this.#usable(held));
     } finally {
       this.#leave();
@@ -378,10 +386,10 @@ export class Lease {
    * the caller's acknowledgement: the checkout continues on a fresh connection.
    */
   async rollback(): Promise<void> {
-    const conn = this.#conn ?? await this.#connection();
-    if (this.#state === RELEASED) throw this.#afterRelease();
     this.#inflight++;
     try {
+      const conn = this.#conn ?? await this.#connection();
+      if (this.#state === RELEASED) throw this.#afterRelease();
       await this.#rollback(conn);
     } finally {
       this.#leave();
@@ -415,15 +423,30 @@ export class Lease {
    * opens on first use). It refuses use once the checkout is released or its session is lost.
    */
   get sql(): Sql {
-    if (this.#conn === null) {
-      if (this.#state === RELEASED) throw this.#afterRelease();
-      throw new TypeError(
-        `Handler of group ${
-          JSON.stringify(this.group.name)
-        } is still waiting for a connection: use await pool.acquire() before using sql`,
-      );
-    }
-    return this.#sql ??= this.#facade();
+    this.#sqlReady();
+    return this.#sql ??= this.#facade(undefined);
+  }
+
+  /**
+   * Under leak detection: the same tagged template (`made`, once made), holding `owner` (the
+   * handler) reachable while it, or a statement sent through it, is. The handler caches it; the
+   * lease must not, as the leak watch keeps the lease reachable and the handler would then never
+   * be collected.
+   */
+  sqlHolding(owner: object, made: Sql | null): Sql {
+    this.#sqlReady();
+    return made ?? this.#facade(owner);
+  }
+
+  /** Throws unless a connection is held, as using `sql` needs. */
+  #sqlReady(): void {
+    if (this.#conn !== null) return;
+    if (this.#state === RELEASED) throw this.#afterRelease();
+    throw new TypeError(
+      `Handler of group ${
+        JSON.stringify(this.group.name)
+      } is still waiting for a connection: use await pool.acquire() before using sql`,
+    );
   }
 
   /** Returns the connection (rolling back open work first). Idempotent. */
@@ -448,9 +471,16 @@ export class Lease {
     this.#leak = new LeakWatch(handler, this, ms, (watch) => this.#reportLeak(watch, false));
   }
 
-  /** The handler was collected without release: its connection is ended, its permit returned. */
+  /**
+   * The handler was collected without release: its connection is ended, its permit returned;
+   * once its statements in flight have settled, as their callers still await them.
+   */
   reclaim(): void {
     if (this.#state === RELEASED) return;
+    if (this.#inflight > 0) {
+      this.#orphaned = true;
+      return;
+    }
     this.#state = RELEASED;
     const watch = this.#leak!;
     watch.stop();
@@ -485,7 +515,12 @@ export class Lease {
   }
 
   #leave(): void {
-    if (--this.#inflight > 0 || this.#state !== RELEASED || this.#conn === null) return;
+    if (--this.#inflight > 0) return;
+    if (this.#state !== RELEASED) {
+      if (this.#orphaned) this.reclaim();
+      return;
+    }
+    if (this.#conn === null) return;
     const done = this.#drained;
     this.#drained = undefined;
     const checkedIn = this.#checkin();
@@ -495,7 +530,13 @@ export class Lease {
     }
   }
 
-  #facade(): Sql {
+  #facade(owner: object | undefined): Sql {
+    // Under leak detection, what the driver hands back (a statement while it runs) holds the
+    // handler: a caller awaiting a statement of a handler it dropped keeps its connection.
+    const hold = owner === undefined ? undefined : (result: unknown): unknown => {
+      keepReachable(result, owner);
+      return result;
+    };
     const session = (): Sql => {
       if (this.#conn === null) throw this.#afterRelease();
       const conn = this.#usable(this.#conn);
@@ -504,15 +545,15 @@ export class Lease {
       conn.lastUsed = performance.now();
       return conn.session.sql;
     };
-    const sql =
-      ((first: unknown, ...rest: unknown[]) =>
-        (session() as unknown as (...args: unknown[]) => unknown)(
-          first,
-          ...rest,
-        )) as unknown as Sql;
+    const sql = ((first: unknown, ...rest: unknown[]) => {
+      const result = (session() as unknown as (...args: unknown[]) => unknown)(first, ...rest);
+      return hold === undefined ? result : hold(result);
+    }) as unknown as Sql;
     const forward =
-      (name: "unsafe" | "array" | "json" | "typed" | "file") => (...args: unknown[]) =>
-        (session()[name] as (...args: unknown[]) => unknown)(...args);
+      (name: "unsafe" | "array" | "json" | "typed" | "file") => (...args: unknown[]) => {
+        const result = (session()[name] as (...args: unknown[]) => unknown)(...args);
+        return hold === undefined ? result : hold(result);
+      };
     Object.assign(sql, {
       unsafe: forward("unsafe"),
       array: forward("array"),

@@ -249,7 +249,10 @@ describe("checkout", () => {
       const rows = await Promise.all([...pipeline, ...waiting]);
       assert.deepEqual(
         rows.map((r) => r[0].n),
-        [...Array.from({ length: 63 }, (_, i) => i + 2), ...Array.from({ length: 10 }, (_, i) => 100 + i)],
+        [
+          ...Array.from({ length: 63 }, (_, i) => i + 2),
+          ...Array.from({ length: 10 }, (_, i) => 100 + i),
+        ],
       );
       assert.equal(await cluster.countConnections({ applicationName: "seats" }), 1);
       assert.equal(p.stats().groups.g.busy, 0);

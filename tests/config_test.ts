@@ -170,16 +170,27 @@ describe("config validation", () => {
       "(got 1)",
     );
     const hasBun = typeof (globalThis as { Bun?: { SQL?: unknown } }).Bun?.SQL === "function";
-    assert.equal(resolveConfig({ ...good(), driver: "bun" }).endpoints[0].driver, hasBun ? "bun" : "postgres");
+    assert.equal(
+      resolveConfig({ ...good(), driver: "bun" }).endpoints[0].driver,
+      hasBun ? "bun" : "postgres",
+    );
     assert.equal(resolveConfig(good()).endpoints[0].driver, "postgres");
     assert.equal(
-      resolveConfig({ ...good(), driver: "bun", db: [{ ...(good().db as object[])[0], driver: "postgres" }] })
+      resolveConfig({
+        ...good(),
+        driver: "bun",
+        db: [{ ...(good().db as object[])[0], driver: "postgres" }],
+      })
         .endpoints[0].driver,
       "postgres",
       "an endpoint's own driver wins",
     );
     // A probe with no time at all could never succeed.
-    configError({ ...good(), probe_timeout_ms: 0 }, "probe_timeout_ms", "more than 0 milliseconds (got 0)");
+    configError(
+      { ...good(), probe_timeout_ms: 0 },
+      "probe_timeout_ms",
+      "more than 0 milliseconds (got 0)",
+    );
     assert.equal(resolveConfig(good()).probeTimeoutMs, 2000);
     assert.equal(resolveConfig(good()).retryBackoffMaxMs, 2000);
     const endpoint = (extra: Record<string, unknown>) => ({

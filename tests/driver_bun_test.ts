@@ -178,7 +178,10 @@ function suite(): void {
           s.query("INSERT INTO hits VALUES ('kill', pg_backend_pid())", undefined, { prepare }),
           (err) => {
             assert.ok(err instanceof SessionEndedError, inspect(err));
-            assert.equal(s.outcomeOf(err, "INSERT INTO hits VALUES ('kill', pg_backend_pid())"), "not-executed");
+            assert.equal(
+              s.outcomeOf(err, "INSERT INTO hits VALUES ('kill', pg_backend_pid())"),
+              "not-executed",
+            );
             assert.ok(!s.isRefusal(err));
             return true;
           },
@@ -244,7 +247,10 @@ function suite(): void {
         proxy.dropAll();
         await assert.rejects(write, (err) => {
           assert.equal((err as { code?: string }).code, "CONNECTION_CLOSED", inspect(err));
-          assert.equal(s.outcomeOf(err, "INSERT INTO hits SELECT 'cut', 1 FROM pg_sleep(0.3)"), "unknown");
+          assert.equal(
+            s.outcomeOf(err, "INSERT INTO hits SELECT 'cut', 1 FROM pg_sleep(0.3)"),
+            "unknown",
+          );
           assert.ok(!s.isRefusal(err));
           return true;
         });

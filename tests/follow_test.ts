@@ -56,10 +56,13 @@ describe("following the servers", () => {
         message: "the stopped replica seen down",
       });
       // Every connection of the group now lives on the surviving replica.
-      await waitFor(async () =>
-        (await poolSessions(cluster, "follow1")).filter((s) =>
-          s.server === stays && s.applicationName === "follow1"
-        ).length === 4, { message: "all four connections on the surviving replica" });
+      await waitFor(
+        async () =>
+          (await poolSessions(cluster, "follow1")).filter((s) =>
+            s.server === stays && s.applicationName === "follow1"
+          ).length === 4,
+        { message: "all four connections on the surviving replica" },
+      );
 
       await returns.start();
       await waitStreaming(cluster.primary, [returns]);

@@ -556,7 +556,7 @@ describe("session integrity", () => {
     return chunk.length;
   };
 
-  for (const via of ["commit()", "query(\"COMMIT\")"] as const) {
+  for (const via of ["commit()", 'query("COMMIT")'] as const) {
     it(`14. a COMMIT by ${via} that ran before its backend was terminated is reported unknown`, {
       // The postgres.js driver sends the pool's own COMMIT through the simple protocol, where
       // the acknowledgement leaves with the commit: no window.
@@ -573,8 +573,9 @@ describe("session integrity", () => {
           application_name: app,
           health_check_interval_ms: 0,
         });
-        const commit = async (db: { query(text: string): Promise<unknown>; commit(): Promise<unknown> }) =>
-          via === "commit()" ? await db.commit() : await db.query("COMMIT");
+        const commit = async (
+          db: { query(text: string): Promise<unknown>; commit(): Promise<unknown> },
+        ) => via === "commit()" ? await db.commit() : await db.query("COMMIT");
         // A first transaction, so that a user's COMMIT is a recurring text (a named statement).
         {
           using db = p.handler("tx");

@@ -1387,9 +1387,12 @@ describe("property regressions", () => {
           [app],
         );
         await cluster.primary.query("SELECT pg_terminate_backend($1)", [pid]);
-        await waitFor(async () => (await cluster.countConnections({ applicationName: app })) === 0, {
-          message: "the backend gone",
-        });
+        await waitFor(
+          async () => (await cluster.countConnections({ applicationName: app })) === 0,
+          {
+            message: "the backend gone",
+          },
+        );
         // The FATAL and the close are held behind the start-up reply: all arrive together.
         px.mode = "pass";
         const r = await settleWithin(q, OP_DEADLINE_MS);

@@ -26,7 +26,11 @@ export function denoBin(): string {
   if (deno) return deno.execPath();
   return firstExisting(
     "deno",
-    [bin("@deno", `${platformArch}-glibc`, "deno"), bin("@deno", platformArch, "deno"), bin(".bin", "deno")],
+    [
+      bin("@deno", `${platformArch}-glibc`, "deno"),
+      bin("@deno", platformArch, "deno"),
+      bin(".bin", "deno"),
+    ],
     'run "npm install"',
   );
 }
@@ -34,7 +38,11 @@ export function denoBin(): string {
 /** The real Bun binary. */
 export function bunBin(): string {
   if ("Bun" in globalThis) return process.execPath;
-  return firstExisting("bun", [bin("bun", "bin", "bun.exe"), bin(".bin", "bun")], 'run "npm install"');
+  return firstExisting(
+    "bun",
+    [bin("bun", "bin", "bun.exe"), bin(".bin", "bun")],
+    'run "npm install"',
+  );
 }
 
 /** Node 24 from the npm package `node@24` (a real binary). */
@@ -51,7 +59,10 @@ export function workerdBin(): string {
   const arch = process.arch === "x64" ? "64" : process.arch;
   return firstExisting(
     "workerd",
-    [bin("@cloudflare", `workerd-${process.platform}-${arch}`, "bin", "workerd"), bin(".bin", "workerd")],
+    [
+      bin("@cloudflare", `workerd-${process.platform}-${arch}`, "bin", "workerd"),
+      bin(".bin", "workerd"),
+    ],
     'run "npm install" (devDependency "workerd")',
   );
 }
@@ -83,7 +94,11 @@ export interface CommandOptions {
 }
 
 /** Runs a command to completion and resolves with its exit status and output (never rejects on exit codes). */
-export function runCommand(cmd: string, args: string[], opts: CommandOptions = {}): Promise<CommandResult> {
+export function runCommand(
+  cmd: string,
+  args: string[],
+  opts: CommandOptions = {},
+): Promise<CommandResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, {
       cwd: opts.cwd ?? ROOT,
@@ -97,7 +112,11 @@ export function runCommand(cmd: string, args: string[], opts: CommandOptions = {
     const timeoutMs = opts.timeoutMs ?? 120_000;
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
-      reject(new Error(`${cmd} ${args.join(" ")} did not finish within ${timeoutMs} ms\n${stdout}${stderr}`));
+      reject(
+        new Error(
+          `${cmd} ${args.join(" ")} did not finish within ${timeoutMs} ms\n${stdout}${stderr}`,
+        ),
+      );
     }, timeoutMs);
     child.on("error", (err) => {
       clearTimeout(timer);
@@ -119,7 +138,12 @@ export class Service {
   #exit: Promise<{ code: number | null; signal: string | null }>;
   exited: { code: number | null; signal: string | null } | undefined;
 
-  constructor(readonly name: string, cmd: string, args: string[], opts: { cwd?: string; env?: Record<string, string | undefined> } = {}) {
+  constructor(
+    readonly name: string,
+    cmd: string,
+    args: string[],
+    opts: { cwd?: string; env?: Record<string, string | undefined> } = {},
+  ) {
     this.child = spawn(cmd, args, {
       cwd: opts.cwd ?? ROOT,
       env: { ...process.env, NO_COLOR: "1", ...opts.env },
@@ -146,11 +170,17 @@ export class Service {
       const m = this.output.match(pattern);
       if (m) return m;
       if (this.exited) {
-        throw new Error(`${this.name} exited (${JSON.stringify(this.exited)}) before printing ${pattern}:\n${this.output}`);
+        throw new Error(
+          `${this.name} exited (${
+            JSON.stringify(this.exited)
+          }) before printing ${pattern}:\n${this.output}`,
+        );
       }
       return null;
     }, { timeoutMs, message: `${this.name} to print ${pattern}` }).then((m) => m!, (err) => {
-      throw new Error(`${err.message}\n--- ${this.name} output ---\n${this.output}`, { cause: err });
+      throw new Error(`${err.message}\n--- ${this.name} output ---\n${this.output}`, {
+        cause: err,
+      });
     });
   }
 
@@ -169,7 +199,12 @@ export class Service {
         this.#exit,
         new Promise<never>((_, reject) => {
           timer = setTimeout(
-            () => reject(new Error(`${this.name} still running ${timeoutMs} ms after the signal:\n${this.output}`)),
+            () =>
+              reject(
+                new Error(
+                  `${this.name} still running ${timeoutMs} ms after the signal:\n${this.output}`,
+                ),
+              ),
             timeoutMs,
           );
         }),
@@ -188,7 +223,10 @@ export class Service {
 }
 
 /** GET (or POST) with a deadline; resolves with status and body text. */
-export async function http(url: string, init: RequestInit & { timeoutMs?: number } = {}): Promise<{ status: number; body: string }> {
+export async function http(
+  url: string,
+  init: RequestInit & { timeoutMs?: number } = {},
+): Promise<{ status: number; body: string }> {
   const res = await fetch(url, { ...init, signal: AbortSignal.timeout(init.timeoutMs ?? 15_000) });
   return { status: res.status, body: await res.text() };
 }
@@ -197,7 +235,10 @@ export async function http(url: string, init: RequestInit & { timeoutMs?: number
  * GET over a new TCP connection each time (no keep-alive agent), so that a server spreading
  * connections over processes or isolates sees every request as a new connection.
  */
-export function getFresh(url: string, timeoutMs = 15_000): Promise<{ status: number; body: string }> {
+export function getFresh(
+  url: string,
+  timeoutMs = 15_000,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest(url, { agent: false, headers: { connection: "close" } }, (res) => {
       let body = "";
@@ -206,7 +247,10 @@ export function getFresh(url: string, timeoutMs = 15_000): Promise<{ status: num
       res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
       res.on("error", reject);
     });
-    req.setTimeout(timeoutMs, () => req.destroy(new Error(`GET ${url} timed out after ${timeoutMs} ms`)));
+    req.setTimeout(
+      timeoutMs,
+      () => req.destroy(new Error(`GET ${url} timed out after ${timeoutMs} ms`)),
+    );
     req.on("error", reject);
     req.end();
   });
