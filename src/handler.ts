@@ -68,7 +68,10 @@ export interface HandlerOptions {
  */
 export class Handler implements Disposable, AsyncDisposable {
   readonly #lease: Lease;
-  /** Under leak detection: the tagged template, which holds this handler (see `sql`). */
+  /**
+   * Under leak detection only (`undefined` otherwise; `null` until first used): the tagged
+   * template, which holds this handler (see `sql`).
+   */
   #heldSql: Sql | null | undefined;
 
   /**

@@ -54,10 +54,10 @@ export class SeatQueue<T> {
   }
 
   /**
-   * Hands `value` to the oldest waiter. Returns false when nobody waits. `now` may be passed by
-   * a caller seating several waiters at once (one clock read for all of them).
+   * Hands `value` to the oldest waiter. Returns false when nobody waits. `now` is the caller's
+   * clock reading (one for all the waiters it seats at once).
    */
-  give(value: T, now: number = performance.now()): boolean {
+  give(value: T, now: number): boolean {
     const seat = this.#shift();
     if (seat === undefined) return false;
     // Every wait has the same timeout, so the deadline says when the waiter came.
