@@ -208,11 +208,15 @@ export class Topology {
     if (changed || cameUp || row.recovery) this.#changed();
   }
 
-  // One probe round trip. A reused probe session that turns out dead says nothing about the
-  // server (its connection may have been cut long ago): only a fresh session's failure counts.
+  // One probe round trip, all of it within one probe deadline. A reused probe session found
+  // dead (reset or closed, its connection perhaps cut long ago) says nothing about the server,
+  // so a fresh session gets the time left; one that stays silent used the whole deadline, and
+  // the server is as silent as it: a second full deadline would double the time a hung host
+  // holds the statements stuck on it.
   async #ask(
     endpoint: Endpoint,
   ): Promise<{ recovery: boolean; lsn: string | null; lag_ms: number }> {
+    const until = performance.now() + this.#deadline(endpoint);
     for (;;) {
       let client = this.#clients.get(endpoint);
       if (client === undefined || client.dead) {
@@ -223,14 +227,16 @@ export class Topology {
       try {
         const rows = await withDeadline(
           client.query(PROBE_SQL, undefined, PROBE),
-          this.#deadline(endpoint),
+          Math.max(until - performance.now(), 1),
         );
         return rows[0] as unknown as { recovery: boolean; lsn: string | null; lag_ms: number };
       } catch (err) {
         // A failed probe session may hold a half-dead socket: never reuse it.
         this.#clients.delete(endpoint);
         client.end(0);
-        if (!reused || this.#closed || !isConnectionError(err)) throw err;
+        if (!reused || this.#closed || !isConnectionError(err) || performance.now() >= until) {
+          throw err;
+        }
       }
     }
   }

@@ -405,6 +405,46 @@ describe("connection upkeep", () => {
 });
 
 describe("hung hosts", () => {
+  it("cuts off a host that goes silent within one probe deadline of the first probe after it", async () => {
+    // The probe session is reused from round to round. When it goes unanswered, that one probe
+    // deadline is the whole budget: a fresh session may follow only a session found dead early
+    // (a reset), never a second full deadline (it made a hung host take two: 2 x 1500 ms here).
+    const [replica] = cluster.replicas;
+    const proxy = await startProxy(replica);
+    try {
+      await using p = new Pool({
+        db: [cluster.endpoints()[0], { ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
+        groups: { read: { connection_count: 1, role: "replica" } },
+        application_name: "hung1",
+        health_check_interval_ms: 200,
+        probe_timeout_ms: 1500,
+        validate_after_ms: 0,
+      });
+      const held = p.handler("read");
+      const [{ port }] = await held.query<{ port: number }>("SELECT inet_server_port() AS port");
+      assert.equal(port, replica.port);
+      await waitFor(() => p.stats().endpoints.every((e) => e.probes >= 2 && e.state === "up"), {
+        message: "both servers probed twice (the probe session is reused)",
+      });
+      let down = 0;
+      const started = performance.now();
+      p.addEventListener("endpointdown", () => down ||= performance.now() - started);
+      proxy.mode = "blackhole";
+      // A statement in flight on the silent host fails once the host is cut off.
+      const stuck = held.query("SELECT 1").then(() => "answered", (e: Error) => e.name);
+      await waitFor(() => down > 0, { timeoutMs: 10_000, message: "the silent host marked down" });
+      // At most one probe period (200 ms) and one probe deadline (1500 ms), plus room for a
+      // loaded machine; two deadlines would be at least 3000 ms.
+      console.log(`silent host marked down ${Math.round(down)} ms after it went silent`);
+      assert.ok(down < 2600, `marked down ${Math.round(down)} ms after it went silent`);
+      assert.equal(await stuck, "SessionLostError");
+      held.release();
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+
   it("never hangs when every endpoint is blackholed", async () => {
     const proxies = await Promise.all(cluster.servers.slice(0, 2).map((s) => startProxy(s)));
     try {
