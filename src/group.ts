@@ -278,6 +278,14 @@ export class Group {
     return this.#members.length > 0;
   }
 
+  /**
+   * Resolves once some endpoint can serve this group (at once when one can), waiting as a new
+   * checkout does; `NoEndpointAvailableError` once every probe has answered with still none.
+   */
+  whenRoutable(): Promise<void> {
+    return this.#members.length > 0 ? Promise.resolve() : this.#findEndpoint();
+  }
+
   /** This group would use a primary now and has nothing routable (probing runs faster). */
   get wantsPrimary(): boolean {
     return this.#members.length === 0 &&
@@ -716,7 +724,9 @@ export class Group {
     const member = conn.member;
     this.#discard(conn);
     if (sameServer || this.#members.length === 0) {
-      // Nothing routable any more: stay on the same server; the next statement reports why.
+      // Nothing routable any more (a checkout moving off waits for routing first: this is a
+      // pinned one, or routing changed meanwhile): stay on the same server; the next statement
+      // reports why.
       return this.#open(member);
     }
     return this.#take();

@@ -242,6 +242,10 @@ export class Lease {
   ): Promise<Rows> {
     // Released while this statement waited: it must not go out on a returned connection.
     if (this.#state === RELEASED) return Promise.reject(this.#afterRelease());
+    // Unused and dead with nothing routable: moving waits for routing (see #move).
+    if (!this.#used && conn.dead && !this.#pinned && !this.group.routable) {
+      return this.#move(conn).then((next) => this.#send(next, text, params, arrays, attempt));
+    }
     try {
       conn = this.#usable(conn);
     } catch (err) {
@@ -320,7 +324,7 @@ export class Lease {
     ) {
       this.#tx = false;
       this.#used = false;
-      return await this.#send(this.#swap(conn), text, params, arrays, attempt + 1);
+      return await this.#send(await this.#move(conn), text, params, arrays, attempt + 1);
     }
     if (refusal !== undefined) throw this.group.refusalError(conn, refusal);
     throw this.#lose(conn, err, outcome, "its connection was lost during a statement");
@@ -613,7 +617,7 @@ export class Lease {
     for (let attempt = 1;; attempt++) {
       if (this.group.ended) throw new PoolClosedError();
       if (conn.dead) {
-        conn = this.#swap(conn);
+        conn = await this.#move(conn);
         continue;
       }
       const lastUsed = conn.lastUsed;
@@ -628,9 +632,19 @@ export class Lease {
         this.group.reportFailure(conn, err);
         if (attempt >= MAX_ATTEMPTS) throw err;
         conn.end(0);
-        conn = this.#swap(conn);
+        conn = await this.#move(conn);
       }
     }
+  }
+
+  /**
+   * Moves the checkout off `conn` (nothing of it ran there). With no server routable it first
+   * waits for routing as a new checkout does (failing as one would), rather than reopening on
+   * the server it leaves: for a host gone silent that meant waiting out its connect_timeout.
+   */
+  async #move(conn: ServerConnection): Promise<ServerConnection> {
+    if (!this.#pinned && !this.group.routable) await this.group.whenRoutable();
+    return this.#swap(conn);
   }
 
   #swap(conn: ServerConnection): ServerConnection {

@@ -445,6 +445,55 @@ describe("hung hosts", () => {
     }
   });
 
+  it("a checkout moved off a silent host waits for routing like a new one, never on a down server's connect", async () => {
+    // Cut off before its first statement ran, a checkout moves; with no server left it must
+    // fail as a new checkout would (NoEndpointAvailableError once the probes answered), not
+    // open a session on the down server and wait out its connect_timeout (10 s by default).
+    const proxies = await Promise.all(cluster.servers.slice(0, 2).map((s) => startProxy(s)));
+    try {
+      await using p = new Pool({
+        db: proxies.map((x) => ({ ...cluster.endpoints()[0], host: x.host, port: x.port })),
+        groups: { tx: { connection_count: 2, autocommit: false }, auto: { connection_count: 2 } },
+        application_name: "hung2",
+        validate_after_ms: 0,
+      });
+      const timed = async (what: string, run: () => Promise<unknown>) => {
+        const started = performance.now();
+        const outcome = await run().then(() => "answered", (e: Error) => e.name);
+        const ms = Math.round(performance.now() - started);
+        console.log(`${what}: ${outcome} after ${ms} ms`);
+        assert.equal(outcome, "NoEndpointAvailableError", what);
+        // At the defaults: a probe period and a probe deadline until the first server is cut
+        // off, the move to the other one, and one more deadline if the first server's back-off
+        // ended meanwhile (it is probed again): 5 s, with room for a busy machine. Before, the
+        // session reopened on a down server waited out connect_timeout: 12-13 s.
+        assert.ok(ms < 8000, `${what}: ${ms} ms`);
+      };
+      // Warm: its idle connection is pinged first (validate_after_ms: 0) and the ping hangs.
+      await Promise.all([p.query("auto", "SELECT 1"), p.query("auto", "SELECT 1")]);
+      for (const x of proxies) x.mode = "blackhole";
+      await timed("warm checkout, validation ping on a silent host", async () => {
+        await using db = p.handler("auto");
+        await db.query("SELECT 1");
+      });
+      for (const x of proxies) x.mode = "pass";
+      await waitFor(() => p.stats().endpoints.every((e) => e.state === "up"), {
+        timeoutMs: 15_000,
+        message: "both servers back",
+      });
+      // Cold, in a transaction group: BEGIN and the statement wait in the start-up of a session
+      // that never completes.
+      for (const x of proxies) x.mode = "blackhole";
+      await timed("new session on a silent host, pipelined BEGIN", async () => {
+        await using db = p.handler("tx");
+        await db.query("SELECT 1");
+      });
+    } finally {
+      for (const x of proxies) x.mode = "pass";
+      await Promise.all(proxies.map((x) => x.close()));
+    }
+  });
+
   it("never hangs when every endpoint is blackholed", async () => {
     const proxies = await Promise.all(cluster.servers.slice(0, 2).map((s) => startProxy(s)));
     try {
