@@ -574,7 +574,11 @@ export class Group {
         }
       }
       if (n === 0 || performance.now() >= until || signal?.aborted) break;
-      const positions = await Promise.all(replicas.map((m) => topology.replayLsn(m.endpoint)));
+      // A silent replica answers only at its probe deadline: the checkout's own comes first.
+      const positions = await withDeadline(
+        Promise.all(replicas.map((m) => topology.replayLsn(m.endpoint))),
+        until - performance.now(),
+      ).catch(() => []);
       if (positions.some((p) => p !== undefined && p >= lsn)) continue;
       await sleep(Math.min(10, Math.max(0, until - performance.now())));
     }

@@ -494,6 +494,36 @@ describe("hung hosts", () => {
     }
   });
 
+  it("a read-your-writes checkout keeps its read_your_writes_timeout_ms when a replica goes silent", async () => {
+    // Asking a silent replica for its replay position must not stretch the wait to the probe
+    // deadline (2 s by default): the checkout falls back to the primary on time.
+    const [replica] = cluster.replicas;
+    const proxy = await startProxy(replica);
+    try {
+      await using p = new Pool({
+        db: [cluster.endpoints()[0], { ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
+        groups: {
+          write: { connection_count: 1, role: "primary" },
+          read: { connection_count: 2, role: "prefer-replica", read_your_writes_timeout_ms: 300 },
+        },
+        application_name: "hung3",
+      });
+      assert.equal(await portOf(p, "read"), replica.port);
+      proxy.mode = "blackhole";
+      await p.query("write", "INSERT INTO notes (v) VALUES ('silent replica')");
+      const token = p.token!;
+      const started = performance.now();
+      const port = await portOf(p, "read", { after: token });
+      const ms = Math.round(performance.now() - started);
+      console.log(`read-your-writes checkout with a silent replica: primary after ${ms} ms`);
+      assert.equal(port, cluster.primary.port);
+      assert.ok(ms < 1000, `read_your_writes_timeout_ms 300, fell back after ${ms} ms`);
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+
   it("never hangs when every endpoint is blackholed", async () => {
     const proxies = await Promise.all(cluster.servers.slice(0, 2).map((s) => startProxy(s)));
     try {
