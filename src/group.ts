@@ -110,6 +110,8 @@ export class Group {
   readonly #shared: ServerConnection[] = [];
   /** Connections opened in the background and not proven alive yet (they hold no permit). */
   readonly #warming = new Set<ServerConnection>();
+  /** Checked in with a transaction open, waiting for their ROLLBACK (their permits still out). */
+  readonly #rollingBack = new Set<ServerConnection>();
   /** Checkouts that found nothing routable, woken as soon as something is. */
   readonly #awaitingRoute: (() => void)[] = [];
   /** One-shots waiting for a seat on a shared connection (every permit and seat was taken). */
@@ -823,6 +825,7 @@ export class Group {
   }
 
   async #rollbackThenCheckin(conn: ServerConnection): Promise<void> {
+    this.#rollingBack.add(conn);
     try {
       await withDeadline(
         conn.session.query("ROLLBACK", undefined, conn.endpoint.controlOptions),
@@ -833,6 +836,7 @@ export class Group {
       // No answer, or an unknown state: not reusable. Ending the session rolls back.
       conn.end(0);
     }
+    this.#rollingBack.delete(conn);
     this.#return(conn);
   }
 
@@ -872,6 +876,9 @@ export class Group {
     for (const member of this.#all) {
       for (const conn of member.idle.splice(0)) ends.push(this.#discard(conn));
     }
+    // A check-in rollback is no caller's work: ending its session rolls back all the same, and
+    // on a silent host it would hold close() for close_timeout_ms.
+    for (const conn of this.#rollingBack) ends.push(conn.end(0));
     if (this.busy > 0 && timeoutMs > 0) {
       let timer: ReturnType<typeof setTimeout> | undefined;
       await new Promise<void>((resolve) => {

@@ -387,6 +387,36 @@ describe("session integrity", () => {
     }
   });
 
+  it("8b. close() cuts a check-in rollback still waiting on a silent host instead of waiting close_timeout_ms", async () => {
+    // The rollback is the pool's own work, not a caller's checkout: ending the session rolls the
+    // transaction back all the same, so close() need not give it close_timeout_ms (5 s here).
+    const proxy = await startProxy(cluster.primary);
+    try {
+      const p = new Pool({
+        db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
+        groups: { tx: { connection_count: 1, autocommit: false } },
+        application_name: "i8b",
+      });
+      const db = p.handler("tx");
+      await db.query("INSERT INTO writes (v) VALUES ('i8b')");
+      proxy.mode = "blackhole";
+      db.release();
+      assert.equal(p.stats().groups.tx.busy, 1, "the check-in rollback holds the connection");
+      const started = performance.now();
+      await p.close();
+      const took = Math.round(performance.now() - started);
+      console.log(`close() with a check-in rollback on a silent host: ${took} ms`);
+      // The silent socket gets its 1 s to close after the end request; 5 s would be the timeout.
+      assert.ok(took < 3_000, `close() took ${took} ms`);
+      proxy.mode = "pass";
+      await waitFor(async () => (await sessions("i8b")) === 0, { message: "no session left" });
+      assert.equal(await count("i8b"), 0, "the transaction was rolled back");
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+
   it("9. the password is in no readable property of db.sql, the handler or the pool", async () => {
     await using p = pool("i9", { auto: { connection_count: 1 } });
     await using db = await p.acquire("auto");
