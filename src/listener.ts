@@ -11,7 +11,8 @@
 import type { Session } from "./driver/postgres.ts";
 import type { Endpoint } from "./endpoint.ts";
 import { NoEndpointAvailableError, PoolClosedError } from "./errors.ts";
-import { poolEvent } from "./events.ts";
+import { poolEvent, reasonOf } from "./events.ts";
+import { isConnectionError, isReadOnlyError } from "./sqlstate.ts";
 import type { Topology } from "./topology.ts";
 
 /**
@@ -214,7 +215,15 @@ export class Listener {
       if (this.#closed) throw new PoolClosedError();
       if (!ours && this.#channels.size === 0) return;
       this.#topology.report(endpoint, err);
-      throw err;
+      // Lost or refused on its way, or the server is read-only by now: the caller hears what
+      // any checkout hears when no server can serve it.
+      if (!isConnectionError(err) && !isReadOnlyError(err)) throw err;
+      const { host, port } = endpoint.info;
+      throw new NoEndpointAvailableError(
+        "listen",
+        `the LISTEN session on ${host}:${port} failed (${reasonOf(err)})`,
+        { cause: err },
+      );
     }
     if (this.#closed) {
       session.end(0);
@@ -271,7 +280,9 @@ export class Listener {
     this.#endpoint = undefined;
     session?.end(0);
     if (this.#closed) return;
-    if (!this.#lost) {
+    // A session lost while it is still being opened with nothing lost before is a first
+    // subscription's: its caller hears of it; nothing that was listening was lost.
+    if (!this.#lost && this.#connecting === undefined) {
       this.#lost = true;
       this.#events.dispatchEvent(poolEvent("listenlost", { endpoint: endpoint.info, reason }));
     }

@@ -5,8 +5,9 @@ import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { poolSessions } from "./harness/faults.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
+import { startProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
-import { Pool, type PoolConfig } from "../mod.ts";
+import { NoEndpointAvailableError, Pool, type PoolConfig } from "../mod.ts";
 
 await setTestTimeout(180_000);
 
@@ -80,6 +81,41 @@ describe("pool.listen", () => {
       p.listen("ok", "nope" as unknown as () => void),
       (e: unknown) => e instanceof TypeError && e.message.includes("onNotify"),
     );
+  });
+
+  it("a first subscription whose primary goes silent fails with NoEndpointAvailableError, then works", async () => {
+    // The caller must learn it is not subscribed, with the error every other checkout gives
+    // when no server can serve it (not a driver's internal one), within the probe deadline.
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = new Pool({
+        db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
+        groups: { write: { connection_count: 1, role: "primary" } },
+        application_name: "l2b",
+      });
+      await p.query("write", "SELECT 1");
+      let lost = 0;
+      p.addEventListener("listenlost", () => lost++);
+      proxy.mode = "blackhole";
+      const started = performance.now();
+      const err = await p.listen("silent", () => {}).then(() => undefined, (e: unknown) => e);
+      const ms = Math.round(performance.now() - started);
+      assert.ok(err instanceof NoEndpointAvailableError, `rejected with ${err}`);
+      assert.ok(err.message.includes(`${proxy.host}:${proxy.port}`), err.message);
+      assert.ok(ms < 5_000, `rejected after ${ms} ms`);
+      assert.equal(lost, 0, "listenlost is for subscriptions that were made");
+      proxy.mode = "pass";
+      const got: string[] = [];
+      await waitFor(
+        () => p.listen("silent", (x) => got.push(x)).then(() => true, () => false),
+        { timeoutMs: 15_000, message: "a subscription once the primary answers again" },
+      );
+      await p.query("write", "SELECT pg_notify('silent', 'back')");
+      await waitFor(() => got.length === 1, { message: "the notification delivered" });
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
   });
 
   it("re-subscribes after its backend is killed, with listenlost / listenrestored", async () => {
