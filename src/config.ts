@@ -96,7 +96,10 @@ export interface GroupConfig {
   autocommit?: boolean;
   /** Indices into `db` this group may use; default all. */
   endpoints?: number[];
-  /** Threaded mode: how long a checkout may wait for a free connection; default 10000. */
+  /**
+   * How long a checkout may wait for a connection: for a free one (threaded mode) and for a server
+   * that can serve the group (when none can yet); default 10000.
+   */
   acquire_timeout_ms?: number;
   /** Role of the servers this group uses; default `"any"`. */
   role?: GroupRole;

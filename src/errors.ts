@@ -78,7 +78,8 @@ export class UnconfiguredGroupError extends PoolError {
 }
 
 /**
- * A threaded-mode checkout waited `acquire_timeout_ms` without getting a connection.
+ * A checkout waited `acquire_timeout_ms` (or its `timeout_ms`) without getting a connection: every
+ * one was busy (threaded mode), or no server could serve the group yet.
  *
  * @example Shedding load when the pool is saturated
  * ```ts
@@ -88,7 +89,7 @@ export class UnconfiguredGroupError extends PoolError {
  * ```
  */
 export class AcquireTimeoutError extends PoolError {
-  /** The group whose connections were all busy. */
+  /** The group that had no connection to give in time (all busy, or no server could serve it). */
   readonly group: string;
   /** How long the checkout waited, in milliseconds. */
   readonly timeoutMs: number;

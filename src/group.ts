@@ -457,9 +457,10 @@ export class Group {
     // cost two).
     if (this.closing) return Promise.reject(new PoolClosedError());
     const started = performance.now();
+    const limit = timeoutMs ?? this.settings.acquireTimeoutMs;
     if (this.#sem.tryAcquire()) {
       try {
-        return Promise.resolve(this.#afterPermit(after, signal, started));
+        return Promise.resolve(this.#afterPermit(after, signal, started, limit));
       } catch (err) {
         return Promise.reject(err);
       }
@@ -467,10 +468,9 @@ export class Group {
     if (!this.context.threaded) {
       return Promise.reject(new PoolExhaustedError(this.name, this.settings.size));
     }
-    const limit = timeoutMs ?? this.settings.acquireTimeoutMs;
     return this.#sem.wait(signal, limit, onQueued).then(() => {
       this.waitSamples.add(performance.now() - started);
-      return this.#afterPermit(after, signal, started);
+      return this.#afterPermit(after, signal, started, limit);
     }, (err: unknown) => {
       if (err instanceof DOMException && err.name === "TimeoutError" && !signal?.aborted) {
         throw this.#timedOut(limit);
@@ -487,9 +487,10 @@ export class Group {
     after: bigint | undefined,
     signal: AbortSignal | undefined,
     started: number,
+    limitMs?: number,
   ): ServerConnection | Promise<ServerConnection> {
     if (this.closing || this.#members.length === 0 || after !== undefined) {
-      return this.#afterPermitSlow(after, signal, started);
+      return this.#afterPermitSlow(after, signal, started, limitMs);
     }
     try {
       return this.#checkedOut(this.#take(), started);
@@ -503,10 +504,11 @@ export class Group {
     after: bigint | undefined,
     signal: AbortSignal | undefined,
     started: number,
+    limitMs: number | undefined,
   ): Promise<ServerConnection> {
     try {
       if (this.closing) throw new PoolClosedError();
-      if (this.#members.length === 0) await this.#findEndpoint();
+      if (this.#members.length === 0) await this.#findEndpoint(signal, started, limitMs);
       const conn = after === undefined ? this.#take() : await this.#takeAfter(after, signal);
       return this.#checkedOut(conn, started);
     } catch (err) {
@@ -530,17 +532,30 @@ export class Group {
    * without waiting for the others (a server hanging in its shutdown would hold the checkout
    * for a whole probe deadline). Gives up once every probe has answered or timed out.
    */
-  async #findEndpoint(): Promise<void> {
+  async #findEndpoint(signal?: AbortSignal, started = 0, limitMs?: number): Promise<void> {
     const topology = this.context.topology;
     topology.start();
     const probed = topology.refresh();
     if (this.#members.length === 0) {
-      let wake!: () => void;
-      const routed = new Promise<void>((resolve) => wake = resolve);
+      signal?.throwIfAborted();
+      // The checkout's own deadline and signal end the wait too: a probe may take longer.
+      let wake!: (why?: "late" | "aborted") => void;
+      const routed = new Promise<"late" | "aborted" | undefined>((resolve) => wake = resolve);
       this.#awaitingRoute.push(wake);
-      await Promise.race([probed, routed]);
+      const timer = limitMs === undefined
+        ? undefined
+        : setTimeout(() => wake("late"), Math.max(0, started + limitMs - performance.now()));
+      const onAbort = () => wake("aborted");
+      signal?.addEventListener("abort", onAbort, { once: true });
+      const why = await Promise.race([probed, routed]);
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
       const at = this.#awaitingRoute.indexOf(wake);
       if (at >= 0) this.#awaitingRoute.splice(at, 1);
+      if (this.#members.length === 0 && !this.closing) {
+        if (why === "aborted") throw signal!.reason;
+        if (why === "late") throw this.#timedOut(limitMs!);
+      }
     }
     if (this.closing) throw new PoolClosedError();
     if (this.#members.length > 0) return;

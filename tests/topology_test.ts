@@ -4,7 +4,7 @@ import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { closedPort } from "./harness/closed_port.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { startProxy } from "./harness/proxy.ts";
-import { waitFor } from "./harness/wait.ts";
+import { sleep, waitFor } from "./harness/wait.ts";
 import { NoEndpointAvailableError, Pool, type PoolConfig, type PoolEvent } from "../mod.ts";
 
 await setTestTimeout(180_000);
@@ -486,6 +486,52 @@ describe("hung hosts", () => {
       for (const x of proxies) x.mode = "blackhole";
       await timed("new session on a silent host, pipelined BEGIN", async () => {
         await using db = p.handler("tx");
+        await db.query("SELECT 1");
+      });
+    } finally {
+      for (const x of proxies) x.mode = "pass";
+      await Promise.all(proxies.map((x) => x.close()));
+    }
+  });
+
+  it("a checkout waiting for a routable server keeps its acquire timeout and its abort signal", async () => {
+    // Every server is down and their probes hang (4 s deadline, re-probed every round): a
+    // checkout that waits for routing must still give up at its own deadline or abort.
+    const proxies = await Promise.all(cluster.servers.slice(0, 2).map((s) => startProxy(s)));
+    try {
+      await using p = new Pool({
+        db: proxies.map((x) => ({ ...cluster.endpoints()[0], host: x.host, port: x.port })),
+        groups: { g: { connection_count: 2, acquire_timeout_ms: 300 } },
+        application_name: "hung4",
+        probe_timeout_ms: 4000,
+        retry_backoff_max_ms: 100,
+      });
+      await p.query("g", "SELECT 1");
+      for (const x of proxies) x.mode = "blackhole";
+      await waitFor(() => p.stats().endpoints.every((e) => e.state === "down"), {
+        timeoutMs: 15_000,
+        message: "both silent servers marked down",
+      });
+      // Their back-off (at most retry_backoff_max_ms, 100 ms) is over: the next checkout's
+      // refresh probes both, and those probes hang.
+      await sleep(200);
+      const timed = async (what: string, expected: string, run: () => Promise<unknown>) => {
+        const started = performance.now();
+        const outcome = await run().then(() => "answered", (e: Error) => e.name);
+        const ms = Math.round(performance.now() - started);
+        console.log(`${what}: ${outcome} after ${ms} ms`);
+        assert.equal(outcome, expected, what);
+        assert.ok(ms < 1500, `${what}: ${ms} ms`);
+      };
+      await timed("acquire_timeout_ms 300", "AcquireTimeoutError", () => p.query("g", "SELECT 1"));
+      await timed("handler timeout_ms 200", "AcquireTimeoutError", async () => {
+        await using db = p.handler("g", { timeout_ms: 200 });
+        await db.query("SELECT 1");
+      });
+      await timed("aborted after 100 ms", "AbortError", async () => {
+        const controller = new AbortController();
+        setTimeout(() => controller.abort(), 100);
+        await using db = p.handler("g", { signal: controller.signal, timeout_ms: 10_000 });
         await db.query("SELECT 1");
       });
     } finally {
