@@ -590,7 +590,9 @@ export class Group {
           return this.#takeFrom(member);
         }
       }
-      if (n === 0 || performance.now() >= until || signal?.aborted) break;
+      // Aborting cancels the checkout: it does not go on to the primary.
+      signal?.throwIfAborted();
+      if (n === 0 || performance.now() >= until) break;
       // A silent replica answers only at its probe deadline: the checkout's own comes first.
       const positions = await withDeadline(
         Promise.all(replicas.map((m) => topology.replayLsn(m.endpoint))),

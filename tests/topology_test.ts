@@ -32,7 +32,11 @@ function pool(app: string, groups: PoolConfig["groups"], extra: Partial<PoolConf
   });
 }
 
-async function portOf(p: Pool, group: string, options?: { after?: string }): Promise<number> {
+async function portOf(
+  p: Pool,
+  group: string,
+  options?: { after?: string; signal?: AbortSignal },
+): Promise<number> {
   await using db = p.handler(group, options);
   const [{ port }] = await db.query<{ port: number }>("SELECT inet_server_port() AS port");
   return port;
@@ -364,6 +368,29 @@ describe("read-your-writes", () => {
     }
   });
 
+  it("an aborted read-your-writes checkout rejects with the signal's reason, not on the primary", async () => {
+    await using p = pool("ryw-abort", {
+      write: { connection_count: 1, role: "primary" },
+      read: { connection_count: 2, role: "replica", read_your_writes_timeout_ms: 5000 },
+    });
+    for (const r of cluster.replicas) await r.query("SELECT pg_wal_replay_pause()");
+    try {
+      await p.query("write", "INSERT INTO notes (v) VALUES ('ryw-abort')");
+      const controller = new AbortController();
+      setTimeout(() => controller.abort(), 100);
+      const started = performance.now();
+      const outcome = await portOf(p, "read", { after: p.token, signal: controller.signal }).then(
+        (port) => `answered on ${port}`,
+        (e: Error) => e.name,
+      );
+      const ms = Math.round(performance.now() - started);
+      assert.equal(outcome, "AbortError", `after ${ms} ms`);
+      assert.ok(ms < 1000, `aborted after 100 ms, rejected after ${ms} ms`);
+    } finally {
+      for (const r of cluster.replicas) await r.query("SELECT pg_wal_replay_resume()");
+    }
+  });
+
   it("rejects a malformed token", async () => {
     await using p = pool("ryw-bad", { read: { connection_count: 1 } });
     assert.throws(
@@ -413,7 +440,11 @@ describe("hung hosts", () => {
     const proxy = await startProxy(replica);
     try {
       await using p = new Pool({
-        db: [cluster.endpoints()[0], { ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
+        db: [cluster.endpoints()[0], {
+          ...cluster.endpoints()[0],
+          host: proxy.host,
+          port: proxy.port,
+        }],
         groups: { read: { connection_count: 1, role: "replica" } },
         application_name: "hung1",
         health_check_interval_ms: 200,
@@ -547,7 +578,11 @@ describe("hung hosts", () => {
     const proxy = await startProxy(replica);
     try {
       await using p = new Pool({
-        db: [cluster.endpoints()[0], { ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
+        db: [cluster.endpoints()[0], {
+          ...cluster.endpoints()[0],
+          host: proxy.host,
+          port: proxy.port,
+        }],
         groups: {
           write: { connection_count: 1, role: "primary" },
           read: { connection_count: 2, role: "prefer-replica", read_your_writes_timeout_ms: 300 },
