@@ -77,7 +77,9 @@ describe("leak detection", () => {
       await db.query("INSERT INTO leak_rows VALUES (1)"); // a transaction left open
     };
     await forget();
-    assert.equal(pool.stats().groups.g.busy, 1);
+    // It holds its permit until reclaimed; Bun's collector may have reclaimed it already (the
+    // permit comes back and the event fires in the same step).
+    assert.equal(pool.stats().groups.g.busy, 1 - leaks.length);
     await waitFor(() => {
       collectGarbage();
       return leaks.length === 1;
