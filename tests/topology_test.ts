@@ -1,5 +1,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import process from "node:process";
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { closedPort } from "./harness/closed_port.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
@@ -428,6 +429,45 @@ describe("connection upkeep", () => {
           ))[0].n === 1;
     }, { message: "a replacement connection opened in the background" });
     assert.notEqual(await pid(), first);
+  });
+});
+
+describe("event-loop stalls", () => {
+  it("a stall of this process longer than the probe deadline marks no answering server down", async () => {
+    // A long synchronous task or GC pause holds every timer and every socket read alike. When it
+    // ends, the probe's deadline timer may run before the answer that arrived meanwhile is read:
+    // the server answered in time, this process did not look. Marking it down would cut its
+    // busy connections and fail their statements.
+    await using p = new Pool({
+      db: cluster.endpoints()[0],
+      groups: { g: { connection_count: 1 } },
+      application_name: "stall1",
+      health_check_interval_ms: 100,
+      probe_timeout_ms: 1000,
+    });
+    const downs: string[] = [];
+    p.addEventListener("endpointdown", (e) => downs.push(e.detail.reason));
+    await p.query("g", "SELECT 1");
+    await waitFor(() => p.stats().endpoints[0].probes >= 2, { message: "the probe session open" });
+    const [{ pid }] = await cluster.primary.query(
+      "SELECT pid FROM pg_stat_activity WHERE application_name = 'stall1/health'",
+    );
+    // The probe's backend stops, so the next probe hangs; it resumes right as this process
+    // stalls for twice the probe deadline, and answers at once (the answer waits unread).
+    process.kill(pid as number, "SIGSTOP");
+    try {
+      await sleep(300);
+    } finally {
+      process.kill(pid as number, "SIGCONT");
+    }
+    const until = performance.now() + 2000;
+    while (performance.now() < until) {
+      // stalled
+    }
+    await sleep(300);
+    assert.deepEqual(downs, [], "no endpointdown for a server that answered");
+    assert.equal(p.stats().endpoints[0].state, "up");
+    assert.equal((await p.query("g", "SELECT 1 AS ok"))[0].ok, 1);
   });
 });
 
