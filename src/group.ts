@@ -530,7 +530,9 @@ export class Group {
   /**
    * Nothing is routable: probes every server and goes on as soon as one can serve the group,
    * without waiting for the others (a server hanging in its shutdown would hold the checkout
-   * for a whole probe deadline). Gives up once every probe has answered or timed out.
+   * for a whole probe deadline). Gives up once every probe has answered or timed out, or
+   * earlier at the checkout's own deadline (`limitMs` from `started`: `AcquireTimeoutError`) or
+   * when its `signal` aborts.
    */
   async #findEndpoint(signal?: AbortSignal, started = 0, limitMs?: number): Promise<void> {
     const topology = this.context.topology;
