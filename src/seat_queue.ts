@@ -12,14 +12,24 @@ interface Seat<T> {
   deadline: number;
 }
 
+/** Ring slots a queue takes when its first waiter comes. */
+const INITIAL_CAPACITY = 64;
+/** An emptied queue keeps a ring up to this size; a larger one is dropped. */
+const MAX_KEPT_CAPACITY = 8192;
+
 /** A FIFO of waiters for values of type `T`, each with the queue's one timeout. */
 export class SeatQueue<T> {
   readonly #timeoutMs: number;
   readonly #onTimeout: () => unknown;
   readonly #onEmptied: () => void;
   readonly #onSeated: (waitedMs: number) => void;
-  #queue: Seat<T>[] = [];
+  /**
+   * Waiters in a ring (oldest at `#head`), so that a queue that empties and fills again many
+   * times a second under load reuses one array instead of allocating and growing a new one.
+   */
+  #ring: (Seat<T> | undefined)[] = [];
   #head = 0;
+  #size = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
 
   /**
@@ -42,13 +52,13 @@ export class SeatQueue<T> {
 
   /** Waiters in the queue. */
   get length(): number {
-    return this.#queue.length - this.#head;
+    return this.#size;
   }
 
   /** Queues a waiter; it resolves with what `give()` hands it. */
   wait(): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.#queue.push({ resolve, reject, deadline: performance.now() + this.#timeoutMs });
+      this.#push({ resolve, reject, deadline: performance.now() + this.#timeoutMs });
       this.#timer ??= setTimeout(() => this.#expire(), this.#timeoutMs);
     });
   }
@@ -68,25 +78,40 @@ export class SeatQueue<T> {
 
   /** Rejects every waiter with `reason`. */
   rejectAll(reason: unknown): void {
-    const seats = this.#queue.slice(this.#head);
-    this.#queue = [];
-    this.#head = 0;
+    const seats: Seat<T>[] = [];
+    for (let seat = this.#shift(); seat !== undefined; seat = this.#shift()) seats.push(seat);
     this.#disarm();
     for (const seat of seats) seat.reject(reason);
   }
 
+  #push(seat: Seat<T>): void {
+    let ring = this.#ring;
+    if (this.#size === ring.length) {
+      // Full (or never used): unroll into a ring twice the size, oldest first.
+      const grown: (Seat<T> | undefined)[] = new Array(Math.max(INITIAL_CAPACITY, ring.length * 2));
+      for (let i = 0; i < this.#size; i++) grown[i] = ring[(this.#head + i) % ring.length];
+      this.#ring = ring = grown;
+      this.#head = 0;
+    }
+    ring[(this.#head + this.#size) % ring.length] = seat;
+    this.#size++;
+  }
+
+  #peek(): Seat<T> | undefined {
+    return this.#size === 0 ? undefined : this.#ring[this.#head];
+  }
+
   #shift(): Seat<T> | undefined {
-    const queue = this.#queue;
-    if (this.#head === queue.length) return undefined;
-    const seat = queue[this.#head];
-    queue[this.#head++] = undefined as unknown as Seat<T>;
-    if (this.#head === queue.length) {
-      this.#queue = [];
+    if (this.#size === 0) return undefined;
+    const ring = this.#ring;
+    const seat = ring[this.#head];
+    ring[this.#head] = undefined;
+    this.#head = (this.#head + 1) % ring.length;
+    if (--this.#size === 0) {
       this.#head = 0;
       this.#disarm();
-    } else if (this.#head > 1024 && this.#head * 2 > queue.length) {
-      this.#queue = queue.slice(this.#head);
-      this.#head = 0;
+      // A burst that grew the ring far past the usual leaves no large array behind.
+      if (ring.length > MAX_KEPT_CAPACITY) this.#ring = [];
     }
     return seat;
   }
@@ -100,11 +125,11 @@ export class SeatQueue<T> {
     this.#timer = undefined;
     // Timers may fire a little early on some runtimes: allow one millisecond of slack.
     const now = performance.now() + 1;
-    while (this.length > 0 && this.#queue[this.#head].deadline <= now) {
+    while (this.#size > 0 && this.#peek()!.deadline <= now) {
       this.#shift()!.reject(this.#onTimeout());
     }
-    if (this.length > 0) {
-      const next = this.#queue[this.#head].deadline;
+    if (this.#size > 0) {
+      const next = this.#peek()!.deadline;
       this.#timer = setTimeout(() => this.#expire(), Math.max(0, next - performance.now()));
     } else {
       this.#onEmptied();
