@@ -160,6 +160,13 @@ export interface PoolConfig {
   probe_timeout_ms?: number;
   /** How long `close()` lets statements in flight finish before cutting connections; default 5000. */
   close_timeout_ms?: number;
+  /**
+   * How often the `pool.listen()` session proves it still carries notifications: a `SELECT 1`
+   * on it that must answer within `probe_timeout_ms`, else the session is replaced
+   * (`listenlost`, then `listenrestored`). A hung backend or a dead network path otherwise
+   * leaves a subscription silently deaf; default 5000, 0 turns it off.
+   */
+  listen_heartbeat_ms?: number;
   /** Sent as `application_name`; default `"pgdbpool"`. */
   application_name?: string;
   /**
@@ -212,6 +219,7 @@ export interface ResolvedConfig {
   readonly retryBackoffMaxMs: number;
   readonly probeTimeoutMs: number;
   readonly closeTimeoutMs: number;
+  readonly listenHeartbeatMs: number;
   readonly applicationName: string;
 }
 
@@ -224,6 +232,7 @@ const topKeys = [
   "retry_backoff_max_ms",
   "probe_timeout_ms",
   "close_timeout_ms",
+  "listen_heartbeat_ms",
   "application_name",
   "driver",
 ];
@@ -612,6 +621,7 @@ export function resolveConfig(config: unknown): ResolvedConfig {
     retryBackoffMaxMs: duration("retry_backoff_max_ms", config.retry_backoff_max_ms, 2000),
     probeTimeoutMs: positiveDuration("probe_timeout_ms", config.probe_timeout_ms, 2000),
     closeTimeoutMs: duration("close_timeout_ms", config.close_timeout_ms, 5000),
+    listenHeartbeatMs: duration("listen_heartbeat_ms", config.listen_heartbeat_ms, 5000),
     applicationName,
   });
 }

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { withDeadline } from "./deadline.ts";
 import type { Session } from "./driver/postgres.ts";
 import type { Endpoint } from "./endpoint.ts";
 import { NoEndpointAvailableError, PoolClosedError } from "./errors.ts";
@@ -92,11 +93,15 @@ export class Listener {
   #lost = false;
   #retryMs = RETRY_MIN_MS;
   #retry: ReturnType<typeof setTimeout> | undefined;
+  /** `listen_heartbeat_ms`: 0 for none. */
+  readonly #heartbeatMs: number;
+  #heartbeat: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
 
-  constructor(topology: Topology, events: EventTarget) {
+  constructor(topology: Topology, events: EventTarget, heartbeatMs: number) {
     this.#topology = topology;
     this.#events = events;
+    this.#heartbeatMs = heartbeatMs;
     // A promotion or the listening server going down moves the session to the new primary.
     topology.onChange(() => this.#follow());
   }
@@ -184,6 +189,7 @@ export class Listener {
     if (this.#session === session) {
       this.#session = undefined;
       this.#endpoint = undefined;
+      this.#stopBeating();
     }
     return session.end(0);
   }
@@ -235,6 +241,7 @@ export class Listener {
       return;
     }
     this.#retryMs = RETRY_MIN_MS;
+    this.#beat(session, endpoint);
     if (this.#lost) {
       this.#lost = false;
       this.#events.dispatchEvent(poolEvent("listenrestored", {
@@ -242,6 +249,38 @@ export class Listener {
         channels: [...this.#channels.keys()],
       }));
     }
+  }
+
+  /**
+   * Every `listen_heartbeat_ms`, proves `session` still answers. A stopped backend or a dead
+   * network path leaves its socket open (nothing closes, nothing errs) and notifications stop
+   * without a word: a heartbeat unanswered within the probe deadline replaces the session.
+   */
+  #beat(session: Session, endpoint: Endpoint): void {
+    if (this.#heartbeatMs === 0) return;
+    this.#stopBeating();
+    this.#heartbeat = setTimeout(async () => {
+      this.#heartbeat = undefined;
+      if (this.#session !== session) return;
+      const deadlineMs = this.#topology.deadline(endpoint);
+      try {
+        await withDeadline(session.query("SELECT 1", undefined, STATEMENT), deadlineMs);
+      } catch (err) {
+        if (this.#session !== session) return;
+        const late = (err as { code?: unknown }).code === "ETIMEDOUT";
+        this.#lose(
+          endpoint,
+          late ? `no answer to a heartbeat within ${deadlineMs} ms` : `heartbeat: ${reasonOf(err)}`,
+        );
+        return;
+      }
+      if (this.#session === session) this.#beat(session, endpoint);
+    }, this.#heartbeatMs);
+  }
+
+  #stopBeating(): void {
+    if (this.#heartbeat !== undefined) clearTimeout(this.#heartbeat);
+    this.#heartbeat = undefined;
   }
 
   async #primary(): Promise<Endpoint> {
@@ -278,6 +317,7 @@ export class Listener {
     const session = this.#session;
     this.#session = undefined;
     this.#endpoint = undefined;
+    this.#stopBeating();
     session?.end(0);
     if (this.#closed) return;
     // A session lost while it is still being opened with nothing lost before is a first
@@ -325,6 +365,7 @@ export class Listener {
     this.#closed = true;
     if (this.#retry !== undefined) clearTimeout(this.#retry);
     this.#retry = undefined;
+    this.#stopBeating();
     this.#channels.clear();
     const session = this.#session;
     this.#session = undefined;

@@ -90,7 +90,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
     this.#groups = new Map(
       resolved.groups.map((g) => [g.name, new Group(g, this.#endpoints, context)]),
     );
-    this.#listener = new Listener(this.#topology, this);
+    this.#listener = new Listener(this.#topology, this, resolved.listenHeartbeatMs);
   }
 
   /**

@@ -143,8 +143,8 @@ export class Topology {
     return Promise.all(probes).then(() => {});
   }
 
-  /** How long a probe of `endpoint` may take. */
-  #deadline(endpoint: Endpoint): number {
+  /** How long a probe of `endpoint` (or any other proof that it answers) may take. */
+  deadline(endpoint: Endpoint): number {
     return Math.min(this.#options.probeTimeoutMs, endpoint.connectTimeoutS * 1000);
   }
 
@@ -216,7 +216,7 @@ export class Topology {
   async #ask(
     endpoint: Endpoint,
   ): Promise<{ recovery: boolean; lsn: string | null; lag_ms: number }> {
-    const until = performance.now() + this.#deadline(endpoint);
+    const until = performance.now() + this.deadline(endpoint);
     for (;;) {
       let client = this.#clients.get(endpoint);
       if (client === undefined || client.dead) {
@@ -251,7 +251,7 @@ export class Topology {
     try {
       const rows = await withDeadline(
         client.query(REPLAY_SQL, undefined, PROBE),
-        this.#deadline(endpoint),
+        this.deadline(endpoint),
       );
       const lsn = parseLsn(rows[0]?.lsn);
       if (lsn !== undefined && endpoint.role === "replica") endpoint.lsn = lsn;

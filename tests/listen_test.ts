@@ -140,6 +140,79 @@ describe("pool.listen", () => {
     await waitFor(() => got.includes("after"), { message: "delivery after the kill" });
   });
 
+  it("replaces a LISTEN session whose backend hangs while the server still answers", async () => {
+    // A stopped backend keeps its TCP connection open (the kernel still acknowledges), and the
+    // server's other sessions, probes included, answer: only a heartbeat on the LISTEN session
+    // itself can tell that notifications stopped coming. Default heartbeat, short probe deadline.
+    await using p = pool("l3h", { probe_timeout_ms: 1000 });
+    const events: string[] = [];
+    p.addEventListener("listenlost", (e) => events.push(`lost ${e.detail.reason}`));
+    p.addEventListener("listenrestored", (e) => events.push(`restored ${e.detail.channels}`));
+    const got: string[] = [];
+    await p.listen("hang", (payload) => got.push(payload));
+    const [{ pid }] = await cluster.primary.query(
+      "SELECT pid FROM pg_stat_activity WHERE application_name = 'l3h/listen'",
+    );
+    const started = performance.now();
+    process.kill(pid as number, "SIGSTOP");
+    try {
+      await waitFor(() => events.some((e) => e.startsWith("restored")), {
+        timeoutMs: 12_000,
+        message: "LISTEN moved off the hung backend",
+      });
+    } finally {
+      process.kill(pid as number, "SIGCONT");
+    }
+    const ms = Math.round(performance.now() - started);
+    assert.match(events[0], /^lost .*heartbeat/);
+    assert.equal(events[1], "restored hang");
+    // Default heartbeat (5000 ms) plus the 1000 ms deadline, with room for a slow machine.
+    assert.ok(ms < 9_000, `restored ${ms} ms after the backend hung`);
+    await p.query("write", "SELECT pg_notify('hang', 'after')");
+    await waitFor(() => got.includes("after"), { message: "delivery on the new session" });
+    await waitFor(async () => (await listenSessions("l3h")).length === 1, {
+      message: "the hung backend's session ends",
+    });
+  });
+
+  it("with probes off, a LISTEN session on a path gone silent is replaced after the partition", async () => {
+    // Nothing else watches the server here (health_check_interval_ms: 0): without a heartbeat
+    // the subscription would wait on an open socket until TCP keepalive gave up (minutes), and
+    // the application would never learn it may have missed notifications.
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = new Pool({
+        db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
+        groups: { write: { connection_count: 1, role: "primary" } },
+        application_name: "l3p",
+        health_check_interval_ms: 0,
+        listen_heartbeat_ms: 300,
+        probe_timeout_ms: 500,
+      });
+      const events: string[] = [];
+      p.addEventListener("listenlost", (e) => events.push(`lost ${e.detail.reason}`));
+      p.addEventListener("listenrestored", () => events.push("restored"));
+      const got: string[] = [];
+      await p.listen("partition", (payload) => got.push(payload));
+      proxy.mode = "blackhole";
+      const started = performance.now();
+      await waitFor(() => events.length > 0, { message: "listenlost during the partition" });
+      const ms = Math.round(performance.now() - started);
+      assert.match(events[0], /^lost no answer to a heartbeat within 500 ms/);
+      assert.ok(ms < 3_000, `listenlost ${ms} ms into the partition`);
+      proxy.mode = "pass";
+      await waitFor(() => events.includes("restored"), {
+        timeoutMs: 20_000,
+        message: "listenrestored once the partition heals",
+      });
+      await p.query("write", "SELECT pg_notify('partition', 'healed')");
+      await waitFor(() => got.includes("healed"), { message: "delivery after the partition" });
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+
   it("follows a failover to the new primary; close() leaves no session", async () => {
     const p = pool("l4", { health_check_interval_ms: 100 });
     try {
