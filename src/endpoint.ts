@@ -14,6 +14,7 @@ import {
   type SessionHooks,
   type SessionOptions,
   type StatementOptions,
+  type TypeStore,
   type TypeTables,
 } from "./driver/postgres.ts";
 import type { DriverSession } from "./driver/session.ts";
@@ -127,6 +128,8 @@ export class Endpoint {
   readonly #settings: ResolvedEndpoint;
   /** Array types learnt by the first session that connected. */
   #types: TypeTables | undefined;
+  /** The type tables every pooled session of this server reads and extends (postgres.js). */
+  readonly #typeStore: TypeStore = {};
   readonly #applicationName: string;
 
   constructor(settings: ResolvedEndpoint, applicationName: string) {
@@ -189,7 +192,7 @@ export class Endpoint {
     return this.#open(s.prepare, this.#types ?? "fetch", parameters, {
       ...hooks,
       onTypes: (tables) => this.#types ??= tables,
-    });
+    }, this.#typeStore);
   }
 
   /** A session for health probes, told apart on the server by its `application_name`. */
@@ -213,8 +216,9 @@ export class Endpoint {
     types: TypeTables | "fetch" | "none",
     parameters: Record<string, string | number>,
     hooks: SessionHooks,
+    typeStore?: TypeStore,
   ): DriverSession {
-    const options = this.#options(prepare, types, parameters);
+    const options = this.#options(prepare, types, parameters, typeStore);
     return this.#settings.driver === "bun"
       ? new BunSession(options, hooks)
       : new Session(options, hooks);
@@ -224,9 +228,11 @@ export class Endpoint {
     prepare: boolean,
     types: TypeTables | "fetch" | "none",
     parameters: Record<string, string | number>,
+    typeStore?: TypeStore,
   ): SessionOptions {
     const s = this.#settings;
     return {
+      typeStore,
       host: s.host,
       port: s.port,
       database: s.database,

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import process from "node:process";
 import { inspect } from "node:util";
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
+import type { Session } from "../src/driver/postgres.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { startProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
@@ -516,6 +517,40 @@ describe("session integrity", () => {
       assert.equal(n, 3);
     }
     for (const db of held) db.release();
+  });
+
+  it("sessions opened at once share one table of array types per server", async () => {
+    // Each postgres.js session that learns the array types makes two functions per array type
+    // (about 600 on PostgreSQL 18): sessions opened together, before any had learnt them, each
+    // built their own, 100+ kB per pooled connection. One table per server, whoever fills it.
+    // Checked on the endpoint's sessions (the pool's db.sql does not show driver options).
+    const resolved = resolveConfig({
+      db: { ...cluster.endpoints()[0], driver: "postgres" },
+      groups: { g: { connection_count: 1 } },
+    });
+    const endpoint = new Endpoint(resolved.endpoints[0], "types2");
+    const sessions = Array.from({ length: 4 }, () => endpoint.session({}) as Session);
+    try {
+      const options = endpoint.statementOptions("", [0], false);
+      const rows = await Promise.all(
+        sessions.map((s, i) => s.query("SELECT ARRAY[$1::int, 2]::int[] AS a", [i], options)),
+      );
+      assert.deepEqual(rows.map((r) => r[0].a), [[0, 2], [1, 2], [2, 2], [3, 2]]);
+      for (const s of sessions) {
+        const [{ n }] = await s.query("SELECT cardinality($1::int[]) AS n", [[5, 6, 7]], options);
+        assert.equal(n, 3);
+      }
+      const tables = sessions.map((s) => (s.sql.options as { parsers: object }).parsers);
+      assert.equal(new Set(tables).size, 1, "one parser table for the server's sessions");
+      // A session opened later starts from the same table.
+      const later = endpoint.session({}) as Session;
+      sessions.push(later);
+      const [{ t }] = await later.query("SELECT ARRAY['x', 'y']::text[] AS t", [], options);
+      assert.deepEqual(t, ["x", "y"]);
+      assert.equal((later.sql.options as { parsers: object }).parsers, tables[0]);
+    } finally {
+      await Promise.all(sessions.map((s) => s.end(1000)));
+    }
   });
 
   it("a statement issued right before release never runs on the returned connection", async () => {

@@ -43,8 +43,19 @@ export interface SessionOptions {
    * learnt by an earlier session of the same server skips both, `"none"` for probes.
    */
   readonly types: TypeTables | "fetch" | "none";
+  /**
+   * Where the sessions of one server keep their type tables: the first session fills it, every
+   * other reads and extends the same tables (without it, each session copies them). Sessions
+   * opened together before any has learnt the array types then build them once, not once each.
+   */
+  readonly typeStore?: TypeStore;
   /** Start-up parameters (`application_name`, `statement_timeout`, ...). */
   readonly parameters: Readonly<Record<string, string | number>>;
+}
+
+/** The type tables shared by the sessions of one server (see `SessionOptions.typeStore`). */
+export interface TypeStore {
+  tables?: TypeTables;
 }
 
 /** Array-type tables a session learnt at connect, to seed later sessions of the same server. */
@@ -154,6 +165,28 @@ function parsedTemplate(): ParsedOptions {
   return template;
 }
 
+/**
+ * The tables a session reads and extends: its server's shared ones when it has a store (made on
+ * the first session, from what was known or postgres.js's defaults), else a copy of its own.
+ */
+function sessionTables(
+  options: SessionOptions,
+  known: TypeTables | undefined,
+  base: ParsedOptions,
+): TypeTables {
+  const stored = options.typeStore?.tables;
+  if (stored !== undefined) return stored;
+  const tables: TypeTables = {
+    parsers: { ...(known ?? base).parsers },
+    serializers: { ...(known ?? base).serializers },
+    typeArrayMap: { ...(known?.typeArrayMap ?? {}) },
+  };
+  if (options.typeStore !== undefined && options.types !== "none") {
+    options.typeStore.tables = tables;
+  }
+  return tables;
+}
+
 const explicitDefaults = {
   max: 1,
   ssl: false,
@@ -229,6 +262,7 @@ export class Session {
     this.#learnTypes = this.#fetchingTypes = options.types === "fetch";
     const known = typeof options.types === "object" ? options.types : undefined;
     const base = parsedTemplate();
+    const tables = sessionTables(options, known, base);
     const parsed: ParsedOptions = {
       ...base,
       ...explicitDefaults,
@@ -253,10 +287,11 @@ export class Session {
       },
       onclose: () => this.#closed(),
       parameters: {},
-      // Array types learnt at connect are added to these: one copy per session.
-      shared: { retries: 0, typeArrayMap: { ...(known?.typeArrayMap ?? {}) } },
-      parsers: { ...(known ?? base).parsers },
-      serializers: { ...(known ?? base).serializers },
+      // Array types learnt at connect are added to these (postgres.js skips a type that is
+      // there already, so sessions sharing them build each parser once).
+      shared: { retries: 0, typeArrayMap: tables.typeArrayMap },
+      parsers: tables.parsers,
+      serializers: tables.serializers,
       socket: undefined,
     };
     if (net !== null) parsed.socket = () => this.#openSocket(net, options);
