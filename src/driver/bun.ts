@@ -146,12 +146,22 @@ function tlsOptions(ssl: DriverSsl): Record<string, unknown> {
   return { tls: { ca: ssl.ca, rejectUnauthorized: true }, ssl: "verify-full" };
 }
 
+/** Template objects kept at most (one per recurring text, as `repeated_texts.ts` counts them). */
+const TEMPLATES_KEPT = 4096;
+const templates = new Map<string, TemplateStringsArray>();
+
 // A one-string template object: Bun sends a tagged statement through the extended protocol (a
 // named statement when the client prepares), where `unsafe()` without values uses the simple one.
+// Only recurring texts come here, so each one's object is made once (making it, `raw` included,
+// cost more than the rest of the call).
 function template(text: string): TemplateStringsArray {
-  const strings = [text];
-  Object.defineProperty(strings, "raw", { value: [text] });
-  return strings as unknown as TemplateStringsArray;
+  let strings = templates.get(text);
+  if (strings !== undefined) return strings;
+  const made = [text];
+  Object.defineProperty(made, "raw", { value: [text] });
+  strings = made as unknown as TemplateStringsArray;
+  if (templates.size < TEMPLATES_KEPT) templates.set(text, strings);
+  return strings;
 }
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
