@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { poolSessions } from "./harness/faults.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
-import { startProxy } from "./harness/proxy.ts";
+import { startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
 import { NoEndpointAvailableError, Pool, type PoolConfig } from "../mod.ts";
 
@@ -31,6 +31,13 @@ function pool(app: string, extra: Partial<PoolConfig> = {}): Pool {
     ...extra,
   });
 }
+
+/** The primary's endpoint, reached through `proxy`. */
+const behind = (proxy: TcpProxy) => ({
+  ...cluster.endpoints()[0],
+  host: proxy.host,
+  port: proxy.port,
+});
 
 const listenSessions = async (app: string) =>
   (await poolSessions(cluster, app)).filter((s) => s.applicationName === `${app}/listen`);
@@ -88,11 +95,7 @@ describe("pool.listen", () => {
     // when no server can serve it (not a driver's internal one), within the probe deadline.
     const proxy = await startProxy(cluster.primary);
     try {
-      await using p = new Pool({
-        db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
-        groups: { write: { connection_count: 1, role: "primary" } },
-        application_name: "l2b",
-      });
+      await using p = pool("l2b", { db: [behind(proxy)] });
       await p.query("write", "SELECT 1");
       let lost = 0;
       p.addEventListener("listenlost", () => lost++);
@@ -181,10 +184,8 @@ describe("pool.listen", () => {
     // the application would never learn it may have missed notifications.
     const proxy = await startProxy(cluster.primary);
     try {
-      await using p = new Pool({
-        db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
-        groups: { write: { connection_count: 1, role: "primary" } },
-        application_name: "l3p",
+      await using p = pool("l3p", {
+        db: [behind(proxy)],
         health_check_interval_ms: 0,
         listen_heartbeat_ms: 300,
         probe_timeout_ms: 500,
