@@ -4,11 +4,14 @@
  * direct-driver variant, loaded by `wrk` at 64 and 256 connections on `/db`, `/queries?n=20`,
  * `/updates?n=20` and `/fortunes`.
  *
- * All variants of a runtime run at once (an idle one costs no CPU) and take turns: per route,
- * a warm-up of each, then per connection count the variants in one order and again in reverse
- * (pool, direct, direct, pool), so drift and a warmer server favour nobody; the ratio compares
- * the mean requests/s of the two runs of each. Before any load, every route of every variant is
- * fetched once and its response checked, so a broken app fails the run instead of being fast.
+ * Variants take turns: per route and connection count, in one order and again in reverse (pool,
+ * direct, direct, pool), so drift and a warmer server favour nobody; the ratio compares the
+ * mean requests/s of the two runs of each. Every run starts its app afresh, warms it at the
+ * run's own route and connection count, measures and stops it: a client that slows down as it
+ * ages (postgres.js does under sustained concurrency, see bench/README.md) is measured at its
+ * best, as in the other sections, never after the previous routes' load. Before any load, every
+ * route of every variant is fetched once and its response checked, so a broken app fails the
+ * run instead of being fast.
  * Each run also records the app's own CPU time per request (from `/proc/<pid>/stat`): what a
  * request costs the machine, which moves less than requests/s with where the scheduler puts the
  * app, PostgreSQL and wrk on the shared cores.
@@ -283,36 +286,39 @@ export async function runHttp(o: HttpOptions): Promise<HttpResults> {
     ? [o.binary, ["run", "-A", "bench/http/deno_app.ts"]]
     : [o.binary, ["bench/http/bun_app.ts"]];
   const env = { [ENDPOINTS_VAR]: o.endpointsJson };
-  const apps: App[] = [];
+  // A fresh process per run: started, warmed at the run's own load, measured, stopped.
+  const withApp = async <T>(variant: string, use: (app: App) => T | Promise<T>): Promise<T> => {
+    const app = await startApp(command, args, variant, env, o.root);
+    try {
+      return await use(app);
+    } finally {
+      await stopApp(app);
+    }
+  };
   const cells = new Map<string, HttpCell>();
-  try {
-    for (const v of variants) apps.push(await startApp(command, args, v, env, o.root));
-    for (const app of apps) await validate(app);
-    let turn = 0;
-    for (const route of ROUTES) {
-      for (const app of apps) {
-        wrk(`http://127.0.0.1:${app.port}${route}`, HTTP_CONNECTIONS[0], o.warmupSeconds);
-      }
-      for (const connections of HTTP_CONNECTIONS) {
-        const shift = turn++ % apps.length;
-        const order = [...apps.slice(shift), ...apps.slice(0, shift)];
-        for (const app of [...order, ...[...order].reverse()]) {
-          const sample = measure(app, route, connections, o.seconds);
-          const key = `${route}\u0000${connections}\u0000${app.variant}`;
-          const cell = cells.get(key) ?? { route, connections, variant: app.variant, samples: [] };
-          cell.samples.push(sample);
-          cells.set(key, cell);
-          log(
-            `http ${o.runtime} ${route} c=${connections} ${app.variant}: ` +
-              `${sample.rps.toFixed(0)} req/s, p99 ${(sample.p99_ns / 1e6).toFixed(1)} ms` +
-              (sample.app_cpu_us ? `, app CPU ${sample.app_cpu_us.toFixed(0)} us/req` : "") +
-              (sample.errors ? `, ${sample.errors} errors` : ""),
-          );
-        }
+  for (const v of variants) await withApp(v, validate);
+  let turn = 0;
+  for (const route of ROUTES) {
+    for (const connections of HTTP_CONNECTIONS) {
+      const shift = turn++ % variants.length;
+      const order = [...variants.slice(shift), ...variants.slice(0, shift)];
+      for (const variant of [...order, ...[...order].reverse()]) {
+        const sample = await withApp(variant, (app) => {
+          wrk(`http://127.0.0.1:${app.port}${route}`, connections, o.warmupSeconds);
+          return measure(app, route, connections, o.seconds);
+        });
+        const key = `${route}\u0000${connections}\u0000${variant}`;
+        const cell = cells.get(key) ?? { route, connections, variant, samples: [] };
+        cell.samples.push(sample);
+        cells.set(key, cell);
+        log(
+          `http ${o.runtime} ${route} c=${connections} ${variant}: ` +
+            `${sample.rps.toFixed(0)} req/s, p99 ${(sample.p99_ns / 1e6).toFixed(1)} ms` +
+            (sample.app_cpu_us ? `, app CPU ${sample.app_cpu_us.toFixed(0)} us/req` : "") +
+            (sample.errors ? `, ${sample.errors} errors` : ""),
+        );
       }
     }
-  } finally {
-    await Promise.all(apps.map(stopApp));
   }
   return {
     seconds: o.seconds,
