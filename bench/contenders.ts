@@ -1,7 +1,8 @@
 /**
- * The `SELECT 1` contenders of the load runners (bench/scaling.ts, bench/memory.ts) as
- * factories: each opens a fresh, warm instance with a given number of connections and closes
- * it afterwards, so a measurement never inherits another one's connections, queues or garbage.
+ * The `SELECT 1` contenders of the load runners (bench/scaling.ts, bench/sustained.ts,
+ * bench/memory.ts) as factories: each opens a fresh, warm instance with a given number of
+ * connections and closes it afterwards, so a measurement never inherits another one's
+ * connections, queues or garbage.
  * Called exactly as in bench/query_bench.ts (see `HOW` in bench/names.ts).
  *
  * @module
@@ -10,7 +11,16 @@
 import postgres from "postgres";
 import { Pool, type PoolConfig } from "../mod.ts";
 import { tryBunDriver } from "./bun_driver.ts";
-import { type BunSql, bunSqlClass, endpoints, warmBunSql, warmGroup, warmRaw } from "./env.ts";
+import {
+  type BunSql,
+  bunSqlClass,
+  endpoints,
+  newPgPool,
+  warmBunSql,
+  warmGroup,
+  warmPg,
+  warmRaw,
+} from "./env.ts";
 import { NAME } from "./names.ts";
 
 const APP = "pgdbpool-bench";
@@ -105,6 +115,19 @@ export function bunSqlClient(max: number): BunSql | undefined {
     connection: { application_name: APP },
   });
 }
+
+/**
+ * npm `pg`'s `Pool.query()`. Not in `contenders()`, so the scaling sweep keeps its set of
+ * contenders; bench/sustained.ts adds it.
+ */
+export const pgQuery: Contender = {
+  name: NAME.pgQuery,
+  async open(connections) {
+    const pool = newPgPool(connections);
+    await warmPg(pool, connections);
+    return { call: () => pool.query("SELECT 1"), close: () => pool.end() };
+  },
+};
 
 /**
  * The contenders of this runtime, and a note for each one that had to be left out (the

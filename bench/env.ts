@@ -175,8 +175,11 @@ export async function warmRaw(sql: postgres.Sql, n: number): Promise<void> {
   }
 }
 
-/** A pg-pool (npm pg) of `max` connections to one endpoint, otherwise default settings. */
-export function pgPool(max: number, endpoint = 0): PgPool {
+/**
+ * A pg-pool (npm pg) of `max` connections to one endpoint, otherwise default settings; the
+ * caller ends it (bench/contenders.ts opens and closes its own).
+ */
+export function newPgPool(max: number, endpoint = 0): PgPool {
   const e = endpoints[endpoint];
   const pool = new PgPoolClass({
     host: e.host,
@@ -188,6 +191,12 @@ export function pgPool(max: number, endpoint = 0): PgPool {
     application_name: APP,
   });
   pool.on("error", noop); // an idle client's socket error must not crash the run
+  return pool;
+}
+
+/** `newPgPool`, ended at the end of the run. */
+export function pgPool(max: number, endpoint = 0): PgPool {
+  const pool = newPgPool(max, endpoint);
   cleanup(() => pool.end());
   return pool;
 }

@@ -5,6 +5,7 @@
  * - how every contender is called,
  * - end-to-end HTTP (pool / direct driver per route and connection count) and its chart,
  * - scaling curves (throughput and p99 against callers and against `connection_count`),
+ * - sustained load (throughput of one long-lived instance per contender, window after window),
  * - client memory per pooled connection and per idle pool,
  * - every micro-benchmark figure and the contention waits (full report only).
  *
@@ -24,6 +25,7 @@ import type { HttpResults } from "./http/run.ts";
 import { VARIANTS } from "./http/tfb.ts";
 import type { MemoryResults } from "./memory.ts";
 import type { ScalingResults } from "./scaling.ts";
+import type { SustainedResults } from "./sustained.ts";
 
 /** Statistics of one bench in one round, in ns per iteration (`deno bench --json`'s shape). */
 export interface Stats {
@@ -55,7 +57,7 @@ export interface Machine {
   /** 1-minute load average when the run started and ended: other load skews every figure. */
   loadavg_before: number;
   loadavg_after: number;
-  /** Where the micro, scaling and memory sections ran (bench/cpu_pinning.ts). */
+  /** Where the micro, scaling, sustained and memory sections ran (bench/cpu_pinning.ts). */
   pinning?: string;
 }
 
@@ -74,6 +76,8 @@ export interface RuntimeResults {
   /** Contenders left out, and why (e.g. the pool does not accept `driver: "bun"` yet). */
   notes?: Record<string, string>;
   scaling?: ScalingResults;
+  /** Absent in results written before the suite existed. */
+  sustained?: SustainedResults;
   memory?: MemoryResults;
   http?: HttpResults;
   /** Load while each section was measured (sections as in `measured`). */
@@ -81,8 +85,8 @@ export interface RuntimeResults {
   /** A `--quick` smoke run: durations too short for the figures to mean anything. */
   quick?: boolean;
   /**
-   * When each section was measured (`micro`, `scaling`, `memory`, `http`): a run of a subset
-   * keeps the other sections of an earlier run, and the report says so.
+   * When each section was measured (`micro`, `scaling`, `sustained`, `memory`, `http`): a run
+   * of a subset keeps the other sections of an earlier run, and the report says so.
    */
   measured?: Record<string, string>;
 }
@@ -545,7 +549,9 @@ function header(results: RuntimeResults[]): string[] {
     `turn against one local primary + streaming replica, and contenders alternate (each group ` +
     `runs in reverse order on even rounds). Ratios are taken per round between benches that ran ` +
     `side by side, then the median (range) is shown. ` +
-    (m.pinning === undefined ? "" : `Placement (micro, scaling, memory): ${m.pinning}. `) +
+    (m.pinning === undefined
+      ? ""
+      : `Placement (micro, scaling, sustained, memory): ${m.pinning}. `) +
     loadText +
     (busy.length > 0
       ? ` — **other work was running on the machine (${
@@ -845,6 +851,45 @@ function scalingTable(results: RuntimeResults[], sweep: "callers" | "connections
   return lines;
 }
 
+/** How the sustained load was run, from the first runtime that has it. */
+function sustainedText(s: SustainedResults): string {
+  const n = (x: number) => x.toLocaleString("en-US");
+  return `\`SELECT 1\` from ${s.callers} concurrent callers over ${s.connections} connections, ` +
+    "each caller looping without a pause: every contender opens one fresh, warm instance, which " +
+    `runs ${n(s.warmup)} untimed statements and then ${s.windows} windows of ` +
+    `${n(s.statements)} statements back to back, aging all the way (no new instance, no pause ` +
+    "between windows). Contenders run one after another, in reverse order on Bun. Throughput " +
+    "per window; last / first says how much the instance slowed down as it aged.";
+}
+
+/** Per runtime: first and last window of each contender, and the last against postgres.js. */
+function sustainedTables(results: RuntimeResults[]): string[] {
+  const lines: string[] = [];
+  for (const r of results) {
+    const s = r.sustained;
+    if (s === undefined) continue;
+    const last = (name: string) => s.runs.find((x) => x.name === name)?.ops_per_s.at(-1) ?? NaN;
+    lines.push(
+      `**${runtimeLabel(r)}**`,
+      "",
+      "| contender | first window | last window | last / first | last window vs postgres.js |",
+      "|---|---|---|---|---|",
+    );
+    for (const name of contenderOrder(s.runs.map((x) => x.name))) {
+      const rates = s.runs.find((x) => x.name === name)!.ops_per_s;
+      const [first, end] = [rates[0] ?? NaN, rates.at(-1) ?? NaN];
+      const vs = name === NAME.tagged ? "—" : formatRatio(end / last(NAME.tagged));
+      lines.push(
+        `| ${cell(name)} | ${formatRate(first)} | ${formatRate(end)} | ${
+          formatRatio(end / first)
+        } | ${vs} |`,
+      );
+    }
+    lines.push("");
+  }
+  return lines;
+}
+
 function memoryTable(results: RuntimeResults[]): string[] {
   const lines = [
     "| runtime | client | per open connection: heap | RSS | per idle instance: heap | RSS |",
@@ -1110,14 +1155,33 @@ interface LinePanel {
   title: string;
   xs: number[];
   xLabel: string;
+  /** x linear from 0 with round ticks; by default log scale with a tick at every point. */
+  xLinear?: boolean;
+  xFormat?: (v: number) => string;
   yLog: boolean;
   yFormat: (v: number) => string;
   series: Array<{ label: string; ys: number[] }>;
 }
 
+/** Where a panel's x values fall, and its ticks. */
+function xAxis(p: LinePanel, ox: number, pw: number) {
+  if (p.xLinear) {
+    const hi = niceCeil(Math.max(...p.xs, 1));
+    return {
+      px: (v: number) => ox + (v / hi) * pw,
+      ticks: Array.from({ length: 6 }, (_, i) => (hi * i) / 5),
+    };
+  }
+  const lx0 = Math.log10(Math.min(...p.xs)), lx1 = Math.log10(Math.max(...p.xs));
+  return {
+    px: (v: number) => ox + ((Math.log10(v) - lx0) / (lx1 - lx0 || 1)) * pw,
+    ticks: p.xs,
+  };
+}
+
 /**
- * A grid of line charts sharing one legend: x on a log scale at the measured points, y linear
- * from 0 (throughput) or log10 over whole decades (latency).
+ * A grid of line charts sharing one legend: x on a log scale at the measured points (or linear
+ * from 0), y linear from 0 (throughput) or log10 over whole decades (latency).
  */
 function renderLines(title: string, subtitle: string, panels: LinePanel[][], foot?: string) {
   const pw = 340, ph = 190, left = 70, gapX = 60, top = 78, gapY = 70;
@@ -1138,8 +1202,7 @@ function renderLines(title: string, subtitle: string, panels: LinePanel[][], foo
     row.forEach((p, ci) => {
       const ox = left + ci * (pw + gapX), oy = top + ri * (ph + gapY);
       const ys = p.series.flatMap((s) => s.ys).filter((v) => Number.isFinite(v) && v > 0);
-      const lx0 = Math.log10(Math.min(...p.xs)), lx1 = Math.log10(Math.max(...p.xs));
-      const px = (v: number) => ox + ((Math.log10(v) - lx0) / (lx1 - lx0 || 1)) * pw;
+      const { px, ticks: xticks } = xAxis(p, ox, pw);
       let py: (v: number) => number;
       let yticks: number[];
       if (p.yLog) {
@@ -1165,13 +1228,13 @@ function renderLines(title: string, subtitle: string, panels: LinePanel[][], foo
             `fill="#555">${xml(p.yFormat(t))}</text>`,
         );
       }
-      for (const xv of p.xs) {
+      for (const xv of xticks) {
         out.push(
           `<line x1="${f1(px(xv))}" y1="${oy}" x2="${f1(px(xv))}" y2="${oy + ph}" stroke="#eee"/>`,
         );
         out.push(
           `<text x="${f1(px(xv))}" y="${oy + ph + 14}" text-anchor="middle" font-size="10" ` +
-            `fill="#555">${xv}</text>`,
+            `fill="#555">${xml((p.xFormat ?? String)(xv))}</text>`,
         );
       }
       out.push(
@@ -1269,6 +1332,39 @@ export function renderScalingChart(
   );
 }
 
+/** Throughput per window against statements done, a panel per runtime. */
+export function renderSustainedChart(results: RuntimeResults[]): string | undefined {
+  const runs = results.filter((r) => r.sustained !== undefined);
+  if (runs.length === 0) return undefined;
+  const thousands = (v: number) => v >= 1000 ? `${+(v / 1000).toFixed(1)}k` : v.toFixed(0);
+  const panels = runs.map((r) => {
+    const s = r.sustained!;
+    const windows = Math.max(...s.runs.map((x) => x.ops_per_s.length), 0);
+    return {
+      title: `${runtimeLabel(r)}: statements/s per window`,
+      // Each point at the end of its window, counted from the instance's first statement.
+      xs: Array.from({ length: windows }, (_, i) => s.warmup + (i + 1) * s.statements),
+      xLabel: "statements done by the instance",
+      xLinear: true,
+      xFormat: thousands,
+      yLog: false,
+      yFormat: thousands,
+      series: contenderOrder(s.runs.map((x) => x.name)).map((name) => ({
+        label: name,
+        ys: s.runs.find((x) => x.name === name)!.ops_per_s,
+      })),
+    };
+  });
+  const s = runs[0].sustained!;
+  return renderLines(
+    "SELECT 1 under sustained load: one instance per contender, aging",
+    `${s.callers} callers over ${s.connections} connections, statements/s per window of ` +
+      `${s.statements.toLocaleString("en-US")} (higher is better)`,
+    [panels],
+    footer(results),
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The report.
 
@@ -1278,6 +1374,7 @@ export const CHARTS = {
   http: "http.svg",
   callers: "scaling-callers.svg",
   connections: "scaling-connections.svg",
+  sustained: "sustained.svg",
   memory: "memory.svg",
 } as const;
 
@@ -1294,6 +1391,8 @@ export function buildReport(results: RuntimeResults[], options: ReportOptions = 
   if (callers) charts[CHARTS.callers] = callers;
   const connections = renderScalingChart(results, "connections");
   if (connections) charts[CHARTS.connections] = connections;
+  const sustained = renderSustainedChart(results);
+  if (sustained) charts[CHARTS.sustained] = sustained;
   const memory = renderMemoryChart(results);
   if (memory) charts[CHARTS.memory] = memory;
 
@@ -1352,6 +1451,17 @@ export function buildReport(results: RuntimeResults[], options: ReportOptions = 
       ...scalingTable(results, "connections"),
       "",
       link("Throughput and p99 against connection_count", CHARTS.connections),
+      "",
+    );
+  }
+  if (sustained) {
+    md.push(
+      "### Sustained load",
+      "",
+      sustainedText(results.find((r) => r.sustained)!.sustained!),
+      "",
+      ...sustainedTables(results),
+      link("Throughput per window against statements done, per runtime", CHARTS.sustained),
       "",
     );
   }

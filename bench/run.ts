@@ -6,16 +6,20 @@
  *    `deno bench --json` and by bench/bun_runner.ts), alternating runtimes for `--rounds`
  *    rounds (default 7);
  * 2. `scaling`: throughput and p99 against callers and `connection_count` (bench/scaling.ts);
- * 3. `memory`: client memory per connection and per idle pool (bench/memory.ts);
- * 4. `http`: TechEmpower-style apps under wrk (bench/http/), pool against the direct driver;
+ * 3. `sustained`: throughput of one long-lived instance per contender, window after window
+ *    (bench/sustained.ts);
+ * 4. `memory`: client memory per connection and per idle pool (bench/memory.ts);
+ * 5. `http`: TechEmpower-style apps under wrk (bench/http/), pool against the direct driver;
  *
  * then writes `bench/results/<runtime>.json` and the report (bench/report.ts): results/report.md,
  * the charts, and the generated sections of bench/README.md and the project README.
  *
  * Options: `--rounds N`; `--only LIST` (comma-separated suites and/or runtimes, e.g.
  * `--only query,bun`; repeatable); `--skip-http`; `--http-seconds S` (10), `--http-warmup S`
- * (5); `--scaling-seconds S` (1), `--scaling-rounds N` (min(rounds, 3)); `--memory-repeats N`
- * (3); `--quick` (1 round and short durations: a smoke run whose figures mean nothing).
+ * (5); `--scaling-seconds S` (1), `--scaling-rounds N` (min(rounds, 3));
+ * `--sustained-windows N` (12), `--sustained-statements N` (40000 per window);
+ * `--memory-repeats N` (3); `--quick` (1 round and short durations: a smoke run whose figures
+ * mean nothing).
  * Sections not run keep the figures of the previous run in the results files, and the report
  * says when each was measured. Runs under Deno or Bun (node: APIs only). Binaries: $DENO_BIN /
  * $BUN_BIN, else node_modules/.bin, else PATH.
@@ -59,6 +63,7 @@ import {
   writeReport,
 } from "./report.ts";
 import type { ScalingResults } from "./scaling.ts";
+import type { SustainedResults } from "./sustained.ts";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const ROOT = dirname(BENCH_DIR);
@@ -74,7 +79,7 @@ const MICRO: Record<string, string> = {
   query: "bench/query_bench.ts",
   contention: "bench/contention_bench.ts",
 };
-const SUITES = [...Object.keys(MICRO), "scaling", "memory", "http"];
+const SUITES = [...Object.keys(MICRO), "scaling", "sustained", "memory", "http"];
 
 function binary(name: Runtime): string {
   const fromEnv = process.env[`${name.toUpperCase()}_BIN`];
@@ -86,7 +91,10 @@ function binary(name: Runtime): string {
   return existsSync(local) ? local : name;
 }
 
-/** Placement of the micro, scaling and memory sections (bench/cpu_pinning.ts); set by main. */
+/**
+ * Placement of the micro, scaling, sustained and memory sections (bench/cpu_pinning.ts); set
+ * by main.
+ */
 let pinning: Pinning | string = "not pinned";
 
 /** Children still running, killed if the run is interrupted. */
@@ -234,6 +242,30 @@ async function runScaling(
   return JSON.parse(readFileSync(out, "utf8"));
 }
 
+async function runSustained(
+  runtime: Runtime,
+  env: Record<string, string>,
+  tmp: string,
+  windows: number,
+  statements: number,
+): Promise<SustainedResults> {
+  const out = join(tmp, `sustained-${runtime}.json`);
+  const [cmd, args] = script(runtime, "bench/sustained.ts");
+  await exec(
+    ...onClientCpus(pinning, cmd, [
+      ...args,
+      "--out",
+      out,
+      "--windows",
+      String(windows),
+      "--statements",
+      String(statements),
+    ]),
+    env,
+  );
+  return JSON.parse(readFileSync(out, "utf8"));
+}
+
 async function runMemory(
   runtime: Runtime,
   env: Record<string, string>,
@@ -340,6 +372,8 @@ export interface Options {
   httpWarmup: number;
   scalingSeconds: number;
   scalingRounds: number;
+  sustainedWindows: number;
+  sustainedStatements: number;
   memoryRepeats: number;
   quick: boolean;
 }
@@ -351,6 +385,7 @@ export function parseArgs(argv: string[]): Options {
   let skipHttp = false;
   let httpSeconds = 10, httpWarmup = 5, scalingSeconds = 1, memoryRepeats = 3;
   let scalingRounds: number | undefined;
+  let sustainedWindows = 12, sustainedStatements = 40_000;
   const num = (i: number, what: string) => {
     const v = Number(argv[i]);
     if (!(v > 0)) throw new Error(`${what} must be a positive number (got ${argv[i]})`);
@@ -365,13 +400,16 @@ export function parseArgs(argv: string[]): Options {
     else if (a === "--http-warmup") httpWarmup = num(++i, a);
     else if (a === "--scaling-seconds") scalingSeconds = num(++i, a);
     else if (a === "--scaling-rounds") scalingRounds = num(++i, a);
+    else if (a === "--sustained-windows") sustainedWindows = num(++i, a);
+    else if (a === "--sustained-statements") sustainedStatements = num(++i, a);
     else if (a === "--memory-repeats") memoryRepeats = num(++i, a);
     else if (a === "--quick") quick = true;
     else {
       throw new Error(
         `unknown argument ${a} (use --rounds N, --only ${[...SUITES, ...RUNTIMES].join("|")}` +
           `[,...], --skip-http, --http-seconds S, --http-warmup S, --scaling-seconds S, ` +
-          `--scaling-rounds N, --memory-repeats N, --quick)`,
+          `--scaling-rounds N, --sustained-windows N, --sustained-statements N, ` +
+          `--memory-repeats N, --quick)`,
       );
     }
   }
@@ -386,6 +424,8 @@ export function parseArgs(argv: string[]): Options {
     httpWarmup = 1;
     scalingSeconds = 0.3;
     scalingRounds = 1;
+    sustainedWindows = 3;
+    sustainedStatements = 2000;
     memoryRepeats = 1;
   }
   if (!Number.isInteger(rounds)) throw new Error("--rounds must be a positive integer");
@@ -401,6 +441,8 @@ export function parseArgs(argv: string[]): Options {
     httpWarmup,
     scalingSeconds,
     scalingRounds: Math.round(scalingRounds ?? Math.min(rounds, 3)),
+    sustainedWindows: Math.round(sustainedWindows),
+    sustainedStatements: Math.round(sustainedStatements),
     memoryRepeats: Math.round(memoryRepeats),
     quick,
   };
@@ -410,6 +452,7 @@ export function parseArgs(argv: string[]): Options {
 interface Measured {
   micro: SuiteRun[];
   scaling?: ScalingResults;
+  sustained?: SustainedResults;
   memory?: MemoryResults;
   http?: HttpResults;
   runtime?: string;
@@ -511,6 +554,19 @@ async function main(): Promise<void> {
         );
       }
     }
+    if (o.suites.includes("sustained")) {
+      enter("sustained");
+      for (const runtime of o.runtimes) {
+        console.error(`\n== sustained: ${runtime} ==`);
+        measured[runtime].sustained = await runSustained(
+          runtime,
+          env,
+          tmp,
+          o.sustainedWindows,
+          o.sustainedStatements,
+        );
+      }
+    }
     if (o.suites.includes("memory")) {
       enter("memory");
       for (const runtime of o.runtimes) {
@@ -591,7 +647,9 @@ function writeResults(
   const measuredAt: Record<string, string> = { ...(old?.measured ?? {}) };
   const micro = m.micro.length > 0 ? merge(m.micro) : undefined;
   if (micro) measuredAt.micro = run.date;
-  for (const s of ["scaling", "memory", "http"] as const) if (m[s]) measuredAt[s] = run.date;
+  for (const s of ["scaling", "sustained", "memory", "http"] as const) {
+    if (m[s]) measuredAt[s] = run.date;
+  }
   // Benches and extras of groups this run did not measure are kept from the old file.
   const groups = new Set(micro?.benches.map((b) => b.group) ?? []);
   const keptBenches = (old?.benches ?? []).filter((b) => !groups.has(b.group));
@@ -604,6 +662,7 @@ function writeResults(
     ...(micro ? {} : old?.notes ?? {}),
     ...(micro?.notes ?? {}),
     ...(m.scaling?.notes ?? {}),
+    ...(m.sustained?.notes ?? {}),
     ...(m.memory?.notes ?? {}),
   };
   const results: RuntimeResults = {
@@ -622,6 +681,7 @@ function writeResults(
     extra: { ...(micro?.extra ?? {}), ...keptExtra },
     notes,
     scaling: m.scaling ?? old?.scaling,
+    sustained: m.sustained ?? old?.sustained,
     memory: m.memory ?? old?.memory,
     http: m.http ?? old?.http,
     measured: measuredAt,

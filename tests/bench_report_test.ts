@@ -13,12 +13,50 @@ import {
   writeReport,
 } from "../bench/report.ts";
 import { parseWrk, processCpuUs } from "../bench/http/run.ts";
+import type { SustainedResults } from "../bench/sustained.ts";
 import { escapeHtml, queryCount, renderFortunes, updateParams } from "../bench/http/tfb.ts";
 
 // Two runtimes: Deno with two rounds (so ratios have a range), Bun with one and no Bun driver.
-const sample: RuntimeResults[] = JSON.parse(
+// The fixture predates the sustained-load suite: it stands for an older results file.
+const older: RuntimeResults[] = JSON.parse(
   readFileSync(new URL("./fixtures/bench_sample.json", import.meta.url), "utf8"),
 );
+
+/** A sustained-load result: 3 windows of 1000 after 100 untimed statements. */
+function sustained(runs: Record<string, number[]>): SustainedResults {
+  return {
+    windows: 3,
+    statements: 1000,
+    warmup: 100,
+    callers: 100,
+    connections: 10,
+    runs: Object.entries(runs).map(([name, ops_per_s]) => ({ name, ops_per_s })),
+    notes: {},
+  };
+}
+
+const sample: RuntimeResults[] = structuredClone(older);
+sample[0].sustained = sustained({
+  "postgres.js sql`` tagged template": [16000, 12000, 8000],
+  "pgdbpool pool.query": [20000, 21000, 22000],
+  "pg Pool.query()": [15000, 15000, 15000],
+});
+// Bun ran them in reverse order; the report lists them in its own order.
+sample[1].sustained = sustained({
+  "pg Pool.query()": [14000, 15000, 15000],
+  "Bun SQL sql`` tagged template": [45000, 45000, 45000],
+  "pgdbpool pool.query": [40000, 40000, 40000],
+  "postgres.js sql`` tagged template": [23000, 12000, 6000],
+});
+
+/** The lines of the report section under `### title`, up to the next one. */
+function section(markdown: string, title: string): string[] {
+  const lines = markdown.split("\n");
+  const start = lines.indexOf(`### ${title}`);
+  assert.notEqual(start, -1, `no section ${title}`);
+  const end = lines.findIndex((l, i) => i > start && l.startsWith("### "));
+  return lines.slice(start + 1, end === -1 ? undefined : end);
+}
 
 /** The markdown table row whose first cell is `first`. */
 function row(markdown: string, first: string): string {
@@ -225,6 +263,47 @@ describe("bench report", () => {
     assert.ok(md.includes("| Bun 1.4.5 | Bun SQL | 5.50 kB | 15.0 kB | 3.60 kB | 7.20 kB |"));
   });
 
+  it("tables the sustained load per runtime: first and last window, against postgres.js", () => {
+    const lines = section(report.markdown, "Sustained load");
+    assert.match(
+      lines.join("\n"),
+      /100 concurrent callers over 10 connections, .*100 untimed statements and then 3 windows of 1,000 statements back to back/,
+    );
+    const deno = lines.indexOf("**Deno 2.9.6**"), bun = lines.indexOf("**Bun 1.4.5**");
+    assert.ok(deno !== -1 && bun > deno);
+    const rows = (from: number, to?: number) =>
+      lines.slice(from, to).filter((l) => l.startsWith("| ") && !l.startsWith("| contender"));
+    assert.deepEqual(rows(deno, bun), [
+      "| postgres.js sql`` tagged template | 16.0k/s | 8.0k/s | 0.50x | — |",
+      "| pg Pool.query() | 15.0k/s | 15.0k/s | 1.00x | 1.88x |",
+      "| pgdbpool pool.query | 20.0k/s | 22.0k/s | 1.10x | 2.75x |",
+    ]);
+    assert.deepEqual(rows(bun), [
+      "| postgres.js sql`` tagged template | 23.0k/s | 6.0k/s | 0.26x | — |",
+      "| Bun SQL sql`` tagged template | 45.0k/s | 45.0k/s | 1.00x | 7.50x |",
+      "| pg Pool.query() | 14.0k/s | 15.0k/s | 1.07x | 2.50x |",
+      "| pgdbpool pool.query | 40.0k/s | 40.0k/s | 1.00x | 6.67x |",
+    ]);
+    assert.ok(
+      lines.includes(
+        `![Throughput per window against statements done, per runtime](${CHARTS.sustained})`,
+      ),
+    );
+  });
+
+  it("leaves the sustained load out for results written before the suite existed", () => {
+    const r = buildReport(older);
+    assert.ok(!r.markdown.includes("### Sustained load"));
+    assert.ok(!r.markdown.includes(CHARTS.sustained));
+    assert.equal(r.charts[CHARTS.sustained], undefined);
+    assert.ok(r.markdown.includes("### Scaling") && r.markdown.includes("### Memory"));
+    // One runtime with it and one without: a table for the one that has it.
+    const mixed = buildReport([older[0], sample[1]]);
+    const lines = section(mixed.markdown, "Sustained load");
+    assert.ok(lines.includes("**Bun 1.4.5**") && !lines.includes("**Deno 2.9.6**"));
+    assert.equal(elements(mixed.charts[CHARTS.sustained], /<g class="panel"/g).length, 1);
+  });
+
   it("lists every micro-benchmark figure with medians, baselines and implied throughput", () => {
     const md = report.markdown;
     assert.ok(md.includes(
@@ -330,6 +409,16 @@ describe("bench report", () => {
     const memory = report.charts[CHARTS.memory];
     assert.equal(elements(memory, /<rect class="bar"[^>]*>/g).length, 2 * 2 * 2 + 3 * 2 * 2);
     assert.ok(memory.includes(">100 kB</text>"));
+    // Sustained: a throughput panel per runtime, a line per contender, x linear from 0 in
+    // statements done (windows end at 1100, 2100, 3100: axis to 4k).
+    const aging = report.charts[CHARTS.sustained];
+    assert.equal(elements(aging, /<g class="panel"/g).length, 2);
+    assert.equal(elements(aging, /<polyline class="line"/g).length, 3 + 4);
+    const dots = elements(aging, /<circle [^>]*data-x="[^"]*"[^>]*>/g);
+    assert.deepEqual([...new Set(dots.map((d) => attr(d, "data-x")))], [1100, 2100, 3100]);
+    for (const label of ["0", "800", "1.6k", "4k"]) {
+      assert.ok(aging.includes(`>${label}</text>`), label);
+    }
   });
 
   it("formats durations and sizes with 3 significant digits", () => {
@@ -457,6 +546,8 @@ describe("bench report files", () => {
       assert.ok(text.includes("](bench/results/checkout.svg)"));
       assert.ok(text.includes("](bench/results/scaling-callers.svg)"));
       assert.ok(text.includes("### End-to-end HTTP") && text.includes("### Memory"));
+      assert.ok(text.includes("### Sustained load"));
+      assert.ok(text.includes("](bench/results/sustained.svg)"));
       assert.ok(!text.includes("### All micro-benchmark figures"), "compact: no detail tables");
     } finally {
       rmSync(dir, { recursive: true, force: true });
