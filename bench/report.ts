@@ -859,7 +859,7 @@ function sustainedText(s: SustainedResults): string {
     `runs ${n(s.warmup)} untimed statements and then ${s.windows} windows of ` +
     `${n(s.statements)} statements back to back, aging all the way (no new instance, no pause ` +
     "between windows). Contenders run one after another, in reverse order on Bun. Throughput " +
-    "per window; last / first says how much the instance slowed down as it aged.";
+    "per window; last / first below 1x means the instance slowed down as it aged.";
 }
 
 /** Per runtime: first and last window of each contender, and the last against postgres.js. */
