@@ -782,8 +782,10 @@ function httpText(results: RuntimeResults[]): string[] {
     `TechEmpower-style test types (bench/http/): \`/db\` one random row, \`/queries?n=20\` 20 ` +
     `rows by 20 queries, \`/updates?n=20\` 20 rows read and written back in one batched ` +
     `\`UPDATE\`, \`/fortunes\` 12 rows + 1, sorted, HTML-escaped. \`wrk -t1 --latency\`, ` +
-    `${h.seconds} s per run after ${h.warmup_seconds} s of warm-up per route; each pair runs ` +
-    `twice in mirrored order (pool, direct, direct, pool) and the ratio compares mean req/s. ` +
+    `${h.seconds} s per run; every run starts its app afresh and warms it for ` +
+    `${h.warmup_seconds} s at the run's own route and connection count (a long-lived ` +
+    `postgres.js client slows down, see Sustained load); each pair runs twice in mirrored ` +
+    `order (pool, direct, direct, pool) and the ratio compares mean req/s. ` +
     `The app, PostgreSQL and wrk share the machine's ${results[0].machine.cores} cores. ` +
     `App CPU/req is the CPU time of the app's process (user + system, all threads, from ` +
     `\`/proc\`) during a run divided by the requests it served: what a request costs the ` +
@@ -859,7 +861,15 @@ function sustainedText(s: SustainedResults): string {
     `runs ${n(s.warmup)} untimed statements and then ${s.windows} windows of ` +
     `${n(s.statements)} statements back to back, aging all the way (no new instance, no pause ` +
     "between windows). Contenders run one after another, in reverse order on Bun. Throughput " +
-    "per window; last / first below 1x means the instance slowed down as it aged.";
+    "per window; last / first below 1x means the instance slowed down as it aged." +
+    (s.calm_callers === undefined
+      ? ""
+      : ` Calm: ${s.calm_callers} callers (one per connection) run ` +
+        `${
+          n(s.calm_statements ?? 0)
+        } statements on the same instance before the windows and again ` +
+        `after them and ${(s.pause_ms ?? 0) / 1000} s without load; calm after / before below 1x ` +
+        "means the instance stayed slower once the load was gone.");
 }
 
 /** Per runtime: first and last window of each contender, and the last against postgres.js. */
@@ -872,17 +882,23 @@ function sustainedTables(results: RuntimeResults[]): string[] {
     lines.push(
       `**${runtimeLabel(r)}**`,
       "",
-      "| contender | first window | last window | last / first | last window vs postgres.js |",
-      "|---|---|---|---|---|",
+      "| contender | first window | last window | last / first | last window vs postgres.js " +
+        "| calm before | calm after | after / before |",
+      "|---|---|---|---|---|---|---|---|",
     );
     for (const name of contenderOrder(s.runs.map((x) => x.name))) {
-      const rates = s.runs.find((x) => x.name === name)!.ops_per_s;
+      const run = s.runs.find((x) => x.name === name)!;
+      const rates = run.ops_per_s;
       const [first, end] = [rates[0] ?? NaN, rates.at(-1) ?? NaN];
       const vs = name === NAME.tagged ? "—" : formatRatio(end / last(NAME.tagged));
+      const [before, after] = [run.calm_before_ops_per_s, run.calm_after_ops_per_s];
+      const calm = before === undefined || after === undefined
+        ? "— | — | —"
+        : `${formatRate(before)} | ${formatRate(after)} | ${formatRatio(after / before)}`;
       lines.push(
         `| ${cell(name)} | ${formatRate(first)} | ${formatRate(end)} | ${
           formatRatio(end / first)
-        } | ${vs} |`,
+        } | ${vs} | ${calm} |`,
       );
     }
     lines.push("");

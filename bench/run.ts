@@ -16,7 +16,8 @@
  *
  * Options: `--rounds N`; `--only LIST` (comma-separated suites and/or runtimes, e.g.
  * `--only query,bun`; repeatable); `--skip-http`; `--http-seconds S` (10), `--http-warmup S`
- * (5); `--scaling-seconds S` (1), `--scaling-rounds N` (min(rounds, 3));
+ * (5, per run: every HTTP run starts its app afresh); `--scaling-seconds S` (1),
+ * `--scaling-rounds N` (min(rounds, 3));
  * `--sustained-windows N` (12), `--sustained-statements N` (40000 per window);
  * `--memory-repeats N` (3); `--quick` (1 round and short durations: a smoke run whose figures
  * mean nothing).

@@ -9,7 +9,10 @@
  * warm instance; its callers then loop without a pause through an untimed warm-up and every
  * window, and the statements per second of each window are recorded. The callers never stop
  * between windows: a client whose internal queues empty whenever the load drops would be reset
- * by a pause, and a real application under steady load gives it none. Contenders run one after
+ * by a pause, and a real application under steady load gives it none. Before the windows and
+ * again after them and a pause of a second, as many callers as connections run a calm batch on
+ * the same instance: whether what the load did to a client stays once the load is gone.
+ * Contenders run one after
  * another, in the order listed on Deno and in reverse on Bun, so that no contender runs first
  * (or last) on both runtimes.
  *
@@ -34,6 +37,10 @@ export interface SustainedRun {
   name: string;
   /** Statements per second, one entry per window, in order. */
   ops_per_s: number[];
+  /** Statements/s at `calm_callers` on the fresh instance, before the windows. */
+  calm_before_ops_per_s?: number;
+  /** The same after the windows and a pause of `pause_ms`: whether the instance recovers. */
+  calm_after_ops_per_s?: number;
 }
 
 /** What bench/sustained.ts writes. */
@@ -45,6 +52,12 @@ export interface SustainedResults {
   warmup: number;
   callers: number;
   connections: number;
+  /** Callers of the calm runs before and after the windows (no more than the connections). */
+  calm_callers?: number;
+  /** Statements of each calm run. */
+  calm_statements?: number;
+  /** Idle time between the last window and the calm run after it. */
+  pause_ms?: number;
   /** The contenders in the order they ran. */
   runs: SustainedRun[];
   notes: Record<string, string>;
@@ -88,17 +101,52 @@ export async function age(call: () => Promise<unknown>, load: Load): Promise<num
   return rates;
 }
 
-/** Opens one instance of `c`, ages it through every window, closes it. */
-async function run(c: Contender, load: Load): Promise<SustainedRun> {
+/** Idle time before the calm run that follows the windows. */
+export const PAUSE_MS = 1000;
+
+/** Statements/s of `callers` loops that run `statements` statements in all. */
+async function calmRate(
+  call: () => Promise<unknown>,
+  callers: number,
+  statements: number,
+): Promise<number> {
+  let left = statements;
+  const start = performance.now();
+  const loop = async () => {
+    while (left > 0) {
+      left--;
+      await call();
+    }
+  };
+  await Promise.all(Array.from({ length: callers }, loop));
+  return statements / ((performance.now() - start) / 1000);
+}
+
+/**
+ * Opens one instance of `c`, measures it calm (as many callers as connections), ages it through
+ * every window, lets it idle and measures it calm again, then closes it.
+ */
+async function run(c: Contender, load: Load, calm: number): Promise<SustainedRun> {
   const instance = await c.open(CONNECTIONS);
   try {
+    // Untimed: the JIT warms up at the calm load, which ages no contender.
+    await calmRate(instance.call, CONNECTIONS, calm);
+    const before = await calmRate(instance.call, CONNECTIONS, calm);
     const rates = await age(instance.call, load);
+    await new Promise((resolve) => setTimeout(resolve, PAUSE_MS));
+    const after = await calmRate(instance.call, CONNECTIONS, calm);
     const k = (r: number | undefined) => `${((r ?? NaN) / 1000).toFixed(1)}k/s`;
     console.error(
       `sustained ${c.name}: ${k(rates[0])} first window, ${k(rates.at(-1))} last ` +
-        `(${rates.map((r) => (r / 1000).toFixed(0)).join(" ")})`,
+        `(${rates.map((r) => (r / 1000).toFixed(0)).join(" ")}); calm ${k(before)} before, ` +
+        `${k(after)} after`,
     );
-    return { name: c.name, ops_per_s: rates };
+    return {
+      name: c.name,
+      ops_per_s: rates,
+      calm_before_ops_per_s: before,
+      calm_after_ops_per_s: after,
+    };
   } finally {
     await instance.close();
   }
@@ -143,10 +191,19 @@ async function main(): Promise<void> {
   // A tenth of a window: the JIT's warm-up stays out of the first window, and an instance
   // that slows down as it ages has aged by little when the first window starts.
   const load = { callers, warmup: Math.ceil(statements / 10), statements, windows };
+  const calm = Math.ceil(statements / 4);
   const { list, notes } = sustainedContenders();
   const runs: SustainedRun[] = [];
-  for (const c of isBun ? [...list].reverse() : list) runs.push(await run(c, load));
-  const results: SustainedResults = { ...load, connections: CONNECTIONS, runs, notes };
+  for (const c of isBun ? [...list].reverse() : list) runs.push(await run(c, load, calm));
+  const results: SustainedResults = {
+    ...load,
+    connections: CONNECTIONS,
+    calm_callers: CONNECTIONS,
+    calm_statements: calm,
+    pause_ms: PAUSE_MS,
+    runs,
+    notes,
+  };
   const json = JSON.stringify(results, null, 2) + "\n";
   if (out) writeFileSync(out, json);
   else console.log(json);

@@ -22,15 +22,27 @@ const older: RuntimeResults[] = JSON.parse(
   readFileSync(new URL("./fixtures/bench_sample.json", import.meta.url), "utf8"),
 );
 
-/** A sustained-load result: 3 windows of 1000 after 100 untimed statements. */
-function sustained(runs: Record<string, number[]>): SustainedResults {
+/**
+ * A sustained-load result: 3 windows of 1000 after 100 untimed statements; with `calm` (before
+ * and after statements/s per contender), calm runs of 250 statements around them, else the
+ * shape of a run written before the calm runs existed.
+ */
+function sustained(
+  runs: Record<string, number[]>,
+  calm?: Record<string, [number, number]>,
+): SustainedResults {
   return {
     windows: 3,
     statements: 1000,
     warmup: 100,
     callers: 100,
     connections: 10,
-    runs: Object.entries(runs).map(([name, ops_per_s]) => ({ name, ops_per_s })),
+    ...(calm && { calm_callers: 10, calm_statements: 250, pause_ms: 1000 }),
+    runs: Object.entries(runs).map(([name, ops_per_s]) => ({
+      name,
+      ops_per_s,
+      ...(calm && { calm_before_ops_per_s: calm[name][0], calm_after_ops_per_s: calm[name][1] }),
+    })),
     notes: {},
   };
 }
@@ -47,6 +59,11 @@ sample[1].sustained = sustained({
   "Bun SQL sql`` tagged template": [45000, 45000, 45000],
   "pgdbpool pool.query": [40000, 40000, 40000],
   "postgres.js sql`` tagged template": [23000, 12000, 6000],
+}, {
+  "pg Pool.query()": [10000, 10000],
+  "Bun SQL sql`` tagged template": [20000, 21000],
+  "pgdbpool pool.query": [16000, 16000],
+  "postgres.js sql`` tagged template": [18000, 7200],
 });
 
 /** The lines of the report section under `### title`, up to the next one. */
@@ -274,15 +291,16 @@ describe("bench report", () => {
     const rows = (from: number, to?: number) =>
       lines.slice(from, to).filter((l) => l.startsWith("| ") && !l.startsWith("| contender"));
     assert.deepEqual(rows(deno, bun), [
-      "| postgres.js sql`` tagged template | 16.0k/s | 8.0k/s | 0.50x | — |",
-      "| pg Pool.query() | 15.0k/s | 15.0k/s | 1.00x | 1.88x |",
-      "| pgdbpool pool.query | 20.0k/s | 22.0k/s | 1.10x | 2.75x |",
+      // Written before the calm runs: their columns stay empty.
+      "| postgres.js sql`` tagged template | 16.0k/s | 8.0k/s | 0.50x | — | — | — | — |",
+      "| pg Pool.query() | 15.0k/s | 15.0k/s | 1.00x | 1.88x | — | — | — |",
+      "| pgdbpool pool.query | 20.0k/s | 22.0k/s | 1.10x | 2.75x | — | — | — |",
     ]);
     assert.deepEqual(rows(bun), [
-      "| postgres.js sql`` tagged template | 23.0k/s | 6.0k/s | 0.26x | — |",
-      "| Bun SQL sql`` tagged template | 45.0k/s | 45.0k/s | 1.00x | 7.50x |",
-      "| pg Pool.query() | 14.0k/s | 15.0k/s | 1.07x | 2.50x |",
-      "| pgdbpool pool.query | 40.0k/s | 40.0k/s | 1.00x | 6.67x |",
+      "| postgres.js sql`` tagged template | 23.0k/s | 6.0k/s | 0.26x | — | 18.0k/s | 7.2k/s | 0.40x |",
+      "| Bun SQL sql`` tagged template | 45.0k/s | 45.0k/s | 1.00x | 7.50x | 20.0k/s | 21.0k/s | 1.05x |",
+      "| pg Pool.query() | 14.0k/s | 15.0k/s | 1.07x | 2.50x | 10.0k/s | 10.0k/s | 1.00x |",
+      "| pgdbpool pool.query | 40.0k/s | 40.0k/s | 1.00x | 6.67x | 16.0k/s | 16.0k/s | 1.00x |",
     ]);
     assert.ok(
       lines.includes(
