@@ -856,20 +856,16 @@ function scalingTable(results: RuntimeResults[], sweep: "callers" | "connections
 /** How the sustained load was run, from the first runtime that has it. */
 function sustainedText(s: SustainedResults): string {
   const n = (x: number) => x.toLocaleString("en-US");
+  const calm = s.calm_callers === undefined ? "" : ` Calm: ${s.calm_callers} callers (one per ` +
+    `connection) run ${n(s.calm_statements ?? 0)} statements on the same instance before the ` +
+    `windows and again after them and ${(s.pause_ms ?? 0) / 1000} s without load; calm after / ` +
+    "before below 1x means the instance stayed slower once the load was gone.";
   return `\`SELECT 1\` from ${s.callers} concurrent callers over ${s.connections} connections, ` +
     "each caller looping without a pause: every contender opens one fresh, warm instance, which " +
     `runs ${n(s.warmup)} untimed statements and then ${s.windows} windows of ` +
     `${n(s.statements)} statements back to back, aging all the way (no new instance, no pause ` +
     "between windows). Contenders run one after another, in reverse order on Bun. Throughput " +
-    "per window; last / first below 1x means the instance slowed down as it aged." +
-    (s.calm_callers === undefined
-      ? ""
-      : ` Calm: ${s.calm_callers} callers (one per connection) run ` +
-        `${
-          n(s.calm_statements ?? 0)
-        } statements on the same instance before the windows and again ` +
-        `after them and ${(s.pause_ms ?? 0) / 1000} s without load; calm after / before below 1x ` +
-        "means the instance stayed slower once the load was gone.");
+    "per window; last / first below 1x means the instance slowed down as it aged." + calm;
 }
 
 /** Per runtime: first and last window of each contender, and the last against postgres.js. */
