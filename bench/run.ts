@@ -219,51 +219,21 @@ function merge(runs: SuiteRun[]): Pick<RuntimeResults, "benches" | "extra" | "no
   return { benches: [...benches.values()], extra, notes };
 }
 
-async function runScaling(
+/**
+ * Runs a load runner (bench/scaling.ts, bench/sustained.ts) on the client CPUs with `--out` and
+ * its options, and reads back the JSON it wrote.
+ */
+async function runLoad<T>(
   runtime: Runtime,
   env: Record<string, string>,
   tmp: string,
-  rounds: number,
-  seconds: number,
-): Promise<ScalingResults> {
-  const out = join(tmp, `scaling-${runtime}.json`);
-  const [cmd, args] = script(runtime, "bench/scaling.ts");
-  await exec(
-    ...onClientCpus(pinning, cmd, [
-      ...args,
-      "--out",
-      out,
-      "--rounds",
-      String(rounds),
-      "--seconds",
-      String(seconds),
-    ]),
-    env,
-  );
-  return JSON.parse(readFileSync(out, "utf8"));
-}
-
-async function runSustained(
-  runtime: Runtime,
-  env: Record<string, string>,
-  tmp: string,
-  windows: number,
-  statements: number,
-): Promise<SustainedResults> {
-  const out = join(tmp, `sustained-${runtime}.json`);
-  const [cmd, args] = script(runtime, "bench/sustained.ts");
-  await exec(
-    ...onClientCpus(pinning, cmd, [
-      ...args,
-      "--out",
-      out,
-      "--windows",
-      String(windows),
-      "--statements",
-      String(statements),
-    ]),
-    env,
-  );
+  suite: "scaling" | "sustained",
+  options: Record<string, number>,
+): Promise<T> {
+  const out = join(tmp, `${suite}-${runtime}.json`);
+  const [cmd, args] = script(runtime, `bench/${suite}.ts`);
+  const flags = Object.entries(options).flatMap(([name, v]) => [`--${name}`, String(v)]);
+  await exec(...onClientCpus(pinning, cmd, [...args, "--out", out, ...flags]), env);
   return JSON.parse(readFileSync(out, "utf8"));
 }
 
@@ -546,25 +516,22 @@ async function main(): Promise<void> {
       enter("scaling");
       for (const runtime of o.runtimes) {
         console.error(`\n== scaling: ${runtime} ==`);
-        measured[runtime].scaling = await runScaling(
-          runtime,
-          env,
-          tmp,
-          o.scalingRounds,
-          o.scalingSeconds,
-        );
+        measured[runtime].scaling = await runLoad<ScalingResults>(runtime, env, tmp, "scaling", {
+          rounds: o.scalingRounds,
+          seconds: o.scalingSeconds,
+        });
       }
     }
     if (o.suites.includes("sustained")) {
       enter("sustained");
       for (const runtime of o.runtimes) {
         console.error(`\n== sustained: ${runtime} ==`);
-        measured[runtime].sustained = await runSustained(
+        measured[runtime].sustained = await runLoad<SustainedResults>(
           runtime,
           env,
           tmp,
-          o.sustainedWindows,
-          o.sustainedStatements,
+          "sustained",
+          { windows: o.sustainedWindows, statements: o.sustainedStatements },
         );
       }
     }
