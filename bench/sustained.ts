@@ -26,7 +26,7 @@
 import { writeFileSync } from "node:fs";
 import process from "node:process";
 import { type Contender, contenders, pgQuery } from "./contenders.ts";
-import { isBun } from "./env.ts";
+import { callers, isBun } from "./env.ts";
 import { NAME } from "./names.ts";
 
 /** Connections of every instance. */
@@ -104,21 +104,14 @@ export async function age(call: () => Promise<unknown>, load: Load): Promise<num
 /** Idle time before the calm run that follows the windows. */
 export const PAUSE_MS = 1000;
 
-/** Statements/s of `callers` loops that run `statements` statements in all. */
+/** Statements/s of `count` callers that run `statements` statements in all. */
 async function calmRate(
   call: () => Promise<unknown>,
-  callers: number,
+  count: number,
   statements: number,
 ): Promise<number> {
-  let left = statements;
   const start = performance.now();
-  const loop = async () => {
-    while (left > 0) {
-      left--;
-      await call();
-    }
-  };
-  await Promise.all(Array.from({ length: callers }, loop));
+  await callers(count, statements, call);
   return statements / ((performance.now() - start) / 1000);
 }
 
