@@ -24,6 +24,7 @@ import type { ResolvedHandlerOptions } from "./handler_options.ts";
 import type { Rows, Sql } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
+import { checkStatement, checkValues } from "./statement_input.ts";
 import { readToken, sendStatement, sendTokenQuery } from "./token.ts";
 
 const noop = () => {};
@@ -292,7 +293,7 @@ export class Lease {
 
   async #failed(
     conn: ServerConnection,
-    err: unknown,
+    failure: unknown,
     text: string,
     params: readonly unknown[] | undefined,
     arrays: boolean,
@@ -301,6 +302,7 @@ export class Lease {
     begin: Promise<unknown> | undefined,
     done: Done | undefined,
   ): Promise<Rows> {
+    const err = conn.session.explain(failure);
     done?.(err);
     const outcome = conn.outcomeOf(err, text);
     if (outcome === "failed") {
@@ -550,11 +552,17 @@ export class Lease {
       return conn.session.sql;
     };
     const sql = ((first: unknown, ...rest: unknown[]) => {
+      // A template's values, as statement parameters (helpers and fragments pass).
+      if (Array.isArray((first as { raw?: unknown } | null)?.raw)) checkValues(rest);
       const result = (session() as unknown as (...args: unknown[]) => unknown)(first, ...rest);
       return hold === undefined ? result : hold(result);
     }) as unknown as Sql;
     const forward =
       (name: "unsafe" | "array" | "json" | "typed" | "file") => (...args: unknown[]) => {
+        // unsafe(text, params?, options?) or unsafe(text, options).
+        if (name === "unsafe") {
+          checkStatement(args[0], Array.isArray(args[1]) ? args[1] : undefined);
+        }
         const result = (session()[name] as (...args: unknown[]) => unknown)(...args);
         return hold === undefined ? result : hold(result);
       };

@@ -84,7 +84,8 @@ function send(
       if (token !== undefined) group.context.onToken(token);
       return rows;
     });
-  }, (err: unknown) => {
+  }, (failure: unknown) => {
+    const err = conn.session.explain(failure);
     done?.(err);
     const outcome = conn.outcomeOf(err, text);
     if (outcome === "failed") {

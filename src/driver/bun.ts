@@ -275,6 +275,11 @@ export class BunSession implements DriverSession {
     });
   }
 
+  /** The error the caller should see: Bun's own (already translated by `query`). */
+  explain(err: unknown): unknown {
+    return err;
+  }
+
   /** What is known of a statement (`text`) that rejected with `err` on this session. */
   outcomeOf(err: unknown, text: string): Outcome {
     if (err instanceof SessionEndedError) return "not-executed";

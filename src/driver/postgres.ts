@@ -14,6 +14,7 @@
 
 import postgres from "postgres";
 import { isConnectionError } from "../sqlstate.ts";
+import { guardedSerializers, UNDEFINED, unencodable } from "./encoding.ts";
 import { unrunWhenTerminated } from "./termination.ts";
 
 /** The postgres.js tagged template of a session (public as `Sql`). */
@@ -178,7 +179,8 @@ function sessionTables(
   if (stored !== undefined) return stored;
   const tables: TypeTables = {
     parsers: { ...(known ?? base).parsers },
-    serializers: { ...(known ?? base).serializers },
+    // Guarded: a value postgres.js cannot encode must fail its own statement, nothing else.
+    serializers: guardedSerializers((known ?? base).serializers),
     typeArrayMap: { ...(known?.typeArrayMap ?? {}) },
   };
   if (options.typeStore !== undefined && options.types !== "none") {
@@ -278,6 +280,7 @@ export class Session {
       fetch_types: options.types === "fetch",
       connection: { ...options.parameters },
       target_session_attrs: null,
+      transform: { ...(base.transform as object), undefined: UNDEFINED },
       onnotice: noop,
       onnotify: hooks.onNotify,
       onparameter: (key: string, value: string) => {
@@ -354,6 +357,14 @@ export class Session {
       });
     }
     return query;
+  }
+
+  /**
+   * The error the caller should see for a statement that rejected with `err`: the encoding
+   * error of a value the driver could not send (see `encoding.ts`), else `err` itself.
+   */
+  explain(err: unknown): unknown {
+    return unencodable(err) ?? err;
   }
 
   /** What is known of a statement (`text`) that rejected with `err` on this session. */

@@ -53,6 +53,11 @@ export interface DriverSession {
     params: readonly unknown[] | undefined,
     options: StatementOptions,
   ): Promise<Rows>;
+  /**
+   * The error the caller should see for a statement that rejected with `err` (a driver may
+   * have had to turn a failure into another on the wire; see `encoding.ts`).
+   */
+  explain(err: unknown): unknown;
   /** What is known of a statement (`text`) that rejected with `err` on this session. */
   outcomeOf(err: unknown, text: string): Outcome;
   /** Whether `err` is this session's refusal itself (connect failed, the server said no). */
