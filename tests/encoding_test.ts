@@ -203,7 +203,8 @@ describe("a statement that cannot be sent as given fails alone", () => {
     using db = await pool.acquire("held");
     assert.throws(
       () => db.sql`SELECT ${undefined as unknown as string}::text AS v`,
-      (err: Error) => err instanceof TypeError && /Value 1 of the template is undefined/.test(err.message),
+      (err: Error) =>
+        err instanceof TypeError && /Value 1 of the template is undefined/.test(err.message),
     );
     assert.throws(
       () => db.sql.unsafe("SELECT $1::text AS v", [undefined as unknown as string]),
@@ -216,7 +217,9 @@ describe("a statement that cannot be sent as given fails alone", () => {
     using db = await pool.acquire("held");
     await db.sql`SELECT ${db.sql.array([1])}::int[] AS v`;
     const a = settle(db.sql`SELECT 'A' AS who, pg_sleep(0.2)::text AS slept`);
-    const q = settle(db.sql`SELECT ${db.sql.array([1, undefined as unknown as number])}::int[] AS v`);
+    const q = settle(
+      db.sql`SELECT ${db.sql.array([1, undefined as unknown as number])}::int[] AS v`,
+    );
     const [ra, rq] = [await a, await q];
     const b = settle(db.sql`SELECT 'B' AS who`);
     const d = settle(db.sql`SELECT 'C' AS who`);

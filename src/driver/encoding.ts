@@ -84,10 +84,21 @@ const GUARDING: object = new Proxy(Object.create(null), {
   },
 });
 
+/**
+ * Common parameter types postgres.js has no serializer for (it sends `'' + value`): given that
+ * same serializer, guarded, they are found on the table itself instead of through the proxy
+ * (int8, varchar, bpchar, name, uuid, numeric, interval, time, inet).
+ */
+const TEXT_TYPES = [20, 1043, 1042, 19, 2950, 1700, 1186, 1083, 869];
+const asText = (value: unknown): string => "" + (value as string);
+
 /** A copy of a serializer table in which every entry, present and future, is guarded. */
-export function guardedSerializers(from: Readonly<Record<string, unknown>>): Record<string, unknown> {
+export function guardedSerializers(
+  from: Readonly<Record<string, unknown>>,
+): Record<string, unknown> {
   const table = Object.create(GUARDING) as Record<string, unknown>;
   for (const key of Object.keys(from)) table[key] = from[key];
+  for (const oid of TEXT_TYPES) if (!(oid in table)) table[oid] = asText;
   return table;
 }
 
