@@ -143,6 +143,11 @@ type Cmd =
   | { op: "release"; slot: number; how: "now" | "sync" | "async"; wait: boolean }
   | { op: "abort"; slot: number }
   | { op: "oneshot"; group: GroupName; write: boolean; wait: boolean }
+  /**
+   * A one-shot with a value that cannot be sent: `undefined` (refused before anything is sent)
+   * or "infinity" for a timestamptz (postgres.js cannot encode it; Bun's SQL sends NULL).
+   */
+  | { op: "bad"; group: GroupName; kind: "undefined" | "unparseable"; wait: boolean }
   | { op: "kill"; server: "primary" | "replica"; all: boolean }
   | { op: "blackhole" }
   | { op: "restore" }
@@ -199,6 +204,15 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
   {
     weight: 1,
     arbitrary: fc.record({ op: fc.constant("fail" as const), slot: slotArb, wait: fc.boolean() }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      op: fc.constant("bad" as const),
+      group: groupArb,
+      kind: fc.constantFrom<"undefined" | "unparseable">("undefined", "unparseable"),
+      wait: fc.boolean(),
+    }),
   },
   {
     weight: 3,
@@ -462,7 +476,11 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
   };
 
   /** Settles `p` within the deadline; a hang is recorded as a violation. */
-  const guard = async <T>(p: Promise<T>, what: string): Promise<Settled<T>> => {
+  const guard = async <T>(
+    p: Promise<T>,
+    what: string,
+    expected: (err: unknown) => boolean = expectedError,
+  ): Promise<Settled<T>> => {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const deadline = new Promise<typeof HANG>((resolve) => {
       timer = setTimeout(() => resolve(HANG), OP_DEADLINE_MS);
@@ -476,7 +494,7 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
       }
       return { ok: true, value: value as T };
     } catch (err) {
-      if (!expectedError(err)) violate(`unexpected error from ${what}: ${describeErr(err)}`);
+      if (!expected(err)) violate(`unexpected error from ${what}: ${describeErr(err)}`);
       return { ok: false, err };
     } finally {
       clearTimeout(timer);
@@ -676,6 +694,35 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
       const what = `one-shot read on ${group}`;
       const r = await guard(pool.query(group, READ, [0]), what);
       log(`${what}: ${r.ok ? "ok" : describeErr(r.err)}`);
+    }
+  };
+
+  const doBad = async (group: GroupName, kind: "undefined" | "unparseable") => {
+    const what = `one-shot with an ${kind} value on ${group}`;
+    // Its own error, or what any statement may meet under faults; never a server's ERROR,
+    // which would be another statement's.
+    const own = (err: unknown) =>
+      kind === "undefined"
+        ? err instanceof TypeError && /\$1 is undefined/.test(err.message)
+        : err instanceof RangeError && /\$1 cannot be sent/.test(err.message);
+    const expected = (err: unknown) =>
+      own(err) ||
+      (expectedError(err) && !(err instanceof TypeError) &&
+        (err as { severity?: unknown }).severity !== "ERROR");
+    const r = kind === "undefined"
+      ? await guard(
+        pool.query(group, "SELECT $1::text AS t", [undefined as unknown as string]),
+        what,
+        expected,
+      )
+      : await guard(pool.query(group, "SELECT $1::timestamptz AS t", ["infinity"]), what, expected);
+    log(`${what}: ${r.ok ? `ok ${JSON.stringify(r.value)}` : describeErr(r.err)}`);
+    if (r.ok) {
+      // Only Bun's driver sends "infinity" (as NULL); never another statement's rows.
+      const rows = [...r.value] as object[];
+      const own = kind === "unparseable" && testDriver().driver === "bun" && rows.length === 1 &&
+        Object.keys(rows[0]).join() === "t";
+      if (!own) violate(`${what} resolved to ${JSON.stringify(rows)}`);
     }
   };
 
@@ -1001,6 +1048,11 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
         }
         case "oneshot": {
           const p = track(doOneShot(cmd.group, cmd.write));
+          if (cmd.wait) await p;
+          break;
+        }
+        case "bad": {
+          const p = track(doBad(cmd.group, cmd.kind));
           if (cmd.wait) await p;
           break;
         }
