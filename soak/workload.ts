@@ -21,6 +21,7 @@ export const OP_WEIGHTS = {
   "abort": 6,
   "short-timeout": 6,
   "stmt-timeout": 3,
+  "bad-value": 2,
 } as const;
 
 /** One of the operation kinds. */
@@ -543,6 +544,37 @@ export async function statementTimeout(ctx: WorkloadContext): Promise<boolean> {
   return ok;
 }
 
+/**
+ * A one-shot with a value that cannot be sent, pipelined among the others: `undefined` (refused
+ * before anything is sent) or "infinity" for a timestamptz (postgres.js cannot encode it; the
+ * server refuses it for that statement alone; Bun's `SQL` sends NULL). Its own error or a
+ * fault's are fine; another statement's answer (rows, or a server ERROR) is a violation, and
+ * the writes around it are checked by the ledger as ever.
+ */
+async function badValue(ctx: WorkloadContext): Promise<boolean> {
+  const undef = ctx.rng.chance(0.5);
+  const group: GroupName = ctx.rng.chance(0.5) ? "auto" : readGroup(ctx);
+  try {
+    const rows = undef
+      ? await ctx.pool.query(group, "SELECT $1::text AS t", [undefined as unknown as string])
+      : await ctx.pool.query(group, "SELECT $1::timestamptz AS t", ["infinity"]);
+    if (undef || rows.length !== 1 || Object.keys(rows[0]).join() !== "t") {
+      ctx.violations.add("misrouted", `bad-value on ${group} resolved to ${JSON.stringify(rows)}`);
+    }
+    return true;
+  } catch (err) {
+    const own = undef
+      ? err instanceof TypeError && /\$1 is undefined/.test(err.message)
+      : err instanceof RangeError && /\$1 cannot be sent/.test(err.message);
+    if (own) return true;
+    if (isPostgresError(err) && (err as { severity?: unknown }).severity === "ERROR") {
+      ctx.violations.add("misrouted", `bad-value on ${group} got ${describeError(err)}`);
+    }
+    failed(ctx, "bad-value", err);
+    return false;
+  }
+}
+
 /** Runs one operation of `kind`. */
 export function runKind(ctx: WorkloadContext, kind: keyof typeof OP_WEIGHTS): Promise<void> {
   switch (kind) {
@@ -564,6 +596,8 @@ export function runKind(ctx: WorkloadContext, kind: keyof typeof OP_WEIGHTS): Pr
       return runOp(ctx, kind, () => aborted(ctx));
     case "stmt-timeout":
       return runOp(ctx, kind, () => statementTimeout(ctx));
+    case "bad-value":
+      return runOp(ctx, kind, () => badValue(ctx));
   }
 }
 
