@@ -196,6 +196,11 @@ export class Lease {
     params: readonly unknown[] | undefined,
     arrays = false,
   ): Promise<Rows> {
+    try {
+      checkStatement(text, params);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const conn = this.#conn;
     if (conn === null || (!this.#used && !this.#validated && this.#stale(conn))) {
       return this.#queryChecked(text, params, arrays);

@@ -16,6 +16,7 @@ import { MAX_ATTEMPTS, observe } from "./lease.ts";
 import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
+import { checkStatement } from "./statement_input.ts";
 import { readToken, sendStatement } from "./token.ts";
 
 // A connection of its own (shared from now on), or a seat on one that one-shots share.
@@ -43,6 +44,8 @@ export function oneShot(
 ): Promise<Rows> {
   let held: ServerConnection | Promise<ServerConnection>;
   try {
+    // Before a connection is taken: a statement that cannot be sent waits for nothing.
+    if (attempt === 1) checkStatement(text, params);
     held = hold(group);
   } catch (err) {
     return Promise.reject(err);

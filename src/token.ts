@@ -9,7 +9,6 @@
 import type { StatementOptions } from "./driver/postgres.ts";
 import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
-import { checkStatement } from "./statement_input.ts";
 
 const noop = () => {};
 
@@ -71,9 +70,9 @@ function sendWrite(
 
 /**
  * Sends one statement of a checkout or a one-shot: an autocommit write on the primary with the
- * token query behind it (`lsn`), anything else alone. Never throws: a statement that cannot be
- * sent as given (`statement_input.ts`), or that the driver refuses at once, comes back as a
- * rejected `sent`.
+ * token query behind it (`lsn`), anything else alone. Never throws: a statement the driver
+ * refuses at once comes back as a rejected `sent`. Its text and parameters were checked by the
+ * caller (`statement_input.ts`).
  */
 export function sendStatement(
   conn: ServerConnection,
@@ -83,7 +82,6 @@ export function sendStatement(
   autocommit: boolean,
 ): { sent: Promise<Rows>; lsn: Promise<Rows> | undefined } {
   try {
-    checkStatement(text, params);
     const endpoint = conn.endpoint;
     const options = endpoint.statementOptions(text, params, arrays);
     if (autocommit && endpoint.role === "primary" && mayWrite(text)) {

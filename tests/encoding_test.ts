@@ -232,6 +232,24 @@ describe("a statement that cannot be sent as given fails alone", () => {
     assert.deepEqual((await d).rows, [{ who: "C" }]);
   });
 
+  it("fails at once, without waiting for a connection, when the group is busy", async () => {
+    using held = await pool.acquire("one");
+    const started = performance.now();
+    const q = await settle(
+      pool.query("one", "SELECT $1::text AS v", [undefined as unknown as string]),
+    );
+    using waiting = pool.handler("one");
+    const h = await settle(
+      waiting.query("SELECT $1::text AS v", [Symbol("s") as unknown as string]),
+    );
+    assert.match(q.err?.message ?? "", /\$1 is undefined/);
+    assert.match(h.err?.message ?? "", /\$1 is a symbol/);
+    // The group's acquire_timeout_ms is 10 s: neither waited for it.
+    assert.ok(performance.now() - started < 1000, `took ${performance.now() - started} ms`);
+    assert.equal(pool.stats().groups.one.busy, 1);
+    await held.query("SELECT 1");
+  });
+
   it("a value the server rejects still fails as the server says", async () => {
     const r = await settle(pool.query("one", "SELECT $1::int AS v", ["not a number"]));
     assert.equal((r.err as { code?: string } | undefined)?.code, "22P02");
