@@ -51,10 +51,8 @@ export function checkStatement(text: unknown, params: unknown): void {
 export function checkValues(values: readonly unknown[]): void {
   for (let i = 0; i < values.length; i++) {
     const value = values[i];
-    if (
-      value === undefined || typeof value === "symbol" || typeof value === "function" ||
-      (value instanceof Date && Number.isNaN(value.getTime()))
-    ) {
+    // Objects are helpers, fragments, arrays or null (the driver's), except a Date.
+    if (typeof value !== "object" || value instanceof Date) {
       checkValue(value, `Value ${i + 1} of the template`);
     }
   }

@@ -39,11 +39,13 @@ function fail(err: unknown): string {
  * Bind instead of throwing inside the connection.
  */
 export const UNDEFINED: object = Object.freeze({
-  [Symbol.toPrimitive]: () => fail(new TypeError("Undefined values are not allowed")),
-  toJSON: () => {
-    throw new TypeError("Undefined values are not allowed");
-  },
+  // Where postgres.js sends a value as `'' + value` (types without a serializer).
+  [Symbol.toPrimitive]: () => fail(undefinedValue()),
 });
+
+function undefinedValue(): TypeError {
+  return new TypeError("Undefined values are not allowed");
+}
 
 type Serializer = (value: unknown) => unknown;
 
@@ -53,7 +55,7 @@ const guards = new WeakSet<Serializer>();
 function guard(serialize: Serializer): Serializer {
   if (guards.has(serialize)) return serialize;
   const guarded = (value: unknown): unknown => {
-    if (value === UNDEFINED) return fail(new TypeError("Undefined values are not allowed"));
+    if (value === UNDEFINED) return fail(undefinedValue());
     let text: unknown;
     try {
       text = serialize(value);
