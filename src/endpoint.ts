@@ -111,6 +111,12 @@ export class Endpoint {
   latencyMs: number | undefined;
   /** When this endpoint was last seen to become primary (a promotion), for split-brain ties. */
   promotedAt = 0;
+  /**
+   * The timeline a primary writes on, from its last probe; `undefined` on a replica or before
+   * a probe. Of two servers that both claim the primary role, the later timeline is the later
+   * promotion.
+   */
+  timeline: number | undefined;
   /** Options passed with a statement, built once: as configured, and rows as arrays. */
   readonly #queryOptions: StatementOptions;
   readonly #arrayOptions: StatementOptions;

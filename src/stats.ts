@@ -69,6 +69,11 @@ export interface EndpointStats {
   lag_ms: number;
   /** WAL position at the last probe (replay position on a replica). */
   lsn: string | null;
+  /**
+   * The timeline a primary writes on, at its last probe (`null` on a replica or before a
+   * probe). Of two servers that both claim the primary role, the pool writes on the later one.
+   */
+  timeline: number | null;
 }
 
 /**
@@ -127,6 +132,7 @@ export function statsOf(groups: readonly Group[], endpoints: readonly Endpoint[]
       latency_ms: e.latencyMs ?? null,
       lag_ms: e.lagMs,
       lsn: lsnText(e.lsn),
+      timeline: e.timeline ?? null,
     });
   }
   return out;

@@ -21,7 +21,22 @@ const PROBE_SQL = `SELECT pg_is_in_recovery() AS recovery,
   (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text AS lsn,
   CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()
     THEN coalesce(extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000, 0)::float8
-    ELSE 0 END AS lag_ms`;
+    ELSE 0 END AS lag_ms,
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile`;
+
+/** What a probe reads. `walfile` (a primary's current WAL file) starts with its timeline. */
+interface ProbeRow {
+  recovery: boolean;
+  lsn: string | null;
+  lag_ms: number;
+  walfile: string | null;
+}
+
+/** The timeline in a WAL file name: its first 8 hex digits. */
+function timelineOf(walfile: string | null): number | undefined {
+  if (typeof walfile !== "string" || !/^[0-9A-F]{24}$/i.test(walfile)) return undefined;
+  return parseInt(walfile.slice(0, 8), 16);
+}
 
 const REPLAY_SQL = "SELECT pg_last_wal_replay_lsn()::text AS lsn";
 
@@ -114,12 +129,17 @@ export class Topology {
     return primary !== undefined && primary.reportedAt > primary.answeredAt;
   }
 
-  /** The current primary: the most recently promoted one if several claim the role. */
+  /**
+   * The current primary. When several claim the role (a split brain: a replica promoted while
+   * its old primary kept running), the one on the later timeline, which every pool can read,
+   * also one that started after the promotion; while a timeline is not known yet, the one this
+   * pool last saw promoted; else the first configured.
+   */
   primary(): Endpoint | undefined {
     let best: Endpoint | undefined;
     for (const e of this.endpoints) {
       if (e.role !== "primary" || e.state !== "up") continue;
-      if (best === undefined || e.promotedAt > best.promotedAt) best = e;
+      if (best === undefined || laterPromotion(e, best)) best = e;
     }
     return best;
   }
@@ -176,7 +196,7 @@ export class Topology {
 
   async #probe(endpoint: Endpoint): Promise<void> {
     const started = performance.now();
-    let row: { recovery: boolean; lsn: string | null; lag_ms: number };
+    let row: ProbeRow;
     try {
       row = await this.#ask(endpoint);
     } catch (err) {
@@ -200,12 +220,17 @@ export class Topology {
       endpoint.lagMs = Math.max(Number(row.lag_ms) || 0, this.#lagByLsn(lsn, now));
     } else {
       endpoint.lagMs = 0;
-      if (lsn !== undefined) this.#remember(lsn, now);
     }
     // Up first, then what it came back as: listeners see the events in that order.
     const cameUp = this.#markUp(endpoint);
     const changed = this.observeRole(endpoint, row.recovery ? "replica" : "primary", false);
-    if (changed || cameUp || row.recovery) this.#changed();
+    const timeline = row.recovery ? undefined : timelineOf(row.walfile);
+    const newTimeline = timeline !== endpoint.timeline;
+    endpoint.timeline = timeline;
+    // Replicas' lag is measured against the primary's positions: a second, older primary's
+    // positions are of another history.
+    if (!row.recovery && lsn !== undefined && endpoint === this.primary()) this.#remember(lsn, now);
+    if (changed || cameUp || newTimeline || row.recovery) this.#changed();
   }
 
   // One probe round trip, all of it within one probe deadline. A reused probe session found
@@ -215,7 +240,7 @@ export class Topology {
   // holds the statements stuck on it.
   async #ask(
     endpoint: Endpoint,
-  ): Promise<{ recovery: boolean; lsn: string | null; lag_ms: number }> {
+  ): Promise<ProbeRow> {
     const until = performance.now() + this.deadline(endpoint);
     for (;;) {
       let client = this.#clients.get(endpoint);
@@ -229,7 +254,7 @@ export class Topology {
           client.query(PROBE_SQL, undefined, PROBE),
           Math.max(until - performance.now(), 1),
         );
-        return rows[0] as unknown as { recovery: boolean; lsn: string | null; lag_ms: number };
+        return rows[0] as unknown as ProbeRow;
       } catch (err) {
         // A failed probe session may hold a half-dead socket: never reuse it.
         this.#clients.delete(endpoint);
@@ -286,6 +311,8 @@ export class Topology {
     const from = endpoint.role;
     if (from === role) return false;
     endpoint.role = role;
+    // A timeline belongs to the role it was read in (a start-up parameter tells no timeline).
+    endpoint.timeline = undefined;
     if (role === "primary" && from === "replica") {
       endpoint.promotedAt = performance.now();
       // WAL positions of the old timeline say nothing about the new one.
@@ -370,4 +397,12 @@ export class Topology {
     this.#clients.clear();
     await Promise.all(clients.map((c) => c.end(timeoutMs)));
   }
+}
+
+/** Whether primary `a` was promoted after primary `b` (see `Topology.primary`). */
+function laterPromotion(a: Endpoint, b: Endpoint): boolean {
+  if (a.timeline !== undefined && b.timeline !== undefined && a.timeline !== b.timeline) {
+    return a.timeline > b.timeline;
+  }
+  return a.promotedAt > b.promotedAt;
 }

@@ -1,0 +1,87 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { waitFor } from "./harness/wait.ts";
+import { Pool } from "../mod.ts";
+
+await setTestTimeout(120_000);
+
+// A replica promoted while its old primary keeps running (no fencing: `pg_ctl promote` by hand,
+// a partition an orchestrator did not see, a failover script that could not reach the old
+// primary) leaves two servers that both claim the primary role. Writes on the old one are lost
+// once it is rewound; the promoted one is on a later timeline, which any pool can read, also one
+// that was not running when the promotion happened (a new app instance, an edge function's cold
+// start).
+let cluster: PgCluster;
+
+before(async () => {
+  cluster = await startCluster({ replicas: 1 });
+  await cluster.primary.query("CREATE TABLE brain (v text)");
+  await cluster.waitForReplication();
+}, { timeout: 120_000 });
+
+after(async () => {
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+describe("split brain", () => {
+  it("every pool writes on the server of the later timeline, also one started after the promotion", async () => {
+    const [oldEp, newEp] = cluster.endpoints();
+    const groups = {
+      write: { connection_count: 2, role: "primary" as const },
+      any: { connection_count: 2 },
+    };
+    const port = async (p: Pool, group: string) =>
+      (await p.query<{ port: number }>(group, "SELECT inet_server_port() AS port"))[0].port;
+    // A pool that watched the promotion happen.
+    await using watching = new Pool({ db: [oldEp, newEp], groups, application_name: "sb-watch" });
+    assert.equal(await port(watching, "write"), oldEp.port);
+
+    await cluster.replicas[0].promote();
+    assert.deepEqual(
+      (await cluster.primary.query("SELECT pg_is_in_recovery() AS r"))[0].r,
+      false,
+      "the old primary still runs as a primary",
+    );
+    await waitFor(async () => (await port(watching, "write")) === newEp.port, {
+      timeoutMs: 10_000,
+      message: "the watching pool writes on the promoted server",
+    });
+
+    // Pools that start now see two primaries at once, in either order of configuration.
+    for (
+      const [name, db] of [["old-first", [oldEp, newEp]], ["new-first", [newEp, oldEp]]] as const
+    ) {
+      await using fresh = new Pool({ db: [...db], groups, application_name: `sb-${name}` });
+      // A pool hears every server once before its first statement when asked to (a checkout
+      // would go on as soon as one primary answered).
+      await fresh.refresh();
+      assert.ok(
+        fresh.stats().endpoints.every((e) => e.state === "up" && e.role === "primary"),
+        `${name}: both servers probed as primaries`,
+      );
+      for (let i = 0; i < 4; i++) {
+        assert.equal(await port(fresh, "write"), newEp.port, `${name}: a write on the old primary`);
+        assert.equal(
+          await port(fresh, "any"),
+          newEp.port,
+          `${name}: an any-group read on the old primary`,
+        );
+      }
+      const later = fresh.stats().endpoints.find((e) => e.port === newEp.port)!;
+      const earlier = fresh.stats().endpoints.find((e) => e.port === oldEp.port)!;
+      assert.ok(
+        later.timeline !== null && earlier.timeline !== null && later.timeline > earlier.timeline,
+        `${name}: timelines ${earlier.timeline} (old) and ${later.timeline} (promoted)`,
+      );
+      await fresh.query("write", "INSERT INTO brain (v) VALUES ($1)", [name]);
+    }
+    const onOld = await cluster.primary.query("SELECT v FROM brain");
+    assert.deepEqual(onOld, [], "nothing was written on the old primary");
+    const onNew = (await cluster.replicas[0].query("SELECT v FROM brain ORDER BY v")).map((r) =>
+      r.v
+    );
+    assert.deepEqual(onNew, ["new-first", "old-first"]);
+  });
+});
