@@ -26,6 +26,7 @@ import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement, checkValues } from "./statement_input.ts";
 import { readToken, sendStatement, sendTokenQuery } from "./token.ts";
+import { mayOpenBlock } from "./transaction_block.ts";
 
 const noop = () => {};
 
@@ -68,6 +69,12 @@ export class Lease {
   #validated = false;
   /** A transaction is open on the current connection. */
   #tx = false;
+  /**
+   * A statement that may have opened a transaction block (see `transaction_block.ts`) went out
+   * where command tags cannot follow it: `db.sql`, a text of several statements. Commit,
+   * rollback and check-in then look at the session (`#leftOpen`).
+   */
+  #untracked = false;
   /** Set once the session is lost; every later statement gets it. */
   #lost: SessionLostError | null = null;
   #token: string | undefined;
@@ -130,9 +137,9 @@ export class Lease {
     return this.#conn?.endpoint.info;
   }
 
-  /** Whether a transaction is open. */
+  /** Whether a transaction is open (also one opened through `db.sql` or a text of several). */
   get inTransaction(): boolean {
-    return this.#tx;
+    return this.#tx || (this.#conn !== null && this.#leftOpen(this.#conn));
   }
 
   /** The read-your-writes token of this checkout's last write, if any. */
@@ -312,6 +319,8 @@ export class Lease {
     const outcome = conn.outcomeOf(err, text);
     if (outcome === "failed") {
       if (isReadOnlyError(err)) this.group.reportFailure(conn, err);
+      // A text of several statements may have opened a block before the one that failed.
+      this.#sent(text);
       throw err;
     }
     // A server that refused the session: nothing ran, nothing lost. A pipelined BEGIN went
@@ -354,7 +363,12 @@ export class Lease {
 
   async #commit(conn: ServerConnection): Promise<string | undefined> {
     this.#used = true;
-    if (!this.#tx) return undefined;
+    if (!this.#tx) {
+      if (!this.#leftOpen(conn)) return undefined;
+      // A block the caller opened through db.sql: committing it is what commit() means.
+      this.#tx = true;
+    }
+    this.#untracked = false;
     const commit = conn.session.query("COMMIT", undefined, conn.endpoint.controlOptions);
     // Wire order is the order of the first then/catch: COMMIT first, the position after it.
     commit.catch(noop);
@@ -416,8 +430,9 @@ export class Lease {
       return;
     }
     conn = this.#usable(conn);
-    if (!this.#tx) return;
+    if (!this.#tx && !this.#leftOpen(conn)) return;
     this.#tx = false;
+    this.#untracked = false;
     try {
       await conn.session.query("ROLLBACK", undefined, conn.endpoint.controlOptions);
       conn.lastUsed = performance.now();
@@ -502,6 +517,7 @@ export class Lease {
       const conn = this.#conn;
       this.#conn = null;
       this.#tx = false;
+      this.#untracked = false;
       conn.end(0);
       this.group.checkin(conn, false);
     }
@@ -520,9 +536,27 @@ export class Lease {
   #checkin(): Promise<void> | undefined {
     const conn = this.#conn!;
     this.#conn = null;
-    const tx = this.#tx;
+    const tx = this.#tx || this.#leftOpen(conn);
     this.#tx = false;
+    this.#untracked = false;
     return this.group.checkin(conn, tx);
+  }
+
+  /**
+   * Whether a block this checkout did not open through the pool may be open on `conn`: only
+   * after a text that may open one, and then as the session's last answer says, or, where the
+   * driver cannot read that, yes (a ROLLBACK or COMMIT outside a block only draws a warning).
+   */
+  #leftOpen(conn: ServerConnection): boolean {
+    if (!this.#untracked) return false;
+    const open = conn.session.inBlock();
+    if (open === false) this.#untracked = false;
+    return open !== false;
+  }
+
+  /** Notes a text sent where command tags cannot follow it (see `#untracked`). */
+  #sent(text: string): void {
+    if (!this.#untracked && mayOpenBlock(text)) this.#untracked = true;
   }
 
   #leave(): void {
@@ -558,7 +592,10 @@ export class Lease {
     };
     const sql = ((first: unknown, ...rest: unknown[]) => {
       // A template's values, as statement parameters (helpers and fragments pass).
-      if (Array.isArray((first as { raw?: unknown } | null)?.raw)) checkValues(rest);
+      if (Array.isArray((first as { raw?: unknown } | null)?.raw)) {
+        checkValues(rest);
+        for (const part of first as readonly string[]) this.#sent(part);
+      }
       const result = (session() as unknown as (...args: unknown[]) => unknown)(first, ...rest);
       return hold === undefined ? result : hold(result);
     }) as unknown as Sql;
@@ -567,7 +604,8 @@ export class Lease {
         // unsafe(text, params?, options?) or unsafe(text, options).
         if (name === "unsafe") {
           checkStatement(args[0], Array.isArray(args[1]) ? args[1] : undefined);
-        }
+          this.#sent(args[0] as string);
+        } else if (name === "file") this.#untracked = true; // a text we never see
         const result = (session()[name] as (...args: unknown[]) => unknown)(...args);
         return hold === undefined ? result : hold(result);
       };
@@ -613,7 +651,13 @@ export class Lease {
     if (command === "BEGIN" || command === "START TRANSACTION") this.#tx = true;
     else if (command === "COMMIT" || command === "ROLLBACK") {
       this.#tx = STAYS_IN_TRANSACTION.test(text);
-    } else if (command === "PREPARE TRANSACTION") this.#tx = false;
+      // Whatever block was open, also one opened through db.sql, ended with it.
+      if (!this.#tx) this.#untracked = false;
+    } else if (command === "PREPARE TRANSACTION") {
+      this.#tx = false;
+      this.#untracked = false;
+    } // A text of several statements reports its last command (or none): its BEGIN is unseen.
+    else this.#sent(text);
   }
 
   async #record(lsn: Promise<Rows>): Promise<string | undefined> {
@@ -682,10 +726,11 @@ export class Lease {
   ): SessionLostError {
     const options = cause === undefined ? undefined : { cause };
     // Concurrent statements of one checkout learn of one loss: it keeps the kind it had.
-    const Lost = this.#tx || this.#lost instanceof TransactionLostError
+    const Lost = this.#tx || this.#leftOpen(conn) || this.#lost instanceof TransactionLostError
       ? TransactionLostError
       : SessionLostError;
     this.#tx = false;
+    this.#untracked = false;
     // Later statements of the checkout are refused unsent: for them the outcome is known.
     this.#lost ??= new Lost(this.group.name, "not-executed", detail, options);
     if (!conn.dead) conn.end(0);

@@ -13,6 +13,7 @@ import { type PoolHooks, poolHooks } from "./hooks.ts";
 import { Listener, type ListenOptions, type Subscription } from "./listener.ts";
 import { Handler, type HandlerOptions, leaseReady } from "./handler.ts";
 import { oneShot } from "./one_shot.ts";
+import { isBareBegin, mayOpenBlock } from "./transaction_block.ts";
 import type { QueryOptions, Row, Rows, ValueRows } from "./rows.ts";
 
 import { parseLsn } from "./lsn.ts";
@@ -228,9 +229,21 @@ export class Pool extends EventTarget implements AsyncDisposable {
     } catch (err) {
       return Promise.reject(err);
     }
-    if (g.autocommit && this.#config.threaded) {
+    if (typeof text === "string" && isBareBegin(text)) {
+      return Promise.reject(
+        new TypeError(
+          `pool.query() commits every statement by itself: ${
+            JSON.stringify(text)
+          } would open a transaction nothing else shares; use pool.transaction() or a handler`,
+        ),
+      );
+    }
+    if (g.autocommit && this.#config.threaded && !leavesBlock(text, params)) {
       return oneShot(g, text, params, options?.rowMode === "array");
     }
+    // A text that may leave a transaction block open runs on a checkout of its own, which
+    // commits that block (the statement is committed, as promised) or rolls it back on failure;
+    // on a shared connection the one-shots behind it would have run inside it.
     return this.#checkoutQuery(group, text, params, options);
   }
 
@@ -368,4 +381,11 @@ export class Pool extends EventTarget implements AsyncDisposable {
       this.#token = token;
     }
   }
+}
+
+// Only the simple protocol takes several statements in one text, and only a text without
+// parameters goes that way: a BEGIN among them may leave a block open.
+function leavesBlock(text: string, params: readonly unknown[] | undefined): boolean {
+  return (params === undefined || params.length === 0) && typeof text === "string" &&
+    mayOpenBlock(text);
 }

@@ -280,6 +280,11 @@ export class BunSession implements DriverSession {
     return err;
   }
 
+  /** Bun's `SQL` keeps the status of its answers to itself: unknown. */
+  inBlock(): boolean | undefined {
+    return undefined;
+  }
+
   /** What is known of a statement (`text`) that rejected with `err` on this session. */
   outcomeOf(err: unknown, text: string): Outcome {
     if (err instanceof SessionEndedError) return "not-executed";

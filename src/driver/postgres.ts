@@ -258,9 +258,12 @@ export class Session {
   #fetchingTypes: boolean;
   /** postgres.js was never told this session ended: it must never be asked to end it either. */
   #abandoned = false;
+  /** TLS may be on: what passes the socket is then ciphertext (see `inBlock`). */
+  readonly #tls: boolean;
 
   constructor(options: SessionOptions, hooks: SessionHooks) {
     this.#hooks = hooks;
+    this.#tls = options.ssl !== false;
     this.#learnTypes = this.#fetchingTypes = options.types === "fetch";
     const known = typeof options.types === "object" ? options.types : undefined;
     const base = parsedTemplate();
@@ -365,6 +368,19 @@ export class Session {
    */
   explain(err: unknown): unknown {
     return unencodable(err) ?? err;
+  }
+
+  /**
+   * The status byte of the last ReadyForQuery received, the last message of every answer
+   * (postgres.js reads it and keeps it to itself): `I` outside a block, `T` inside one, `E` in a
+   * failed one. Unknown over TLS (only ciphertext passes here), on workerd (postgres.js's own
+   * sockets), and when something else arrived after it (a notification).
+   */
+  inBlock(): boolean | undefined {
+    const tail = this.#tail;
+    if (tail === undefined || this.#tls) return undefined;
+    const status = readyStatus(this.#beforeTail, tail);
+    return status === undefined ? undefined : status !== 0x49; // 'I'
   }
 
   /** What is known of a statement (`text`) that rejected with `err` on this session. */
@@ -551,6 +567,29 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
   out.set(a, 0);
   out.set(b, a.length);
   return out;
+}
+
+/**
+ * The status byte of a ReadyForQuery message (`Z`, length 5, status `I`, `T` or `E`) that ends
+ * exactly where `tail` does (it may have begun in `before`), else `undefined`.
+ */
+export function readyStatus(
+  before: Uint8Array | undefined,
+  tail: Uint8Array,
+): number | undefined {
+  const n = tail.length;
+  const m = before?.length ?? 0;
+  // The i-th byte from the end, 1-based, across the two chunks.
+  const fromEnd = (i: number): number | undefined =>
+    i <= n ? tail[n - i] : i - n <= m ? before![m - (i - n)] : undefined;
+  if (
+    fromEnd(6) !== 0x5a || fromEnd(5) !== 0 || fromEnd(4) !== 0 || fromEnd(3) !== 0 ||
+    fromEnd(2) !== 5
+  ) {
+    return undefined;
+  }
+  const status = fromEnd(1);
+  return status === 0x49 || status === 0x54 || status === 0x45 ? status : undefined;
 }
 
 /** The SQLSTATE of a FATAL ErrorResponse that ends exactly at the end of `buf`. */

@@ -58,6 +58,12 @@ export interface DriverSession {
    * have had to turn a failure into another on the wire; see `encoding.ts`).
    */
   explain(err: unknown): unknown;
+  /**
+   * Whether the session is inside a transaction block (also a failed one) as its last answer
+   * said (`true` / `false`), or `undefined` when the driver cannot read that. Meaningful only
+   * while nothing is in flight on the session.
+   */
+  inBlock(): boolean | undefined;
   /** What is known of a statement (`text`) that rejected with `err` on this session. */
   outcomeOf(err: unknown, text: string): Outcome;
   /** Whether `err` is this session's refusal itself (connect failed, the server said no). */

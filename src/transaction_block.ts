@@ -1,0 +1,52 @@
+/**
+ * Transaction blocks the pool did not open itself: a `BEGIN` sent through `db.sql`, through
+ * `sql.unsafe`, or inside a text of several statements. Command tags cannot follow those (the
+ * template's result is the caller's; a text of several statements reports its last command), so
+ * the pool goes by the statement texts (only `BEGIN`, `START TRANSACTION` and `... AND CHAIN`
+ * leave a transaction block open when their statement ends) and, when one may have, asks the
+ * session's last answer where the driver can read it (`DriverSession.inBlock`).
+ *
+ * @module
+ */
+
+/** A text that is nothing but `BEGIN` or `START TRANSACTION` (with its modes). */
+const BARE_BEGIN = /^\s*(?:begin|start\s+transaction)\b[^;]*;?\s*$/i;
+
+/**
+ * A text that may leave a transaction block open. Words inside literals and PL/pgSQL bodies
+ * (`DO $$ BEGIN ... END $$`) match too: that costs a look at the session, never a wrong answer.
+ */
+const MAY_OPEN_BLOCK = /\b(?:begin|start\s+transaction|and\s+chain)\b/i;
+
+/**
+ * Whether `text` only starts a transaction block: as a statement committed by itself it does
+ * nothing but leave the caller believing the next statements share a transaction.
+ *
+ * @example Refusing a BEGIN where every statement commits by itself
+ * ```ts
+ * import { isBareBegin } from "./transaction_block.ts";
+ *
+ * isBareBegin("begin isolation level serializable"); // true
+ * isBareBegin("BEGIN; INSERT INTO t VALUES (1); COMMIT"); // false
+ * isBareBegin("SELECT 'begin'"); // false
+ * ```
+ */
+export function isBareBegin(text: string): boolean {
+  return BARE_BEGIN.test(text);
+}
+
+/**
+ * Whether `text` may leave a transaction block open when it ends (see `MAY_OPEN_BLOCK`).
+ *
+ * @example Texts that need a look at the session afterwards
+ * ```ts
+ * import { mayOpenBlock } from "./transaction_block.ts";
+ *
+ * mayOpenBlock("INSERT INTO t VALUES (1); BEGIN"); // true
+ * mayOpenBlock("COMMIT AND CHAIN"); // true
+ * mayOpenBlock("INSERT INTO t VALUES (1)"); // false
+ * ```
+ */
+export function mayOpenBlock(text: string): boolean {
+  return MAY_OPEN_BLOCK.test(text);
+}
