@@ -320,7 +320,7 @@ export class Lease {
     if (outcome === "failed") {
       if (isReadOnlyError(err)) this.group.reportFailure(conn, err);
       // A text of several statements may have opened a block before the one that failed.
-      this.#sent(text);
+      if (text.includes(";")) this.#sent(text);
       throw err;
     }
     // A server that refused the session: nothing ran, nothing lost. A pipelined BEGIN went
@@ -657,7 +657,8 @@ export class Lease {
       this.#tx = false;
       this.#untracked = false;
     } // A text of several statements reports its last command (or none): its BEGIN is unseen.
-    else this.#sent(text);
+    // One statement is seen by its tag, so only a text with a semicolon needs the pattern.
+    else if (text.includes(";")) this.#sent(text);
   }
 
   async #record(lsn: Promise<Rows>): Promise<string | undefined> {

@@ -383,9 +383,10 @@ export class Pool extends EventTarget implements AsyncDisposable {
   }
 }
 
-// Only the simple protocol takes several statements in one text, and only a text without
-// parameters goes that way: a BEGIN among them may leave a block open.
+// Only a text of several statements can leave a block open as a one-shot (a bare BEGIN is
+// refused, AND CHAIN fails outside a block), and only a text without parameters may hold
+// several (the simple protocol): the semicolon test keeps the pattern off the common path.
 function leavesBlock(text: string, params: readonly unknown[] | undefined): boolean {
   return (params === undefined || params.length === 0) && typeof text === "string" &&
-    mayOpenBlock(text);
+    text.includes(";") && mayOpenBlock(text);
 }
