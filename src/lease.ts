@@ -582,13 +582,13 @@ export class Lease {
       keepReachable(result, owner);
       return result;
     };
-    const session = (): Sql => {
+    const session = (): ServerConnection => {
       if (this.#conn === null) throw this.#afterRelease();
       const conn = this.#usable(this.#conn);
       this.#used = true;
       if (!this.autocommit && !this.#tx) this.#begin(conn);
       conn.lastUsed = performance.now();
-      return conn.session.sql;
+      return conn;
     };
     const sql = ((first: unknown, ...rest: unknown[]) => {
       // A template's values, as statement parameters (helpers and fragments pass).
@@ -596,7 +596,12 @@ export class Lease {
         checkValues(rest);
         for (const part of first as readonly string[]) this.#sent(part);
       }
-      const result = (session() as unknown as (...args: unknown[]) => unknown)(first, ...rest);
+      const conn = session();
+      const result = (conn.session.sql as unknown as (...args: unknown[]) => unknown)(
+        first,
+        ...rest,
+      );
+      conn.session.adopt(result);
       return hold === undefined ? result : hold(result);
     }) as unknown as Sql;
     const forward =
@@ -606,7 +611,9 @@ export class Lease {
           checkStatement(args[0], Array.isArray(args[1]) ? args[1] : undefined);
           this.#sent(args[0] as string);
         } else if (name === "file") this.#untracked = true; // a text we never see
-        const result = (session()[name] as (...args: unknown[]) => unknown)(...args);
+        const conn = session();
+        const result = (conn.session.sql[name] as (...args: unknown[]) => unknown)(...args);
+        conn.session.adopt(result);
         return hold === undefined ? result : hold(result);
       };
     Object.assign(sql, {

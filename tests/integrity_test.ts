@@ -612,6 +612,34 @@ describe("session integrity", () => {
     assert.equal(await count("i13"), 1, "the committed insert was not re-run");
   });
 
+  it("15. a db.sql statement settles when its session dies, also on a session only db.sql used", async () => {
+    // The driver settles itself what postgres.js leaves hanging while it fetches array types,
+    // and took "no statement of the pool answered yet" for "still fetching": a session that
+    // only db.sql had used counted as fetching for good, and a db.sql statement on it waited
+    // forever once its backend was terminated (found by the property test's db.sql BEGIN).
+    await using p = pool("i14", { auto: { connection_count: 1, endpoints: [0] } }, {
+      health_check_interval_ms: 0,
+    });
+    using db = p.handler("auto");
+    const first = await db.sql`SELECT 1 AS one`;
+    assert.equal(first[0].one, 1);
+    const slow = Promise.resolve(db.sql`SELECT pg_sleep(30)`).then(
+      () => "answered",
+      (err: Error) => err,
+    );
+    await waitFor(async () => (await sessions("i14", "AND query LIKE '%pg_sleep%'")) === 1);
+    await cluster.primary.query(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'i14'",
+    );
+    const settled = await Promise.race([
+      slow,
+      new Promise<string>((resolve) => setTimeout(() => resolve("hung"), 10_000)),
+    ]);
+    assert.notEqual(settled, "hung", "the db.sql statement never settled");
+    assert.ok(settled instanceof Error, `the db.sql statement ${String(settled)}`);
+    await assert.rejects(db.query("SELECT 1"), SessionLostError);
+  });
+
   // Sync: 'S' and its length, 4.
   const SYNC = [0x53, 0, 0, 0, 4];
   const syncAt = (chunk: Uint8Array): number => {

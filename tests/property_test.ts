@@ -1,5 +1,6 @@
 // Model-free property test: random programs of checkouts, statements, commits, rollbacks,
-// releases, aborts, timeouts, one-shots and close, interleaved with faults (backend kills, a
+// releases, aborts, timeouts, one-shots, blocks opened through db.sql (`` db.sql`BEGIN` ``,
+// which the pool's own tracking cannot see) and close, interleaved with faults (backend kills, a
 // blackholed primary, connection resets, a role connection limit), run against ONE pool on a real
 // primary + replica. Nothing models what the pool should answer; after every step, at barriers
 // and at the end, invariants that must hold whatever happened are checked:
@@ -139,6 +140,11 @@ type Cmd =
   | { op: "fail"; slot: number; wait: boolean }
   | { op: "commit"; slot: number; wait: boolean }
   | { op: "rollback"; slot: number; wait: boolean }
+  /**
+   * `` db.sql`BEGIN` ``: a block the pool does not open itself. In an autocommit slot the
+   * handler's writes are then the block's, decided by commit, rollback or release.
+   */
+  | { op: "begin"; slot: number; wait: boolean }
   /** now: release at once, even with statements of the handler in flight; else in turn. */
   | { op: "release"; slot: number; how: "now" | "sync" | "async"; wait: boolean }
   | { op: "abort"; slot: number }
@@ -225,6 +231,10 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
       slot: slotArb,
       wait: fc.boolean(),
     }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({ op: fc.constant("begin" as const), slot: slotArb, wait: fc.boolean() }),
   },
   {
     weight: 4,
@@ -331,6 +341,8 @@ interface Held {
   aborted: boolean;
   /** Writes of the open transaction (transaction groups), decided by commit / rollback. */
   txWrites: Write[];
+  /** An autocommit handler inside a block it opened through `db.sql` (`autocommit` is off). */
+  manualBlock: boolean;
 }
 
 const INSERT = `INSERT INTO ledger (run, w, ck, pid, port)
@@ -643,6 +655,36 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
     h.aborted = false;
     const fate: Fate = r.ok ? "present" : fateOfRejected(r.err);
     for (const w of h.txWrites.splice(0)) w.fate = fate;
+    endManualBlock(h);
+  };
+
+  // A block opened through db.sql ends with commit or rollback (or with its session): the
+  // handler is back in autocommit mode.
+  const endManualBlock = (h: Held) => {
+    if (!h.manualBlock) return;
+    h.manualBlock = false;
+    h.autocommit = true;
+  };
+
+  const doBegin = (h: Held) => async () => {
+    const before = { released: h.released, lost: h.lost };
+    const what = `db.sql BEGIN on h${h.id}`;
+    let sent: Promise<unknown>;
+    try {
+      sent = Promise.resolve(h.db.sql`BEGIN`);
+    } catch (err) {
+      sent = Promise.reject(err);
+    }
+    // A handler whose checkout failed has no session to hand out as db.sql.
+    const r = await guard(sent, what, (err) =>
+      expectedError(err) ||
+      (err instanceof TypeError && /still waiting for a connection/.test(err.message)));
+    log(`${what}: ${r.ok ? "ok" : describeErr(r.err)}`);
+    checkAnswer(h, before, r, what);
+    if (r.ok && h.autocommit && !before.released) {
+      h.autocommit = false;
+      h.manualBlock = true;
+    }
   };
 
   const doRollback = (h: Held) => async () => {
@@ -655,6 +697,7 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
     }
     for (const w of h.txWrites.splice(0)) w.fate = "absent";
     h.aborted = false;
+    endManualBlock(h);
     if (before.lost) {
       // The caller acknowledged the loss: the handler may go on, on a new session.
       h.lost = false;
@@ -761,6 +804,7 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
       lost: false,
       aborted: false,
       txWrites: [],
+      manualBlock: false,
     };
     handlers.push(h);
     slots[slot] = h;
@@ -1006,7 +1050,8 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
         case "read":
         case "fail":
         case "commit":
-        case "rollback": {
+        case "rollback":
+        case "begin": {
           const h = slots[cmd.slot] ?? checkout(cmd.slot, null);
           if (h === undefined) break;
           const fn = cmd.op === "write"
@@ -1017,6 +1062,8 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
             ? doFail(h)
             : cmd.op === "commit"
             ? doCommit(h)
+            : cmd.op === "begin"
+            ? doBegin(h)
             : doRollback(h);
           let p = onHandler(h, cmd.op, fn);
           if (cmd.op === "write" && cmd.then === "commit" && !h.autocommit) {

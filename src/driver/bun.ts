@@ -280,6 +280,9 @@ export class BunSession implements DriverSession {
     return err;
   }
 
+  /** Bun's `SQL` settles every statement of a connection that closed: nothing to keep. */
+  adopt(_statement: unknown): void {}
+
   /** Bun's `SQL` keeps the status of its answers to itself: unknown. */
   inBlock(): boolean | undefined {
     return undefined;

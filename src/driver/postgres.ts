@@ -111,9 +111,29 @@ interface NetSocket {
 
 /** The parts of a postgres.js query object the driver relies on (3.4.x internals). */
 interface Handed {
-  /** Set when a connection takes the query (it may be written from then on); null before. */
+  /**
+   * Set when a connection takes the query (it may be written from then on); null before.
+   * postgres.js takes none before its array types are in.
+   */
   readonly state: unknown;
+  /** Set on the first then/catch: a query nobody awaited is never sent (and never settled). */
+  readonly executed: boolean;
   reject(err: unknown): void;
+}
+
+/**
+ * The session's own statements are held strongly (their callers await them at once); db.sql's
+ * weakly: one nobody holds any more must not stay reachable through the session (it would keep
+ * its handler reachable for leak detection, and a fragment is never sent at all).
+ */
+type HandedEntry = Handed | WeakRef<Handed>;
+
+function deref(entry: HandedEntry): Handed | undefined {
+  return entry instanceof WeakRef ? entry.deref() : entry;
+}
+
+function isHanded(value: unknown): value is Handed {
+  return value instanceof Promise && "state" in value && "executed" in value;
 }
 
 /** Statements handed at which the written ones are dropped from a session's list. */
@@ -241,7 +261,7 @@ export class Session {
    * can wait forever (its end() skips the sweep when the connection looks idle): those are
    * rejected here, as never executed.
    */
-  #handed: (Handed | undefined)[] = [];
+  #handed: (HandedEntry | undefined)[] = [];
   /**
    * Entries of `#handed` in use. The array keeps its length and is compacted in place: setting
    * a shorter length made V8 shrink and regrow its store, a few hundred bytes of garbage per
@@ -331,21 +351,7 @@ export class Session {
     );
     // Rows as arrays of values (query builders that map columns by position need them).
     if (options.arrays === true) query.values();
-    const handed = this.#handed;
-    let count = this.#handedCount;
-    // Written statements (a `state` set by the connection) are postgres.js's to settle: drop
-    // them now and then, in place.
-    if (count >= HANDED_COMPACT_AT) {
-      let kept = 0;
-      for (let i = 0; i < count; i++) {
-        const q = handed[i]!;
-        if (q.state === null) handed[kept++] = q;
-      }
-      for (let i = kept; i < count; i++) handed[i] = undefined;
-      count = kept;
-    }
-    handed[count] = query as unknown as Handed;
-    this.#handedCount = count + 1;
+    this.#hand(query as unknown as Handed);
     if (this.#learnTypes) {
       this.#learnTypes = false;
       // Sends it now, which is the order every caller sends in anyway.
@@ -360,6 +366,51 @@ export class Session {
       });
     }
     return query;
+  }
+
+  /**
+   * Takes a statement made through `sql` (`db.sql`) into the session's books, as `query` does
+   * with its own, so that it is settled when the session ends in a way postgres.js is not told
+   * of (see `#abandon`). Anything else (helpers, fragments' values) is ignored.
+   */
+  adopt(statement: unknown): void {
+    if (isHanded(statement)) this.#hand(new WeakRef(statement));
+  }
+
+  #hand(query: HandedEntry): void {
+    const handed = this.#handed;
+    let count = this.#handedCount;
+    // Taken statements (a `state` set by the connection) are postgres.js's to settle, and
+    // statements nobody dispatched (db.sql fragments) will never be sent: drop them now and
+    // then, in place.
+    if (count >= HANDED_COMPACT_AT) {
+      let kept = 0;
+      for (let i = 0; i < count; i++) {
+        const entry = handed[i]!;
+        const q = deref(entry);
+        if (q === undefined) continue;
+        if (q.state !== null) this.#fetchingTypes = false;
+        else if (q.executed) handed[kept++] = entry;
+      }
+      for (let i = kept; i < count; i++) handed[i] = undefined;
+      count = kept;
+    }
+    handed[count] = query;
+    this.#handedCount = count + 1;
+  }
+
+  /**
+   * Whether postgres.js may still be fetching array types. It takes no statement before they
+   * are in: one taken proves the fetch over, whether the pool or db.sql sent it (a session only
+   * db.sql used counted as fetching for good, and its statements hung when it died).
+   */
+  #stillFetchingTypes(): boolean {
+    if (!this.#fetchingTypes) return false;
+    for (let i = 0; i < this.#handedCount; i++) {
+      const q = deref(this.#handed[i]!);
+      if (q !== undefined && q.state !== null) return this.#fetchingTypes = false;
+    }
+    return true;
   }
 
   /**
@@ -414,7 +465,7 @@ export class Session {
    */
   async end(timeoutMs: number): Promise<void> {
     if (this.#abandoned) return;
-    if (this.#fetchingTypes && this.#established && this.#socket !== undefined) {
+    if (this.#established && this.#socket !== undefined && this.#stillFetchingTypes()) {
       return this.#abandon();
     }
     this.#ending = true;
@@ -489,9 +540,17 @@ export class Session {
     }
   }
 
-  /** Every statement still handed, oldest first; the list is empty afterwards. */
+  /**
+   * Every statement still handed that someone awaits, oldest first; the list is empty
+   * afterwards. One nobody dispatched (a db.sql fragment) is never sent: rejecting it would
+   * only raise an unhandled rejection.
+   */
   #takeHanded(): Handed[] {
-    const taken = this.#handed.slice(0, this.#handedCount) as Handed[];
+    const taken: Handed[] = [];
+    for (let i = 0; i < this.#handedCount; i++) {
+      const q = deref(this.#handed[i]!);
+      if (q !== undefined && q.executed) taken.push(q);
+    }
     this.#handed = [];
     this.#handedCount = 0;
     return taken;
@@ -525,7 +584,7 @@ export class Session {
       }
       if (
         (event === "close" || event === "error") &&
-        (this.#abandoned || (this.#fetchingTypes && this.#established))
+        (this.#abandoned || (this.#established && this.#stillFetchingTypes()))
       ) {
         this.#abandon();
         return true;

@@ -54,6 +54,11 @@ export interface DriverSession {
     options: StatementOptions,
   ): Promise<Rows>;
   /**
+   * Takes a statement made through `sql` (`db.sql`) into the session's books, so that it is
+   * settled however the session ends; anything that is not a statement is ignored.
+   */
+  adopt(statement: unknown): void;
+  /**
    * The error the caller should see for a statement that rejected with `err` (a driver may
    * have had to turn a failure into another on the wire; see `encoding.ts`).
    */
