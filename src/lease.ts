@@ -26,7 +26,7 @@ import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement, checkValues } from "./statement_input.ts";
 import { readToken, sendStatement, sendTokenQuery } from "./token.ts";
-import { mayOpenBlock } from "./transaction_block.ts";
+import { mayHideBlock, mayOpenBlock } from "./transaction_block.ts";
 
 const noop = () => {};
 
@@ -320,7 +320,7 @@ export class Lease {
     if (outcome === "failed") {
       if (isReadOnlyError(err)) this.group.reportFailure(conn, err);
       // A text of several statements may have opened a block before the one that failed.
-      if (text.includes(";")) this.#sent(text);
+      if (mayHideBlock(text)) this.#untracked = true;
       throw err;
     }
     // A server that refused the session: nothing ran, nothing lost. A pipelined BEGIN went
@@ -664,8 +664,7 @@ export class Lease {
       this.#tx = false;
       this.#untracked = false;
     } // A text of several statements reports its last command (or none): its BEGIN is unseen.
-    // One statement is seen by its tag, so only a text with a semicolon needs the pattern.
-    else if (text.includes(";")) this.#sent(text);
+    else if (mayHideBlock(text)) this.#untracked = true;
   }
 
   async #record(lsn: Promise<Rows>): Promise<string | undefined> {

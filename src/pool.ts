@@ -13,7 +13,7 @@ import { type PoolHooks, poolHooks } from "./hooks.ts";
 import { Listener, type ListenOptions, type Subscription } from "./listener.ts";
 import { Handler, type HandlerOptions, leaseReady } from "./handler.ts";
 import { oneShot } from "./one_shot.ts";
-import { isBareBegin, mayOpenBlock } from "./transaction_block.ts";
+import { isBareBegin, mayHideBlock } from "./transaction_block.ts";
 import type { QueryOptions, Row, Rows, ValueRows } from "./rows.ts";
 
 import { parseLsn } from "./lsn.ts";
@@ -383,10 +383,8 @@ export class Pool extends EventTarget implements AsyncDisposable {
   }
 }
 
-// Only a text of several statements can leave a block open as a one-shot (a bare BEGIN is
-// refused, AND CHAIN fails outside a block), and only a text without parameters may hold
-// several (the simple protocol): the semicolon test keeps the pattern off the common path.
+// Only a text without parameters may hold several statements (the simple protocol).
 function leavesBlock(text: string, params: readonly unknown[] | undefined): boolean {
   return (params === undefined || params.length === 0) && typeof text === "string" &&
-    text.includes(";") && mayOpenBlock(text);
+    mayHideBlock(text);
 }

@@ -50,3 +50,20 @@ export function isBareBegin(text: string): boolean {
 export function mayOpenBlock(text: string): boolean {
   return MAY_OPEN_BLOCK.test(text);
 }
+
+/**
+ * Whether `text` holds several statements and may leave a block open: the texts whose `BEGIN`
+ * a command tag hides (one statement is seen by its own tag, a bare BEGIN, and AND CHAIN fails
+ * outside a block). The semicolon test keeps the pattern off the common path.
+ *
+ * @example Only texts of several statements can hide a BEGIN
+ * ```ts
+ * import { mayHideBlock } from "./transaction_block.ts";
+ *
+ * mayHideBlock("INSERT INTO t VALUES (1); BEGIN"); // true
+ * mayHideBlock("BEGIN"); // false: its own tag says BEGIN
+ * ```
+ */
+export function mayHideBlock(text: string): boolean {
+  return text.includes(";") && MAY_OPEN_BLOCK.test(text);
+}
