@@ -79,6 +79,8 @@ export class Lease {
   #lost: SessionLostError | null = null;
   #token: string | undefined;
   #sql: Sql | undefined;
+  /** A statement was made through `sql` (see `release`). */
+  #sqlMade = false;
   #validating: Promise<ServerConnection> | null = null;
   /** Set under `leak_detection_ms`. */
   #leak: LeakWatch | undefined;
@@ -484,6 +486,9 @@ export class Lease {
       this.#cancel?.(this.#afterRelease());
       return;
     }
+    // A db.sql statement made here but first awaited after this point would be sent on
+    // whichever checkout holds the session by then: it is refused instead, unsent.
+    if (this.#sqlMade) this.#conn.session.refuseUnsent(() => this.#afterRelease());
     // A statement still in flight keeps the connection: it is checked in once it settles.
     if (this.#inflight > 0) return new Promise((resolve) => this.#drained = resolve);
     return this.#checkin();
@@ -586,6 +591,7 @@ export class Lease {
       if (this.#conn === null) throw this.#afterRelease();
       const conn = this.#usable(this.#conn);
       this.#used = true;
+      this.#sqlMade = true;
       if (!this.autocommit && !this.#tx) this.#begin(conn);
       conn.lastUsed = performance.now();
       return conn;

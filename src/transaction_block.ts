@@ -9,8 +9,7 @@
  * @module
  */
 
-/** A text that is nothing but `BEGIN` or `START TRANSACTION` (with its modes). */
-const BARE_BEGIN = /^\s*(?:begin|start\s+transaction)\b[^;]*;?\s*$/i;
+import { firstWord, isWord, singleStatement, wordEnd } from "./statement_text.ts";
 
 /**
  * A text that may leave a transaction block open. Words inside literals and PL/pgSQL bodies
@@ -27,12 +26,34 @@ const MAY_OPEN_BLOCK = /\b(?:begin|start\s+transaction|and\s+chain)\b/i;
  * import { isBareBegin } from "./transaction_block.ts";
  *
  * isBareBegin("begin isolation level serializable"); // true
+ * isBareBegin("/* query tag *\/ START TRANSACTION"); // true
  * isBareBegin("BEGIN; INSERT INTO t VALUES (1); COMMIT"); // false
  * isBareBegin("SELECT 'begin'"); // false
  * ```
  */
 export function isBareBegin(text: string): boolean {
-  return BARE_BEGIN.test(text);
+  // Checked on every pool.query(): a text starting with any other letter than b or s is done
+  // with at its first character.
+  const c = text.charCodeAt(0) | 0x20;
+  if (c >= 0x61 && c <= 0x7a && c !== 0x62 && c !== 0x73) return false;
+  return beginsBlock(text);
+}
+
+// One statement, BEGIN or START TRANSACTION, past leading blanks and comments (the server skips
+// them too: a BEGIN behind a query tag is still a BEGIN).
+function beginsBlock(text: string): boolean {
+  const start = firstWord(text, 0);
+  if (start < 0) return false;
+  let end = wordEnd(text, start);
+  if (isWord(text, start, end, "START")) {
+    const next = firstWord(text, end);
+    if (next < 0) return false;
+    end = wordEnd(text, next);
+    if (!isWord(text, next, end, "TRANSACTION")) return false;
+  } else if (!isWord(text, start, end, "BEGIN")) {
+    return false;
+  }
+  return singleStatement(text, end);
 }
 
 /**

@@ -576,6 +576,47 @@ describe("session integrity", () => {
     assert.equal(await count("released"), 0);
   });
 
+  it("16. a db.sql statement first awaited after release is refused, nothing sent", async () => {
+    // Found by an audit: postgres.js sends a statement on its first then/catch, and the handler
+    // checked only when the statement was made. A function returning `db.sql\`INSERT ...\``
+    // from a `using` scope sent the INSERT after release, on whichever checkout held the
+    // connection by then: inside its transaction, rolled back with it.
+    await using p = pool("i16", { auto: { connection_count: 1, endpoints: [0] } }, {
+      health_check_interval_ms: 0,
+    });
+    const insert = (v: string) => {
+      using db = p.handler("auto");
+      return db.sql`INSERT INTO writes (v) VALUES (${v})`;
+    };
+    const late = insert("i16-late");
+    const other = await p.acquire("auto", { autocommit: false });
+    await other.query("SELECT 1");
+    await assert.rejects(Promise.resolve(late), (err: Error) => {
+      assert.ok(err instanceof TypeError, inspect(err));
+      assert.match(err.message, /used after release/);
+      return true;
+    });
+    assert.equal(other.inTransaction, true);
+    await other.rollback();
+    other.release();
+    assert.equal(await count("i16-late"), 0, "the late statement was sent");
+    // Dispatched before release (its then called), it was queued on the session before
+    // anything the next checkout sends: it ran, and committed, first.
+    {
+      using db = p.handler("auto");
+      const q = db.sql`INSERT INTO writes (v) SELECT 'i16-early' FROM pg_sleep(0.2)`;
+      q.then(() => {}, () => {});
+    }
+    const next = await p.acquire("auto", { autocommit: false });
+    const [{ n }] = await next.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM writes WHERE v = 'i16-early'",
+    );
+    assert.equal(n, 1, "the next checkout ran before a statement dispatched ahead of it");
+    await next.rollback();
+    next.release();
+    assert.equal(await count("i16-early"), 1);
+  });
+
   it("12. probing keeps its interval when every group is prefer-replica", async () => {
     await using p = pool("i12", { read: { connection_count: 1, role: "prefer-replica" } }, {
       health_check_interval_ms: 500,

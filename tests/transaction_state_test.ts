@@ -127,6 +127,28 @@ describe("transactions opened outside the pool's own tracking", () => {
     await connectionIsClean("after-one-shot-begin");
   });
 
+  it("a one-shot BEGIN behind comments is refused too (it opened a block on the shared connection)", async () => {
+    // Found by an audit: only blanks were skipped before the keyword, so a BEGIN after a comment
+    // (a query tag, a name line) ran as a one-shot: the next one-shots on that connection were
+    // acknowledged inside its block and lost when the pool closed.
+    const texts = [
+      "/* tag */ BEGIN",
+      "-- name: open\nSTART TRANSACTION",
+      "/* outer /* nested */ still a comment */ begin isolation level serializable",
+      "\n\t-- a\n/* b */ begin;",
+    ];
+    for (const text of texts) {
+      await assert.rejects(pool.query("auto", text), (err: Error) => {
+        assert.ok(err instanceof TypeError, `${JSON.stringify(text)}: ${err}`);
+        return true;
+      });
+    }
+    await connectionIsClean("after-comment-begin");
+    // A comment that only looks like it holds a BEGIN is not a BEGIN.
+    const rows = await pool.query("auto", "/* begin /* nested */ begin */ SELECT 1 AS one");
+    assert.equal(rows[0].one, 1);
+  });
+
   it("a one-shot text that leaves a transaction open is committed as a whole, on a connection of its own", async () => {
     const text =
       "INSERT INTO txs (v) VALUES ('before'); BEGIN; INSERT INTO txs (v) VALUES ('inside')";

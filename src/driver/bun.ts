@@ -91,6 +91,30 @@ export function hasBunSql(): boolean {
 
 const noop = () => {};
 
+/** A statement made through Bun's `sql`, as far as `refuseUnsent` touches it. */
+interface BunStatement extends Promise<unknown> {
+  reject(err: unknown): void;
+  cancel(): unknown;
+}
+
+/** Statements noted at which the dispatched and collected ones are dropped (`adopt`). */
+const MADE_COMPACT_AT = 64;
+
+// Bun keeps a statement's state in a symbol-keyed field whose bit 16 says it was run (its
+// `Query.cancel()` reads the same bit). Found once, by name.
+let statusKey: symbol | null | undefined;
+
+/** Whether Bun ran `q` already; `undefined` when this Bun does not show it. */
+function dispatched(q: object): boolean | undefined {
+  if (statusKey === undefined) {
+    statusKey = Object.getOwnPropertySymbols(q).find((key) => key.description === "status") ??
+      null;
+  }
+  if (statusKey === null) return undefined;
+  const status = (q as Record<symbol, unknown>)[statusKey];
+  return typeof status === "number" ? (status & 16) !== 0 : undefined;
+}
+
 // Bun's connection-level codes, as postgres.js names the same conditions (what `sqlstate.ts`
 // and every caller already know).
 const connectionCodes: Readonly<Record<string, string>> = {
@@ -182,6 +206,8 @@ export class BunSession implements DriverSession {
   #timedOut = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #armed = false;
+  /** Statements made through `sql` during the current checkout (see `refuseUnsent`). */
+  #made: WeakRef<BunStatement>[] = [];
   /** Errors that meant the connection was lost when they arrived. */
   readonly #lost = new WeakSet<object>();
 
@@ -280,8 +306,39 @@ export class BunSession implements DriverSession {
     return err;
   }
 
-  /** Bun's `SQL` settles every statement of a connection that closed: nothing to keep. */
-  adopt(_statement: unknown): void {}
+  /**
+   * Notes a statement made through `sql` (weakly) for `refuseUnsent`. Bun's `SQL` settles every
+   * statement of a connection that closed itself: nothing else to keep.
+   */
+  adopt(statement: unknown): void {
+    if (!(statement instanceof Promise)) return;
+    let made = this.#made;
+    if (made.length >= MADE_COMPACT_AT) {
+      made = this.#made = made.filter((ref) => {
+        const q = ref.deref();
+        return q !== undefined && dispatched(q) === false;
+      });
+    }
+    made.push(new WeakRef(statement as BunStatement));
+  }
+
+  /**
+   * The checkout that made statements through `sql` is over: each of them not dispatched yet
+   * (Bun's `SQL` runs a statement on its first then/execute) is cancelled, so that it rejects
+   * with `reason()` when it is, unsent. Where Bun no longer shows whether a statement ran, none
+   * is touched: cancelling one that runs would abort it.
+   */
+  refuseUnsent(reason: () => Error): void {
+    for (const ref of this.#made) {
+      const q = ref.deref();
+      if (q === undefined || dispatched(q) !== false) continue;
+      const reject = q.reject;
+      // A cancelled statement rejects through its own reject when it is run: with our reason.
+      q.reject = (_cancelled: unknown) => reject.call(q, reason());
+      q.cancel();
+    }
+    this.#made = [];
+  }
 
   /** Bun's `SQL` keeps the status of its answers to itself: unknown. */
   inBlock(): boolean | undefined {

@@ -117,7 +117,9 @@ interface Handed {
    */
   readonly state: unknown;
   /** Set on the first then/catch: a query nobody awaited is never sent (and never settled). */
-  readonly executed: boolean;
+  executed: boolean;
+  /** What postgres.js calls a tick after the first then/catch, to send the query. */
+  handler: (query: Handed) => void;
   reject(err: unknown): void;
 }
 
@@ -377,12 +379,26 @@ export class Session {
     if (isHanded(statement)) this.#hand(new WeakRef(statement));
   }
 
+  /**
+   * The checkout that made statements through `sql` is over: each of them not dispatched yet
+   * (postgres.js sends a statement on its first then/catch, a tick later) is refused with
+   * `reason` when it is, unsent, instead of running on whichever checkout holds the session by
+   * then. Dispatched ones were queued on the socket before anything sent after this.
+   */
+  refuseUnsent(reason: () => Error): void {
+    const handed = this.#handed;
+    for (let i = 0; i < this.#handedCount; i++) {
+      const q = deref(handed[i]!);
+      if (q !== undefined && !q.executed) q.handler = (query) => query.reject(reason());
+    }
+  }
+
   #hand(query: HandedEntry): void {
     const handed = this.#handed;
     let count = this.#handedCount;
-    // Taken statements (a `state` set by the connection) are postgres.js's to settle, and
-    // statements nobody dispatched (db.sql fragments) will never be sent: drop them now and
-    // then, in place.
+    // Taken statements (a `state` set by the connection) are postgres.js's to settle: drop
+    // them now and then, in place. Statements nobody dispatched yet stay (weakly) until the
+    // checkout that made them ends (see `refuseUnsent`).
     if (count >= HANDED_COMPACT_AT) {
       let kept = 0;
       for (let i = 0; i < count; i++) {
@@ -390,7 +406,7 @@ export class Session {
         const q = deref(entry);
         if (q === undefined) continue;
         if (q.state !== null) this.#fetchingTypes = false;
-        else if (q.executed) handed[kept++] = entry;
+        else handed[kept++] = entry;
       }
       for (let i = kept; i < count; i++) handed[i] = undefined;
       count = kept;

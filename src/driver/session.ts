@@ -59,6 +59,11 @@ export interface DriverSession {
    */
   adopt(statement: unknown): void;
   /**
+   * The checkout that made statements through `sql` has ended: any of them first dispatched
+   * (awaited, `then`, `execute`) from now on rejects with `reason()`, unsent.
+   */
+  refuseUnsent(reason: () => Error): void;
+  /**
    * The error the caller should see for a statement that rejected with `err` (a driver may
    * have had to turn a failure into another on the wire; see `encoding.ts`).
    */

@@ -19,6 +19,8 @@
  * @module
  */
 
+import { firstWord, isWord, singleStatement, wordEnd } from "../statement_text.ts";
+
 /**
  * FATAL SQLSTATEs after which the server ran nothing more on the session: an administrator
  * terminated it (57P01) or it could not start (57P03). 57P02 (crash of another backend) is not
@@ -78,49 +80,9 @@ export function unrunWhenTerminated(code: string | undefined, text: string): boo
   if (!uncommitting.has(word)) return false;
   if (word === "ROLLBACK") {
     const next = firstWord(text, end);
-    if (next >= 0 && text.slice(next, wordEnd(text, next)).toUpperCase() === "PREPARED") {
+    if (next >= 0 && isWord(text, next, wordEnd(text, next), "PREPARED")) {
       return false;
     }
   }
   return singleStatement(text, end);
-}
-
-// Index of the first word at or after `from`, past blanks, comments and opening parentheses;
-// -1 when there is none (or a comment never ends).
-function firstWord(text: string, from: number): number {
-  let i = from;
-  while (i < text.length) {
-    const c = text.charCodeAt(i);
-    if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d || c === 0x0c || c === 0x28) {
-      i++;
-    } else if (c === 0x2d && text.charCodeAt(i + 1) === 0x2d) { // --
-      const eol = text.indexOf("\n", i);
-      if (eol < 0) return -1;
-      i = eol + 1;
-    } else if (c === 0x2f && text.charCodeAt(i + 1) === 0x2a) { // /*
-      const close = text.indexOf("*/", i + 2);
-      if (close < 0) return -1;
-      i = close + 2;
-    } else {
-      return isLetter(c) ? i : -1;
-    }
-  }
-  return -1;
-}
-
-function wordEnd(text: string, from: number): number {
-  let i = from;
-  while (i < text.length && isLetter(text.charCodeAt(i))) i++;
-  return i;
-}
-
-function isLetter(c: number): boolean {
-  return (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c === 0x5f;
-}
-
-// No second statement: every `;` is followed only by blanks and `;`. A `;` inside a literal or
-// a comment counts as a separator too: that only ever errs towards "unknown".
-function singleStatement(text: string, from: number): boolean {
-  const semicolon = text.indexOf(";", from);
-  return semicolon < 0 || /^[\s;]*$/.test(text.slice(semicolon + 1));
 }
