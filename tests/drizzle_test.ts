@@ -137,6 +137,15 @@ describe("routing", () => {
     assert.deepEqual(await db.with(cte).select({ port }).from(cte).limit(1), [
       { port: replicaPort },
     ]);
+    // A select over a data-modifying CTE writes: group, like any write (found by an audit: it
+    // went to the read group, failing on a replica, unrecorded for read-your-writes).
+    const added = db.$with("added").as(
+      db.insert(items).values({ name: "cte-ink" }).returning({ id: items.id }),
+    );
+    assert.deepEqual(await db.with(added).select({ port, standby }).from(added), [
+      { port: primaryPort, standby: false },
+    ]);
+    await db.delete(items).where(eq(items.name, "cte-ink"));
     // Writes: insert, update, delete (also after with()), execute.
     const [ins] = await db.insert(items).values({ name: "ink" }).returning({ port, standby });
     assert.deepEqual(ins, { port: primaryPort, standby: false });

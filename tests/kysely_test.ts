@@ -10,7 +10,13 @@ import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { pauseReplay, resumeReplay } from "./harness/faults.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
-import { Pool, PoolClosedError, type PoolConfig, TransactionAbortedError } from "../mod.ts";
+import {
+  Pool,
+  PoolClosedError,
+  type PoolConfig,
+  SessionLostError,
+  TransactionAbortedError,
+} from "../mod.ts";
 import { PgdbpoolDialect } from "../kysely.ts";
 import { poolHooks } from "../src/hooks.ts";
 
@@ -154,6 +160,69 @@ describe("routing", () => {
 });
 
 describe("transactions", () => {
+  it("on one db.connection(), statements after a transaction commit on their own, same session", async () => {
+    // Found by an audit: the transaction took a checkout that opens a transaction with every
+    // first statement, and the connection kept it: the write after the transaction was
+    // acknowledged inside a new transaction that release rolled back.
+    await using p = pool();
+    const db = kysely(p);
+    const [before, after] = await db.connection().execute(async (c) => {
+      await c.transaction().execute(async (trx) => {
+        await trx.insertInto("notes").values({ body: "conn-tx", owner: 9 }).execute();
+      });
+      const a = await c.selectNoFrom([pid]).executeTakeFirstOrThrow();
+      const r = await c.insertInto("notes").values({ body: "conn-after", owner: 9 })
+        .executeTakeFirstOrThrow();
+      assert.equal(r.numInsertedOrUpdatedRows, 1n);
+      const open = await sql<{ xid: string | null }>`SELECT txid_current_if_assigned()::text AS xid`
+        .execute(c);
+      assert.equal(open.rows[0].xid, null, "a statement after the transaction is inside another");
+      // A transaction that rolls back, then a write: committed too.
+      await c.transaction().execute(async (trx) => {
+        await trx.insertInto("notes").values({ body: "conn-rolled-back", owner: 9 }).execute();
+        await sql`SELECT 1/0`.execute(trx);
+      }).catch(() => {});
+      await c.insertInto("notes").values({ body: "conn-after-rollback", owner: 9 }).execute();
+      const b = await c.selectNoFrom([pid]).executeTakeFirstOrThrow();
+      return [a, b];
+    });
+    assert.equal(before.pid, after.pid, "the connection changed sessions");
+    const bodies = (await p.query("write", "SELECT body FROM notes WHERE owner = 9 ORDER BY body"))
+      .map((r) => r.body);
+    assert.deepEqual(bodies, ["conn-after", "conn-after-rollback", "conn-tx"]);
+    await p.query("write", "DELETE FROM notes WHERE owner = 9");
+  });
+
+  it("a transaction lost with its session does not move db.connection() to another", async () => {
+    // Found by an audit: Kysely rolls back after a failed transaction, and the pool's rollback
+    // of a lost checkout is the explicit way to a new session: the connection went on, without
+    // a word, on a backend without its advisory lock.
+    await using p = pool();
+    const db = kysely(p);
+    const outcome = await db.connection().execute(async (c) => {
+      const first = await sql<{ pid: number }>`
+        SELECT pg_backend_pid() AS pid, pg_try_advisory_lock(4242) AS locked`.execute(c);
+      const backend = first.rows[0].pid;
+      const lost = await c.transaction().execute(async (trx) => {
+        await sql`SELECT 1`.execute(trx);
+        await cluster.primary.query("SELECT pg_terminate_backend($1)", [backend]);
+        await waitFor(async () =>
+          (await cluster.primary.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", [backend]))
+            .length === 0
+        );
+        await sql`SELECT 2`.execute(trx);
+      }).then(() => undefined, (err: Error) => err);
+      const later = await sql`SELECT pg_backend_pid() AS pid`.execute(c).then(
+        (r) => r.rows[0],
+        (err: Error) => err,
+      );
+      return { lost, later };
+    });
+    assert.equal(outcome.lost?.name, "TransactionLostError", String(outcome.lost));
+    assert.ok(outcome.later instanceof Error, `went on with ${JSON.stringify(outcome.later)}`);
+    assert.ok(outcome.later instanceof SessionLostError, String(outcome.later));
+  });
+
   it("run on one session of group, commit, and roll back on a throw", async () => {
     await using p = pool();
     const db = kysely(p, { read: "read" });

@@ -11,6 +11,7 @@
 import { type Handler, Pool, type Rows, type ValueRows } from "../../mod.ts";
 import { parseLsn } from "../lsn.ts";
 import { quote } from "../quote.ts";
+import { mayWrite } from "../token.ts";
 
 /** The routing part of an integration's options, as the user gives it. */
 export interface RouterOptions {
@@ -137,6 +138,9 @@ export class Router {
     arrays: boolean,
     group: string = this.read,
   ): Promise<Rows | ValueRows> {
+    // A read that writes (a SELECT over a data-modifying CTE, `db.with(insert).select()`) is a
+    // write: the read group may be replicas, and its token must be recorded.
+    if (mayWrite(text)) return await this.runWrite(text, params, arrays);
     const rowMode = arrays ? "array" : "object";
     if (this.#token === undefined || group !== this.read) {
       return await this.pool.query(group, text, params, { rowMode });

@@ -14,7 +14,7 @@ import {
   type DatabaseConnection,
   type QueryResult,
 } from "kysely";
-import { type Handler, type Rows, TransactionAbortedError } from "../../mod.ts";
+import { type Handler, type Rows, SessionLostError, TransactionAbortedError } from "../../mod.ts";
 import type { Router } from "../integration/router.ts";
 import {
   setTransactionSql,
@@ -39,6 +39,17 @@ export class PgdbpoolConnection implements DatabaseConnection {
   readonly #router: Router;
   readonly #signal: AbortSignal | undefined;
   #db: Handler | undefined;
+  /**
+   * `#db` was taken by `begin()`: a checkout whose every first statement opens a transaction
+   * (BEGIN pipelined with it). Outside Kysely's transactions its statements commit one by one.
+   */
+  #opensTransactions = false;
+  /**
+   * The session of `#db` was lost: the checkout refuses everything from now on. Kysely's own
+   * rollback after the failure must not end that (the pool's rollback of a lost checkout is
+   * the explicit way to a new session, and `db.connection()` is one session).
+   */
+  #lost = false;
   /** Kysely began a transaction on this connection that is not finished yet. */
   #transaction = false;
   /** Cursor names in use by streams open on this connection. */
@@ -52,8 +63,18 @@ export class PgdbpoolConnection implements DatabaseConnection {
   /** Runs one statement on this connection's checkout (taken now if it has none). */
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
     const db = this.#db ?? this.#take(isRead(compiledQuery.query));
-    const rows = await db.query(compiledQuery.sql, compiledQuery.parameters);
-    if (!this.#transaction) this.#router.record(db.token);
+    const alone = !this.#transaction && this.#opensTransactions;
+    let rows: Rows;
+    try {
+      rows = await db.query(compiledQuery.sql, compiledQuery.parameters);
+      // After a transaction on this connection: the statement opened one; it commits alone.
+      if (alone) this.#router.record(await db.commit());
+    } catch (err) {
+      this.#noteLoss(err);
+      if (alone && !this.#lost) await db.rollback();
+      throw err;
+    }
+    if (!this.#transaction && !alone) this.#router.record(db.token);
     return resultOf<R>(rows);
   }
 
@@ -85,7 +106,8 @@ export class PgdbpoolConnection implements DatabaseConnection {
     let failed = false;
     let done = false;
     try {
-      if (own) await db.query("BEGIN");
+      // A checkout that opens transactions by itself opens this one with the DECLARE.
+      if (own && !this.#opensTransactions) await db.query("BEGIN");
       await db.query(
         `DECLARE ${cursor} NO SCROLL CURSOR FOR ${compiledQuery.sql}`,
         compiledQuery.parameters,
@@ -99,12 +121,13 @@ export class PgdbpoolConnection implements DatabaseConnection {
       done = true;
     } catch (err) {
       failed = true;
+      this.#noteLoss(err);
       throw err;
     } finally {
       this.#cursors.delete(cursor);
       if (own) {
-        if (done) this.#router.record(await db.commit());
-        else await db.rollback();
+        if (done) this.#router.record(await this.#noting(db.commit()));
+        else if (!this.#lost) await db.rollback();
       } else if (!failed) {
         // Left early inside a transaction: the cursor goes, the transaction stays.
         await db.query(`CLOSE ${cursor}`);
@@ -121,13 +144,20 @@ export class PgdbpoolConnection implements DatabaseConnection {
     const set = setTransactionSql(settings, "Kysely transaction");
     if (this.#db === undefined) {
       this.#db = this.#router.transactionHandler(this.#signal);
+      this.#opensTransactions = true;
       this.#transaction = true;
-      if (set !== undefined) await this.#db.query(set);
+      if (set !== undefined) await this.#noting(this.#db.query(set));
       return;
     }
     this.#transaction = true;
-    await this.#db.query(
-      set === undefined ? "BEGIN" : `BEGIN ${set.slice("SET TRANSACTION ".length)}`,
+    const db = this.#db;
+    if (this.#opensTransactions) {
+      // Its next statement opens the transaction; settings go first, as its first statement.
+      if (set !== undefined) await this.#noting(db.query(set));
+      return;
+    }
+    await this.#noting(
+      db.query(set === undefined ? "BEGIN" : `BEGIN ${set.slice("SET TRANSACTION ".length)}`),
     );
   }
 
@@ -142,23 +172,24 @@ export class PgdbpoolConnection implements DatabaseConnection {
     try {
       token = await db.commit();
     } catch (err) {
+      this.#noteLoss(err);
       if (err instanceof TransactionAbortedError) throw new AbortedTransactionError({ cause: err });
       throw err;
     }
     this.#router.record(token);
   }
 
-  /** Rolls the transaction back. */
+  /** Rolls the transaction back; one lost with its session is gone already. */
   async rollback(): Promise<void> {
     const db = this.#checkedOut("rollback");
     this.#transaction = false;
-    await db.rollback();
+    if (!this.#lost) await this.#noting(db.rollback());
   }
 
   /** Runs a savepoint statement (Kysely compiled it, with the name quoted). */
   async savepoint(compiledQuery: CompiledQuery): Promise<void> {
     const db = this.#checkedOut("savepoint");
-    await db.query(compiledQuery.sql, compiledQuery.parameters);
+    await this.#noting(db.query(compiledQuery.sql, compiledQuery.parameters));
   }
 
   /** Gives the checkout back (rolling back whatever is still open). */
@@ -166,6 +197,8 @@ export class PgdbpoolConnection implements DatabaseConnection {
     const db = this.#db;
     this.#db = undefined;
     this.#transaction = false;
+    this.#opensTransactions = false;
+    this.#lost = false;
     if (db === undefined) return;
     await db[Symbol.asyncDispose]();
   }
@@ -176,6 +209,19 @@ export class PgdbpoolConnection implements DatabaseConnection {
       : this.#router.writeHandler(this.#signal);
     this.#db = db;
     return db;
+  }
+
+  #noteLoss(err: unknown): void {
+    if (err instanceof SessionLostError) this.#lost = true;
+  }
+
+  async #noting<T>(work: Promise<T>): Promise<T> {
+    try {
+      return await work;
+    } catch (err) {
+      this.#noteLoss(err);
+      throw err;
+    }
   }
 
   #checkedOut(what: string): Handler {
