@@ -107,6 +107,11 @@ export class Endpoint {
   lsn: bigint | undefined;
   /** Replication lag at the last probe, in milliseconds (0 for a primary). */
   lagMs = 0;
+  /**
+   * `lagMs` was measured in the current role. A replica known only from a session's start-up
+   * parameters has no measured lag: a group with `max_replica_lag_ms` waits for a probe.
+   */
+  lagKnown = false;
   /** Smoothed probe round trip, in milliseconds. */
   latencyMs: number | undefined;
   /** When this endpoint was last seen to become primary (a promotion), for split-brain ties. */

@@ -234,7 +234,7 @@ export class Group {
     const lagging = member.lagging
       ? !member.active && e.state === "up" && e.role === "replica"
       : !member.active && limit !== undefined && this.settings.role !== "primary" &&
-        e.state === "up" && e.role === "replica" && e.lagMs > limit;
+        e.state === "up" && e.role === "replica" && e.lagKnown && e.lagMs > limit;
     if (lagging === member.lagging) return;
     member.lagging = lagging;
     // Leaving the group for another reason (down, promoted) is not catching up.

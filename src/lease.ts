@@ -100,14 +100,16 @@ export class Lease {
   #drained: (() => void) | undefined;
   /**
    * Read-your-writes: the server was chosen because it has replayed the token, so a
-   * replacement connection goes to the same server, never to one picked by routing.
+   * replacement connection goes to the same server, never to one picked by routing. Not in a
+   * primary group: any primary it routes to has the write, and pinning would keep a checkout
+   * taken before a promotion on the superseded server.
    */
   readonly #pinned: boolean;
 
   constructor(group: Group, options: ResolvedHandlerOptions) {
     this.group = group;
     this.autocommit = options.autocommit ?? group.settings.autocommit;
-    this.#pinned = options.after !== undefined;
+    this.#pinned = options.after !== undefined && group.settings.role !== "primary";
     const conn = options.after === undefined ? group.tryCheckout() : null;
     this.#conn = conn;
     if (conn !== null) {

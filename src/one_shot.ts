@@ -135,13 +135,15 @@ async function revalidate(group: Group, conn: ServerConnection): Promise<ServerC
     try {
       await conn.ping(conn.endpoint.connectTimeoutS * 1000);
       conn.lastUsed = performance.now();
-      return conn;
+      // The ping's answer may have taken the server out of the group's routing (a promotion
+      // seen in its parameters): nothing is sent yet, so the statement goes where routing says.
+      if (conn.member.active || !group.routable) return conn;
     } catch (err) {
       group.reportFailure(conn, err);
       conn.end(0);
     }
   }
-  // The hold is given up (the dead connection is discarded when its last user leaves) and a
+  // The hold is given up (a dead connection is discarded when its last user leaves) and a
   // connection is taken afresh.
   group.checkin(conn, false);
   const next = hold(group);

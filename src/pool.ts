@@ -73,6 +73,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
         for (const group of this.#groups.values()) if (group.wantsPrimary) return true;
         return false;
       },
+      lagLimited: resolved.groups.some((g) => g.maxReplicaLagMs !== undefined),
     }, this);
     const context: GroupContext = {
       threaded: resolved.threaded,

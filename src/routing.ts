@@ -18,7 +18,7 @@ export function route(
   primary: Endpoint | undefined,
 ): Endpoint[] {
   const lagOk = (e: Endpoint) =>
-    group.maxReplicaLagMs === undefined || e.lagMs <= group.maxReplicaLagMs;
+    group.maxReplicaLagMs === undefined || (e.lagKnown && e.lagMs <= group.maxReplicaLagMs);
   const replicas = () =>
     candidates.filter((e) => e.state === "up" && e.role === "replica" && lagOk(e));
   const primaryOnly = () => primary !== undefined && candidates.includes(primary) ? [primary] : [];

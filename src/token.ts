@@ -84,7 +84,9 @@ export function sendStatement(
   try {
     const endpoint = conn.endpoint;
     const options = endpoint.statementOptions(text, params, arrays);
-    if (autocommit && endpoint.role === "primary" && mayWrite(text)) {
+    // An unknown role (no session has reached the server yet) may be the primary's: the token
+    // query answers NULL on a replica.
+    if (autocommit && endpoint.role !== "replica" && mayWrite(text)) {
       return sendWrite(conn, text, params, options);
     }
     return { sent: conn.session.query(text, params, options) as Promise<Rows>, lsn: undefined };

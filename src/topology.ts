@@ -60,6 +60,11 @@ export interface TopologyOptions {
   readonly probeTimeoutMs: number;
   /** Whether some group needs a primary and has none routable (then probing runs faster). */
   readonly primaryWanted: () => boolean;
+  /**
+   * Some group routes by `max_replica_lag_ms`: a replica known from a session's start-up is
+   * probed at once for its lag (else nothing needs it, and an edge pool would pay a session).
+   */
+  readonly lagLimited: boolean;
 }
 
 const PROBE = { prepare: false };
@@ -224,6 +229,7 @@ export class Topology {
     // Up first, then what it came back as: listeners see the events in that order.
     const cameUp = this.#markUp(endpoint);
     const changed = this.observeRole(endpoint, row.recovery ? "replica" : "primary", false);
+    endpoint.lagKnown = true;
     const timeline = row.recovery ? undefined : timelineOf(row.walfile);
     const newTimeline = timeline !== endpoint.timeline;
     endpoint.timeline = timeline;
@@ -311,8 +317,11 @@ export class Topology {
     const from = endpoint.role;
     if (from === role) return false;
     endpoint.role = role;
-    // A timeline belongs to the role it was read in (a start-up parameter tells no timeline).
+    // A timeline belongs to the role it was read in (a start-up parameter tells no timeline),
+    // and so does lag: a replica's is measured by its next probe, asked for now when the role
+    // came from a session (routing with max_replica_lag_ms skips it until then).
     endpoint.timeline = undefined;
+    endpoint.lagKnown = false;
     if (role === "primary" && from === "replica") {
       endpoint.promotedAt = performance.now();
       // WAL positions of the old timeline say nothing about the new one.
@@ -321,7 +330,10 @@ export class Topology {
     this.#events.dispatchEvent(
       poolEvent("rolechange", { endpoint: endpoint.info, from, to: role }),
     );
-    if (notify) this.#changed();
+    if (notify) {
+      this.#changed();
+      if (role === "replica" && this.#options.lagLimited) this.probe(endpoint).catch(() => {});
+    }
     return true;
   }
 

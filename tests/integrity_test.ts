@@ -276,6 +276,7 @@ describe("session integrity", () => {
         backoffMaxMs: 60_000,
         probeTimeoutMs: 2000,
         primaryWanted: () => false,
+        lagLimited: false,
       }, new EventTarget());
       try {
         for (let flap = 1; flap <= 4; flap++) {
