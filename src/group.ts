@@ -324,12 +324,16 @@ export class Group {
   tryShare(): ServerConnection | null {
     if (this.#sem.waiting > 0 || this.#seats.length > 0) return null;
     let best: ServerConnection | null = null;
+    let now = 0;
     for (const conn of this.#shared) {
       // Routing holds here too: never join a connection to a server the group left.
       if (
         !conn.dead && conn.member.active && conn.users < MAX_PIPELINE &&
         (best === null || conn.users < best.users)
       ) {
+        // Nor one past its lifetime: under steady load it would never drain and retire. The
+        // clock is read only when a lifetime is set.
+        if (conn.retireAt !== Infinity && (now ||= performance.now()) > conn.retireAt) continue;
         best = conn;
       }
     }

@@ -503,6 +503,37 @@ describe("session integrity", () => {
     );
   });
 
+  it("11b. max_lifetime_ms retires connections that one-shots keep busy without a pause", async () => {
+    // A connection one-shots share is joined by the next one-shot while its pipeline is busy:
+    // under steady load it never went idle, and lived on past max_lifetime_ms for good.
+    await using p = pool("i11b", {
+      life: { connection_count: 2, max_lifetime_ms: 300, endpoints: [0] },
+    });
+    const seen = new Map<number, number>(); // pid -> last time seen
+    const started = performance.now();
+    let stop = false;
+    const load = Array.from({ length: 8 }, async () => {
+      while (!stop) {
+        const [{ pid }] = await p.query<{ pid: number }>(
+          "life",
+          "SELECT pg_backend_pid() AS pid, pg_sleep(0.005)",
+        );
+        seen.set(pid, performance.now() - started);
+      }
+    });
+    try {
+      await waitFor(() => performance.now() - started > 2500, { timeoutMs: 10_000 });
+    } finally {
+      stop = true;
+      await Promise.all(load);
+    }
+    const lastSeen = [...seen.values()].sort((a, b) => a - b);
+    // Every connection is retired within its lifetime (300 ms at most) once a statement ends
+    // past it: none is still in use 2 s later.
+    assert.ok(seen.size > 2, `only ${seen.size} sessions served 2.5 s of load`);
+    assert.ok(lastSeen[0] < 1500, `a session served statements until ${lastSeen[0]} ms`);
+  });
+
   it("array types are learnt once per server and used by every later connection", async () => {
     await using p = pool("types", { g: { connection_count: 3, endpoints: [0] } });
     const held = [p.handler("g"), p.handler("g"), p.handler("g")];
