@@ -513,7 +513,9 @@ export class Group {
     try {
       if (this.closing) throw new PoolClosedError();
       if (this.#members.length === 0) await this.#findEndpoint(signal, started, limitMs);
-      const conn = after === undefined ? this.#take() : await this.#takeAfter(after, signal);
+      const conn = after === undefined
+        ? this.#take()
+        : await this.#takeAfter(after, signal, started, limitMs);
       return this.#checkedOut(conn, started);
     } catch (err) {
       this.#sem.release();
@@ -582,9 +584,17 @@ export class Group {
    * Read-your-writes: a replica member that has replayed `lsn`, polling replay positions until
    * `read_your_writes_timeout_ms`; then the primary, which always has it.
    */
-  async #takeAfter(lsn: bigint, signal: AbortSignal | undefined): Promise<ServerConnection> {
+  async #takeAfter(
+    lsn: bigint,
+    signal: AbortSignal | undefined,
+    started: number,
+    limitMs: number | undefined,
+  ): Promise<ServerConnection> {
     const topology = this.context.topology;
-    const until = performance.now() + this.settings.readYourWritesTimeoutMs;
+    // Replicas get read_your_writes_timeout_ms to have the write, never more than the checkout
+    // has left of its own deadline: then the primary, which has it.
+    let until = performance.now() + this.settings.readYourWritesTimeoutMs;
+    if (limitMs !== undefined && started >= 0) until = Math.min(until, started + limitMs);
     for (;;) {
       const replicas = this.#members.filter((m) => m.endpoint.role === "replica");
       const n = replicas.length;

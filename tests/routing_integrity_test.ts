@@ -78,6 +78,42 @@ describe("routing while the pool learns", () => {
     }
   });
 
+  it("a read-your-writes checkout keeps its own timeout_ms while replicas lag", async () => {
+    // The wait for a replica that has the token ran for read_your_writes_timeout_ms whatever
+    // the checkout's own deadline: a checkout with timeout_ms 300 took 3 s.
+    const endpoints = cluster.endpoints();
+    const lagging = cluster.replicas[1];
+    await using p = new Pool({
+      db: [endpoints[0], endpoints.find((e) => e.port === lagging.port)!],
+      groups: { app: { connection_count: 2, read_your_writes_timeout_ms: 3000 } },
+      application_name: "ri-ryw-deadline",
+    });
+    await p.refresh();
+    await pauseReplay(lagging);
+    try {
+      await p.query("app", "INSERT INTO routed (v) VALUES ('ryw')");
+      const token = p.token!;
+      const started = performance.now();
+      await using db = await p.acquire("app", { after: token, timeout_ms: 300 });
+      const waited = performance.now() - started;
+      assert.ok(waited < 1500, `the checkout took ${Math.round(waited)} ms`);
+      const [{ seen }] = await db.query<{ seen: number }>(
+        "SELECT count(*)::int AS seen FROM routed WHERE v = 'ryw'",
+      );
+      assert.equal(seen, 1, "read-your-writes read without the write");
+      // An abort ends the wait too.
+      const abortStarted = performance.now();
+      await assert.rejects(
+        p.acquire("app", { after: token, signal: AbortSignal.timeout(200) }),
+        { name: "TimeoutError" },
+      );
+      assert.ok(performance.now() - abortStarted < 1500);
+    } finally {
+      await resumeReplay(lagging);
+      await cluster.waitForReplication();
+    }
+  });
+
   it("the first autocommit write of a fresh pool gets its read-your-writes token", async () => {
     // The role was unknown before the first session: the token query was left out.
     await using p = new Pool({
