@@ -22,19 +22,20 @@ const GRACE_MS = 50;
 /**
  * Rejects with an `ETIMEDOUT` error when `promise` has not settled after `ms`, counting only
  * time in which this process could have seen it settle: a deadline whose timer fires late
- * (the event loop was stalled) is re-armed for a short grace, so that an answer waiting unread
- * is read first.
+ * (the event loop was stalled) is re-armed once for a short grace, so that an answer waiting
+ * unread is read first. Once: the loop has turned by the time the grace ends, and stalls that
+ * never stop must not stretch the deadline for good.
  */
 export function withDeadline<T>(promise: PromiseLike<T>, ms: number): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   return Promise.race([
     promise,
     new Promise<never>((_, reject) => {
-      let due = performance.now() + ms;
+      const due = performance.now() + ms;
+      let graced = false;
       const fire = () => {
-        const now = performance.now();
-        if (now - due > STALL_MS) {
-          due = now + GRACE_MS;
+        if (!graced && performance.now() - due > STALL_MS) {
+          graced = true;
           timer = setTimeout(fire, GRACE_MS);
           return;
         }
