@@ -68,11 +68,10 @@ export interface EndpointInfo {
   readonly index: number;
 }
 
-const sslOption: Record<SslMode, DriverSsl> = {
+const sslOption: Record<Exclude<SslMode, "verify-full">, DriverSsl> = {
   "disable": false,
   "prefer": "prefer",
   "require": "require",
-  "verify-full": "verify-full",
 };
 
 /** A server of the pool. Shared by every group that lists it. */
@@ -177,9 +176,10 @@ export class Endpoint {
 
   #ssl(): DriverSsl {
     const s = this.#settings;
-    return s.ssl === "verify-full" && s.sslRootCert !== undefined
-      ? { ca: s.sslRootCert, rejectUnauthorized: true }
-      : sslOption[s.ssl];
+    if (s.ssl !== "verify-full") return sslOption[s.ssl];
+    return s.sslRootCert === undefined
+      ? { rejectUnauthorized: true, host: s.host }
+      : { ca: s.sslRootCert, rejectUnauthorized: true, host: s.host };
   }
 
   /** Seconds allowed to connect. */

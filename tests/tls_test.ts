@@ -2,7 +2,12 @@
 // The server accepts both TLS and plain TCP, so each mode's choice is visible in pg_stat_ssl.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { TLSSocket } from "node:tls";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
@@ -114,5 +119,81 @@ describe("TLS modes", () => {
       timeoutMs: 10_000,
       message: `no connection with application_name ${APP}`,
     });
+  });
+});
+
+// A server whose certificate names only its IP address, or only `localhost`, reached by its IP:
+// "verify-full" must check the address dialled. On Deno, postgres.js left the TLS server name
+// unset for an IP host and the socket the driver opens carries no host for Node's TLS to fall
+// back on, so the certificate was checked against "localhost": the right certificate was
+// refused and one for localhost accepted for any address (found by an audit).
+describe('"verify-full" checks the address dialled', () => {
+  /** A self-signed certificate with one subjectAltName, made with openssl. */
+  function certificate(altName: string): { cert: string; key: string } {
+    const dir = mkdtempSync(join(tmpdir(), "pgdbpool-tls-"));
+    try {
+      // deno-fmt-ignore
+      execFileSync("openssl", [
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=only-san",
+        "-addext", `subjectAltName=${altName}`, "-keyout", join(dir, "k"), "-out", join(dir, "c"),
+      ], { stdio: "ignore" });
+      return {
+        cert: readFileSync(join(dir, "c"), "utf8"),
+        key: readFileSync(join(dir, "k"), "utf8"),
+      };
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Whether a pool with "verify-full" on 127.0.0.1 goes on to send its start-up message over
+   * TLS to a server presenting `cert` (a stand-in that answers the SSL request and stops there).
+   */
+  async function accepts(cert: { cert: string; key: string }): Promise<boolean> {
+    let startups = 0;
+    const server = createServer((socket) => {
+      socket.on("error", () => {});
+      socket.once("data", () => {
+        socket.write("S");
+        const secure = new TLSSocket(socket, { isServer: true, key: cert.key, cert: cert.cert });
+        secure.on("error", () => {});
+        secure.on("data", () => {
+          startups++;
+          secure.destroy();
+        });
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const { port } = server.address() as AddressInfo;
+    const pool = new Pool({
+      db: {
+        host: "127.0.0.1",
+        port,
+        name: "x",
+        user: "u",
+        pass: "not-used",
+        ssl: "verify-full",
+        ssl_root_cert: cert.cert,
+        connect_timeout: 3,
+      },
+      groups: { g: { connection_count: 1, acquire_timeout_ms: 4000 } },
+      health_check_interval_ms: 0,
+    });
+    try {
+      await pool.query("g", "SELECT 1").catch(() => {});
+    } finally {
+      await pool.close();
+      server.close();
+    }
+    return startups > 0;
+  }
+
+  it("accepts a certificate that names the IP address only", async () => {
+    assert.equal(await accepts(certificate("IP:127.0.0.1")), true);
+  });
+
+  it("refuses a certificate for localhost only, when the IP address was dialled", async () => {
+    assert.equal(await accepts(certificate("DNS:localhost")), false);
   });
 });

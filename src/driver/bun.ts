@@ -167,6 +167,8 @@ function isFatal(err: unknown): boolean {
 function tlsOptions(ssl: DriverSsl): Record<string, unknown> {
   if (ssl === false) return { tls: false };
   if (typeof ssl === "string") return { tls: ssl };
+  // Bun checks the address it dialled itself.
+  if (ssl.ca === undefined) return { tls: "verify-full" };
   return { tls: { ca: ssl.ca, rejectUnauthorized: true }, ssl: "verify-full" };
 }
 

@@ -25,8 +25,13 @@ export type DriverSsl =
   | false
   | "prefer"
   | "require"
-  | "verify-full"
-  | { ca: string; rejectUnauthorized: true };
+  /**
+   * `verify-full`: the chain (against `ca` when given, else the system's roots) and `host`, the
+   * address dialled. postgres.js names no TLS server for an IP address, and Node's TLS then
+   * checks the socket's host, which a socket opened by the driver lacks on Deno ("localhost"
+   * was checked instead): the host is always passed.
+   */
+  | { ca?: string; rejectUnauthorized: true; host: string };
 
 /** Everything needed to open one session. */
 export interface SessionOptions {
