@@ -284,6 +284,60 @@ describe("config validation", () => {
     }
   });
 
+  it("keeps the password out of errors about text that is not a URL or not a host", () => {
+    // Found by an audit: the whole config given as a URL, a libpq keyword string in db, a URL
+    // whose password reads as a port, and a URL given as host were quoted as they were.
+    const cases: Array<[config: unknown, path: string, fragment: string]> = [
+      [`postgres://app:${secret}@db.internal:5432/app`, "config", "db: <url>"],
+      [
+        { db: `host=db.internal dbname=app user=app password=${secret}`, groups: good().groups },
+        "db",
+        "password=***",
+      ],
+      [
+        { db: `host=h password='${secret} x' user=app`, groups: good().groups },
+        "db",
+        "password=***",
+      ],
+      [
+        { db: `postgres://app:${secret}/app`, groups: good().groups },
+        "db",
+        "postgres://app:***/app",
+      ],
+      [
+        {
+          db: { ...good().db[0 as never] as object, host: `postgres://app:${secret}@db` },
+          groups: good().groups,
+        },
+        "db.host",
+        "not a URL",
+      ],
+      [
+        {
+          db: { ...good().db[0 as never] as object, host: `app:${secret}@db` },
+          groups: good().groups,
+        },
+        "db.host",
+        "not a URL",
+      ],
+    ];
+    for (const [config, path, fragment] of cases) {
+      assert.throws(() => new Pool(config as PoolConfig), (err: unknown) => {
+        assert.ok(err instanceof ConfigError, `expected ConfigError, got ${err}`);
+        assert.equal(err.path, path, err.message);
+        assert.ok(err.message.includes(fragment), `${err.message} should include ${fragment}`);
+        for (const text of [String(err), String(err.stack), inspect(err)]) {
+          assert.ok(!text.includes(secret), `leaks the password: ${text}`);
+        }
+        return true;
+      });
+    }
+    // A socket directory is a host too.
+    const socketDir = good();
+    (socketDir.db as { host: string }[])[0].host = "/var/run/postgresql";
+    assert.doesNotThrow(() => resolveConfig(socketDir));
+  });
+
   it("decodes user, password and database of a URL", () => {
     const pw = "p@ss:w/rd%?#";
     const url = `postgresql://${encodeURIComponent("ü s")}:${
