@@ -26,7 +26,7 @@ import type { ServerConnection } from "./server_connection.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement, checkValues } from "./statement_input.ts";
 import { readToken, sendStatement, sendTokenQuery } from "./token.ts";
-import { mayHideBlock, mayOpenBlock } from "./transaction_block.ts";
+import { asksToCommit, mayHideBlock, mayOpenBlock } from "./transaction_block.ts";
 
 const noop = () => {};
 
@@ -318,6 +318,8 @@ export class Lease {
     begin: Promise<unknown> | undefined,
     done: Done | undefined,
   ): Promise<Rows> {
+    // A statement that ran and was answered: only what it answered is wrong (#trackTransaction).
+    if (failure instanceof TransactionAbortedError) throw failure;
     const err = conn.session.explain(failure);
     done?.(err);
     const outcome = conn.outcomeOf(err, text);
@@ -470,8 +472,10 @@ export class Lease {
 
   /** Throws unless a connection is held, as using `sql` needs. */
   #sqlReady(): void {
-    if (this.#conn !== null) return;
+    // Released with a statement still in flight, the connection is held until it settles: a
+    // statement made now would be sent after check-in, on someone else's checkout.
     if (this.#state === RELEASED) throw this.#afterRelease();
+    if (this.#conn !== null) return;
     throw new TypeError(
       `Handler of group ${
         JSON.stringify(this.group.name)
@@ -590,7 +594,7 @@ export class Lease {
       return result;
     };
     const session = (): ServerConnection => {
-      if (this.#conn === null) throw this.#afterRelease();
+      if (this.#conn === null || this.#state === RELEASED) throw this.#afterRelease();
       const conn = this.#usable(this.#conn);
       this.#used = true;
       this.#sqlMade = true;
@@ -668,6 +672,11 @@ export class Lease {
       this.#tx = STAYS_IN_TRANSACTION.test(text);
       // Whatever block was open, also one opened through db.sql, ended with it.
       if (!this.#tx) this.#untracked = false;
+      // The caller's own COMMIT, answered ROLLBACK: an earlier statement had failed and nothing
+      // was committed. It must not read as success (pool.transaction() would report one).
+      if (command === "ROLLBACK" && asksToCommit(text)) {
+        throw new TransactionAbortedError(this.group.name);
+      }
     } else if (command === "PREPARE TRANSACTION") {
       this.#tx = false;
       this.#untracked = false;

@@ -88,3 +88,26 @@ export function mayOpenBlock(text: string): boolean {
 export function mayHideBlock(text: string): boolean {
   return text.includes(";") && MAY_OPEN_BLOCK.test(text);
 }
+
+/**
+ * Whether `text` asks to commit: `COMMIT`, `END` or `PREPARE TRANSACTION`, which the server
+ * answers with a `ROLLBACK` tag when an earlier statement had failed the transaction.
+ *
+ * @example Telling a commit that was rolled back from a rollback
+ * ```ts
+ * import { asksToCommit } from "./transaction_block.ts";
+ *
+ * asksToCommit("commit work"); // true
+ * asksToCommit("PREPARE TRANSACTION 'tx1'"); // true
+ * asksToCommit("ROLLBACK"); // false
+ * ```
+ */
+export function asksToCommit(text: string): boolean {
+  const start = firstWord(text, 0);
+  if (start < 0) return false;
+  const end = wordEnd(text, start);
+  if (isWord(text, start, end, "COMMIT") || isWord(text, start, end, "END")) return true;
+  if (!isWord(text, start, end, "PREPARE")) return false;
+  const next = firstWord(text, end);
+  return next >= 0 && isWord(text, next, wordEnd(text, next), "TRANSACTION");
+}

@@ -632,6 +632,15 @@ describe("session integrity", () => {
     await other.rollback();
     other.release();
     assert.equal(await count("i16-late"), 0, "the late statement was sent");
+    // Released while a statement of its own is in flight (the connection is still held until
+    // it settles): db.sql refuses at once, as every other use after release does.
+    {
+      const db = await p.acquire("auto");
+      const slow = db.query("SELECT pg_sleep(0.2)");
+      db.release();
+      assert.throws(() => db.sql, (err: Error) => err instanceof TypeError, "db.sql after release");
+      await slow;
+    }
     // Dispatched before release (its then called), it was queued on the session before
     // anything the next checkout sends: it ran, and committed, first.
     {

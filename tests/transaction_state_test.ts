@@ -115,6 +115,33 @@ describe("transactions opened outside the pool's own tracking", () => {
     await connectionIsClean("after-sql-commit");
   });
 
+  it("a COMMIT of its own that the server turned into a ROLLBACK rejects, also in pool.transaction", async () => {
+    // Found by an audit: db.query("COMMIT") in an aborted transaction resolved (its tag says
+    // ROLLBACK), and pool.transaction() then reported success with nothing committed.
+    for (const commit of ["COMMIT", "end", "/* done */ COMMIT WORK"]) {
+      using db = pool.handler("auto");
+      await db.query("BEGIN");
+      await db.query("INSERT INTO txs (v) VALUES ('aborted')");
+      await assert.rejects(db.query("SELECT 1/0"), { code: "22012" });
+      await assert.rejects(db.query(commit), (err: Error) => {
+        assert.equal(err.name, "TransactionAbortedError", `${commit}: ${err}`);
+        return true;
+      });
+      assert.equal(db.inTransaction, false);
+    }
+    await assert.rejects(
+      pool.transaction("auto", async (db) => {
+        await db.query("INSERT INTO txs (v) VALUES ('in-transaction')");
+        await db.query("INSERT INTO txs (v) VALUES (NULL::int::text || 1/0)").catch(() => {});
+        await db.query("COMMIT");
+        return "ok";
+      }),
+      { name: "TransactionAbortedError" },
+    );
+    assert.deepEqual(await committed(), []);
+    await connectionIsClean("after-aborted-commit");
+  });
+
   it("a one-shot that is only a BEGIN is refused before anything is sent", async () => {
     for (const text of ["BEGIN", "  start transaction isolation level serializable", "begin;"]) {
       await assert.rejects(pool.query("auto", text), (err: Error) => {
