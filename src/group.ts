@@ -606,8 +606,9 @@ export class Group {
           return this.#takeFrom(member);
         }
       }
-      // Aborting cancels the checkout: it does not go on to the primary.
+      // Aborting cancels the checkout: it does not go on to the primary; nor does close().
       signal?.throwIfAborted();
+      if (this.closing) throw new PoolClosedError();
       if (n === 0 || performance.now() >= until) break;
       // A silent replica answers only at its probe deadline: the checkout's own comes first.
       const positions = await withDeadline(
@@ -617,6 +618,7 @@ export class Group {
       if (positions.some((p) => p !== undefined && p >= lsn)) continue;
       await sleep(Math.min(10, Math.max(0, until - performance.now())));
     }
+    if (this.closing) throw new PoolClosedError();
     const primary = topology.primary();
     const member = this.#all.find((m) => m.endpoint === primary);
     if (member === undefined) {

@@ -731,6 +731,9 @@ export class Lease {
   #swap(conn: ServerConnection): ServerConnection {
     // Only the connection held right now can be swapped: a stale reference never swaps twice.
     if (this.#conn !== conn) return this.#conn!;
+    // Something of this checkout went out on it meanwhile (a db.sql statement sent while the
+    // first statement waited on a ping): the checkout is that session, and it is gone.
+    if (this.#used) throw this.#lose(conn, undefined, "not-executed", "its connection was lost");
     const next = this.group.replace(conn, this.#pinned);
     this.#conn = next;
     return next;

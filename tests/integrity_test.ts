@@ -658,6 +658,75 @@ describe("session integrity", () => {
     assert.equal(await count("i16-early"), 1);
   });
 
+  it("17. a db.sql statement sent while the first statement waits on a stale ping pins the session", async () => {
+    // Found by an audit: the first db.query of a checkout on a connection idle past
+    // validate_after_ms waits on a ping; a db.sql statement sent meanwhile went out on that
+    // session, and when the ping then failed the checkout moved on to a new session without a
+    // word, after a statement that may have committed on the old one.
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = new Pool({
+        db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port, connect_timeout: 1 }],
+        groups: { g: { connection_count: 1 } },
+        application_name: "i17",
+        validate_after_ms: 50,
+        health_check_interval_ms: 0,
+      });
+      const [{ pid: first }] = await p.query<{ pid: number }>(
+        "g",
+        "SELECT pg_backend_pid() AS pid",
+      );
+      await new Promise((resolve) => setTimeout(resolve, 200)); // stale now
+      // The ping times out (connect_timeout 1 s) while the INSERT gets through; a new session
+      // would then be quick.
+      p.addEventListener("connectionerror", () => proxy.delayMs = 0);
+      proxy.delayMs = 700;
+      using db = p.handler("g");
+      const waiting = db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid").then(
+        (rows) => rows[0].pid,
+        (err: Error) => err,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      const inserted = Promise.resolve(
+        db.sql`INSERT INTO writes (v, pid) VALUES ('i17', pg_backend_pid())`,
+      )
+        .then(() => "ok", (err: Error) => err);
+      const outcome = await waiting;
+      await inserted;
+      proxy.delayMs = 0;
+      const later = await db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid").then(
+        (rows) => rows[0].pid,
+        (err: Error) => err,
+      );
+      const elsewhere = (pid: unknown) => typeof pid === "number" && pid !== first;
+      assert.ok(!elsewhere(outcome), `the first statement ran on another session (${outcome})`);
+      assert.ok(!elsewhere(later), `the checkout went on on another session (${later})`);
+      assert.ok(later instanceof SessionLostError, `later: ${inspect(later)}`);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("18. a read-your-writes checkout waiting for a replica fails once close() begins", async () => {
+    // Found by an audit: it went on to the primary after its wait, opening a new connection
+    // and running a statement 1.3 s after close() had begun.
+    const p = pool("i18", {
+      g: { connection_count: 1, read_your_writes_timeout_ms: 1500, endpoints: [0, 1] },
+    });
+    await p.refresh();
+    const waiting = p.acquire("g", { after: "FF/FFFFFFFF" }).then(
+      (db) => {
+        db.release();
+        return "served";
+      },
+      (err: Error) => err.name,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    await p.close();
+    assert.equal(await waiting, "PoolClosedError");
+    assert.equal(await sessions("i18"), 0);
+  });
+
   it("12. probing keeps its interval when every group is prefer-replica", async () => {
     await using p = pool("i12", { read: { connection_count: 1, role: "prefer-replica" } }, {
       health_check_interval_ms: 500,
