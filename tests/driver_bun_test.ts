@@ -199,7 +199,7 @@ function suite(): void {
       assert.equal(closed, 1);
     });
 
-    it("statements in flight when the server terminates the session provably never ran", async () => {
+    it("statements in flight when the server terminates the session are unknown (Bun does not say which one ran)", async () => {
       const s = open("bun-fatal");
       await s.query("SELECT 1", undefined, { prepare: false });
       const burst = [
@@ -223,7 +223,8 @@ function suite(): void {
         assert.equal(r.status, "rejected");
         const err = (r as PromiseRejectedResult).reason;
         assert.equal((err as { code?: string }).code, "57P01", inspect(err));
-        assert.equal(s.outcomeOf(err, "INSERT INTO hits VALUES ($1, $2)"), "not-executed");
+        // One of them was running: it ran in part, and Bun hands every one the same FATAL.
+        assert.equal(s.outcomeOf(err, "INSERT INTO hits VALUES ($1, $2)"), "unknown");
         assert.ok(!s.isRefusal(err));
       }
       assert.ok(s.dead);

@@ -15,7 +15,7 @@
 import postgres from "postgres";
 import { isConnectionError } from "../sqlstate.ts";
 import { guardedSerializers, UNDEFINED, unencodable } from "./encoding.ts";
-import { unrunWhenTerminated } from "./termination.ts";
+import { terminatedCodes, unrunWhenTerminated } from "./termination.ts";
 
 /** The postgres.js tagged template of a session (public as `Sql`). */
 export type DriverSql = postgres.Sql;
@@ -123,6 +123,8 @@ interface Handed {
   readonly state: unknown;
   /** Set on the first then/catch: a query nobody awaited is never sent (and never settled). */
   executed: boolean;
+  /** postgres.js's mark of the query the server is answering now (the others wait behind it). */
+  readonly active: boolean;
   /** What postgres.js calls a tick after the first then/catch, to send the query. */
   handler: (query: Handed) => void;
   reject(err: unknown): void;
@@ -285,6 +287,14 @@ export class Session {
   #fetchingTypes: boolean;
   /** postgres.js was never told this session ended: it must never be asked to end it either. */
   #abandoned = false;
+  /**
+   * The statement the server was running when it ended the session, rejected by the driver
+   * itself (see `#rejectRunning`): it ran, at least in part, so its outcome is unknown.
+   */
+  readonly #ran = new WeakSet<object>();
+  /** The server ended the session while some statement ran that the driver could not find. */
+  #runningUnknown = false;
+  #runningSettled = false;
   /** TLS may be on: what passes the socket is then ciphertext (see `inBlock`). */
   readonly #tls: boolean;
 
@@ -398,6 +408,35 @@ export class Session {
     }
   }
 
+  /**
+   * The server ended the session (its last words a terminating FATAL): the statement it was
+   * running is rejected here, before postgres.js rejects everything in flight with one error,
+   * so that it alone reads as "unknown". A terminated statement ran in part: what it did outside
+   * its transaction (a sequence, dblink, a simple-protocol autocommit write whose commit was
+   * followed by a duration log line, where the server acts on the termination) stays. Those
+   * queued behind it never started and may move. When the running one cannot be found (its entry
+   * was compacted away), every statement in flight is unknown.
+   */
+  #rejectRunning(): void {
+    if (this.#runningSettled || !this.#established) return;
+    this.#runningSettled = true;
+    const code = this.#fatalCode();
+    if (code === undefined || !terminatedCodes.has(code)) return;
+    for (let i = 0; i < this.#handedCount; i++) {
+      const q = deref(this.#handed[i]!);
+      if (q !== undefined && q.active) {
+        const err = Object.assign(
+          new Error("The server ended the session while the statement ran"),
+          { code: "CONNECTION_CLOSED" },
+        );
+        this.#ran.add(err);
+        q.reject(err);
+        return;
+      }
+    }
+    this.#runningUnknown = true;
+  }
+
   #hand(query: HandedEntry): void {
     const handed = this.#handed;
     let count = this.#handedCount;
@@ -410,8 +449,11 @@ export class Session {
         const entry = handed[i]!;
         const q = deref(entry);
         if (q === undefined) continue;
-        if (q.state !== null) this.#fetchingTypes = false;
-        else handed[kept++] = entry;
+        if (q.state !== null) {
+          this.#fetchingTypes = false;
+          // The one the server is answering stays, for #rejectRunning.
+          if (q.active) handed[kept++] = entry;
+        } else handed[kept++] = entry;
       }
       for (let i = kept; i < count; i++) handed[i] = undefined;
       count = kept;
@@ -467,6 +509,7 @@ export class Session {
     if ((err as { code?: unknown }).code === "CONNECTION_DESTROYED" && !this.#ending) {
       return "not-executed";
     }
+    if (this.#runningUnknown || this.#ran.has(err as object)) return "unknown";
     return unrunWhenTerminated(this.#fatalCode(), text) ? "not-executed" : "unknown";
   }
 
@@ -603,6 +646,7 @@ export class Session {
         this.#open = false;
         this.#onClosed?.();
       }
+      if (event === "close" || event === "error") this.#rejectRunning();
       if (
         (event === "close" || event === "error") &&
         (this.#abandoned || (this.#established && this.#stillFetchingTypes()))
