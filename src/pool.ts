@@ -335,6 +335,28 @@ export class Pool extends EventTarget implements AsyncDisposable {
     return this.#topology.refresh();
   }
 
+  /**
+   * Dispatches `event` to its listeners. A listener that throws never reaches the pool code that
+   * dispatched the event (workerd passes the exception out of `dispatchEvent`, into a timeout or
+   * a failure report half done): it is reported as an uncaught error, as Deno, Bun and Node do.
+   *
+   * @example Listening for pool events
+   * ```ts
+   * import { Pool } from "@x/pgdbpool";
+   *
+   * const pool = new Pool({ db: "postgres://app@db/app", groups: { g: { connection_count: 1 } } });
+   * pool.addEventListener("endpointdown", (e) => console.warn(e.detail.endpoint.host));
+   * ```
+   */
+  override dispatchEvent(event: Event): boolean {
+    try {
+      return super.dispatchEvent(event);
+    } catch (err) {
+      reportListenerError(err);
+      return !event.defaultPrevented;
+    }
+  }
+
   /** Plain, JSON-ready figures per group and per endpoint. Never contains credentials. */
   stats(): PoolStats {
     return statsOf([...this.#groups.values()], this.#endpoints);
@@ -388,4 +410,15 @@ export class Pool extends EventTarget implements AsyncDisposable {
 function leavesBlock(text: string, params: readonly unknown[] | undefined): boolean {
   return (params === undefined || params.length === 0) && typeof text === "string" &&
     mayHideBlock(text);
+}
+
+// A listener's exception, reported where the runtime reports uncaught errors.
+function reportListenerError(err: unknown): void {
+  const report = (globalThis as { reportError?: (err: unknown) => void }).reportError;
+  if (typeof report === "function") report(err);
+  else {
+    queueMicrotask(() => {
+      throw err;
+    });
+  }
 }

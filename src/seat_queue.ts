@@ -126,7 +126,9 @@ export class SeatQueue<T> {
     // Timers may fire a little early on some runtimes: allow one millisecond of slack.
     const now = performance.now() + 1;
     while (this.#size > 0 && this.#peek()!.deadline <= now) {
-      this.#shift()!.reject(this.#onTimeout());
+      // The reason first: a waiter is taken off the queue only once it can be rejected.
+      const reason = this.#onTimeout();
+      this.#shift()!.reject(reason);
     }
     if (this.#size > 0) {
       const next = this.#peek()!.deadline;

@@ -19,21 +19,26 @@ let cluster: PgCluster;
 let dir: string;
 let workerd: Service | undefined;
 let base: string;
+let listenersBase: string;
 
 /** A capnp string literal (JSON's escapes for quotes and backslashes are valid capnp escapes). */
 const capnpString = (s: string) => JSON.stringify(s);
 
-function capnpConfig(port: number, endpoints: unknown): string {
+function capnpConfig(port: number, listenersPort: number, endpoints: unknown): string {
   return `using Workerd = import "/workerd/workerd.capnp";
 
 const config :Workerd.Config = (
   services = [
     (name = "main", worker = .worker),
+    (name = "listeners", worker = .listeners),
     # Workers may not reach loopback/private addresses by default; the tests' PostgreSQL
     # servers listen on 127.0.0.1.
     (name = "internet", network = (allow = ["public", "private", "local"])),
   ],
-  sockets = [(name = "http", address = "127.0.0.1:${port}", http = (), service = "main")],
+  sockets = [
+    (name = "http", address = "127.0.0.1:${port}", http = (), service = "main"),
+    (name = "listeners", address = "127.0.0.1:${listenersPort}", http = (), service = "listeners"),
+  ],
 );
 
 const worker :Workerd.Worker = (
@@ -44,6 +49,13 @@ const worker :Workerd.Worker = (
     (name = "DB_ENDPOINTS", text = ${capnpString(JSON.stringify(endpoints))}),
     (name = "APP_NAME", text = ${capnpString(APP)}),
   ],
+);
+
+const listeners :Workerd.Worker = (
+  modules = [(name = "listeners.js", esModule = embed "listeners.js")],
+  compatibilityDate = "2025-09-01",
+  compatibilityFlags = ["nodejs_compat"],
+  bindings = [(name = "DB_ENDPOINTS", text = ${capnpString(JSON.stringify(endpoints))})],
 );
 `;
 }
@@ -66,10 +78,29 @@ before(async () => {
     "--log-level=warning",
   ]);
   assert.equal(build.code, 0, `esbuild failed:\n${build.stdout}${build.stderr}`);
+  const listenersBuild = await runCommand(esbuildBin(), [
+    join(ROOT, "tests", "fixtures", "listener_worker.ts"),
+    "--bundle",
+    "--conditions=workerd",
+    "--platform=neutral",
+    "--format=esm",
+    "--external:cloudflare:sockets",
+    "--external:node:*",
+    `--outfile=${join(dir, "listeners.js")}`,
+    "--log-level=warning",
+  ]);
+  assert.equal(
+    listenersBuild.code,
+    0,
+    `esbuild failed:\n${listenersBuild.stdout}${listenersBuild.stderr}`,
+  );
 
-  const [port] = await freePorts(1);
+  const [port, listenersPort] = await freePorts(2);
   base = `http://127.0.0.1:${port}`;
-  writeFileSync(join(dir, "config.capnp"), capnpConfig(port, cluster.endpoints()), { mode: 0o600 });
+  listenersBase = `http://127.0.0.1:${listenersPort}`;
+  writeFileSync(join(dir, "config.capnp"), capnpConfig(port, listenersPort, cluster.endpoints()), {
+    mode: 0o600,
+  });
   workerd = new Service(
     "workerd",
     workerdBin(),
@@ -152,5 +183,26 @@ describe("edge entry in workerd", () => {
       message: `no connection with application_name ${APP}`,
     });
     assert.ok(!workerd!.output.includes(cluster.password), "workerd output contains the password");
+  });
+});
+
+// workerd passes a listener's exception out of dispatchEvent(), into whatever pool code
+// dispatched the event (tests/fixtures/listener_worker.ts).
+describe("event listeners that throw, in workerd", () => {
+  async function getListeners(path: string): Promise<Record<string, unknown>> {
+    const res = await http(`${listenersBase}${path}`, { timeoutMs: 20_000 });
+    assert.equal(res.status, 200, `GET ${path} -> ${res.status} ${res.body}`);
+    return JSON.parse(res.body);
+  }
+
+  it("do not keep a waiting one-shot from its acquire timeout", async () => {
+    const r = await getListeners("/seat");
+    assert.deepEqual(r.waiting, ["AcquireTimeoutError", "AcquireTimeoutError"]);
+  });
+
+  it("do not replace a lost statement's outcome, nor skip the failure report", async () => {
+    const r = await getListeners("/lost");
+    assert.equal(r.first, "SessionLostError unknown");
+    assert.ok((r.errors as number) >= 1, `errors ${r.errors}`);
   });
 });
