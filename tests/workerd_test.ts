@@ -60,40 +60,30 @@ const listeners :Workerd.Worker = (
 `;
 }
 
+/** Bundles a worker with esbuild as workerd runs it (postgres.js's cloudflare:sockets build). */
+async function bundle(entry: string, outfile: string): Promise<void> {
+  const build = await runCommand(esbuildBin(), [
+    entry,
+    "--bundle",
+    "--conditions=workerd",
+    "--platform=neutral",
+    "--format=esm",
+    "--external:cloudflare:sockets",
+    "--external:node:*",
+    `--outfile=${outfile}`,
+    "--log-level=warning",
+  ]);
+  assert.equal(build.code, 0, `esbuild failed for ${entry}:\n${build.stdout}${build.stderr}`);
+}
+
 before(async () => {
   cluster = await startCluster({ replicas: 1 });
   await cluster.primary.query("CREATE TABLE worker_items (id serial PRIMARY KEY, v text NOT NULL)");
   await cluster.waitForReplication();
 
   dir = mkdtempSync(join(tmpdir(), "pgdbpool-workerd-"));
-  const build = await runCommand(esbuildBin(), [
-    join(ROOT, "examples", "worker.ts"),
-    "--bundle",
-    "--conditions=workerd",
-    "--platform=neutral",
-    "--format=esm",
-    "--external:cloudflare:sockets",
-    "--external:node:*",
-    `--outfile=${join(dir, "worker.js")}`,
-    "--log-level=warning",
-  ]);
-  assert.equal(build.code, 0, `esbuild failed:\n${build.stdout}${build.stderr}`);
-  const listenersBuild = await runCommand(esbuildBin(), [
-    join(ROOT, "tests", "fixtures", "listener_worker.ts"),
-    "--bundle",
-    "--conditions=workerd",
-    "--platform=neutral",
-    "--format=esm",
-    "--external:cloudflare:sockets",
-    "--external:node:*",
-    `--outfile=${join(dir, "listeners.js")}`,
-    "--log-level=warning",
-  ]);
-  assert.equal(
-    listenersBuild.code,
-    0,
-    `esbuild failed:\n${listenersBuild.stdout}${listenersBuild.stderr}`,
-  );
+  await bundle(join(ROOT, "examples", "worker.ts"), join(dir, "worker.js"));
+  await bundle(join(ROOT, "tests", "fixtures", "listener_worker.ts"), join(dir, "listeners.js"));
 
   const [port, listenersPort] = await freePorts(2);
   base = `http://127.0.0.1:${port}`;
