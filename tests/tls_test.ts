@@ -7,6 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import process from "node:process";
 import { TLSSocket } from "node:tls";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
@@ -111,6 +112,27 @@ describe("TLS modes", () => {
       });
     } finally {
       await pool.close();
+    }
+  });
+
+  // The configuration asked for verification: a variable of the environment must not lower it
+  // (Bun's `SQL` given only the mode string fell back to NODE_TLS_REJECT_UNAUTHORIZED).
+  it('"verify-full" stays verified when NODE_TLS_REJECT_UNAUTHORIZED=0 is set', async () => {
+    const saved = process.env.NODE_TLS_REJECT_UNAUTHORIZED;
+    process.env.NODE_TLS_REJECT_UNAUTHORIZED = "0";
+    try {
+      await assert.rejects(
+        sessionSsl(endpoint({ ssl: "verify-full", connect_timeout: 10 })),
+        /certificate|self[- ]signed|DEPTH_ZERO_SELF_SIGNED_CERT|UNABLE_TO_VERIFY/i,
+      );
+      // The variable changes nothing for a mode that verifies with a root certificate either.
+      const verified = await sessionSsl(
+        endpoint({ ssl: "verify-full", ssl_root_cert: rootCert, connect_timeout: 10 }),
+      );
+      assert.equal(verified.ssl, true);
+    } finally {
+      if (saved === undefined) delete process.env.NODE_TLS_REJECT_UNAUTHORIZED;
+      else process.env.NODE_TLS_REJECT_UNAUTHORIZED = saved;
     }
   });
 

@@ -166,8 +166,9 @@ function isFatal(err: unknown): boolean {
 function tlsOptions(ssl: DriverSsl): Record<string, unknown> {
   if (ssl === false) return { tls: false };
   if (typeof ssl === "string") return { tls: ssl };
-  // Bun checks the address it dialled itself.
-  if (ssl.ca === undefined) return { tls: "verify-full" };
+  // Bun checks the address it dialled itself. The object states the verification: given the
+  // mode string alone, Bun's TLS layer took it from NODE_TLS_REJECT_UNAUTHORIZED instead.
+  if (ssl.ca === undefined) return { tls: { rejectUnauthorized: true }, ssl: "verify-full" };
   return { tls: { ca: ssl.ca, rejectUnauthorized: true }, ssl: "verify-full" };
 }
 
