@@ -569,6 +569,35 @@ describe("session integrity", () => {
     for (const db of held) db.release();
   });
 
+  // postgres.js handed an unquoted NULL element to the element's parser: [1, NaN, 3] for
+  // int4[], "NULL" for text[], false for bool[]. Values read wrong without a word.
+  it("NULL elements of arrays read as null; the string 'NULL' stays a string", async () => {
+    await using p = pool("array_nulls", { g: { connection_count: 2, endpoints: [0] } });
+    const text = "SELECT ARRAY[1, NULL, 3]::int4[] AS i4, ARRAY['a', NULL, 'NULL', 'null']::text[] AS t, " +
+      "ARRAY[true, NULL, false]::bool[] AS b, ARRAY[[1, NULL], [NULL, 4]]::int8[] AS i8, " +
+      "ARRAY[NULL]::float8[] AS f8, '{}'::text[] AS empty, " +
+      `ARRAY['a"b', 'c\\d', 'x,y', '{z}', ' s ']::text[] AS quoted, ` +
+      "ARRAY[NULL, '1970-01-01T00:00:00Z']::timestamptz[] AS ts";
+    const expected = {
+      i4: [1, null, 3],
+      t: ["a", null, "NULL", "null"],
+      b: [true, null, false],
+      i8: [["1", null], [null, "4"]],
+      f8: [null],
+      empty: [],
+      quoted: ['a"b', "c\\d", "x,y", "{z}", " s "],
+      ts: [null, new Date(0)],
+    };
+    // The first statement of a pool (the one whose session learns the array types), a later
+    // session, one-shots and parameters all read the same.
+    const held = [p.handler("g"), p.handler("g")];
+    for (const db of held) assert.deepEqual({ ...(await db.query(text))[0] }, expected);
+    for (const db of held) db.release();
+    assert.deepEqual({ ...(await p.query("g", text))[0] }, expected);
+    const [{ back }] = await p.query("g", "SELECT $1::int4[] AS back", [[7, null, 9]]);
+    assert.deepEqual(back, [7, null, 9]);
+  });
+
   it("sessions opened at once share one table of array types per server", async () => {
     // Each postgres.js session that learns the array types makes two functions per array type
     // (about 600 on PostgreSQL 18): sessions opened together, before any had learnt them, each

@@ -14,6 +14,7 @@
 
 import postgres from "postgres";
 import { isConnectionError } from "../sqlstate.ts";
+import { nullAwareParsers } from "./array_parser.ts";
 import { guardedSerializers, UNDEFINED, unencodable } from "./encoding.ts";
 import { terminatedCodes, unrunWhenTerminated } from "./termination.ts";
 
@@ -75,6 +76,11 @@ export interface TypeTables {
 export interface SessionHooks {
   /** The array types the server reported at connect (sessions with `types: "fetch"`). */
   onTypes?(tables: TypeTables): void;
+  /**
+   * The session dials its server (once; sessions open lazily, on their first statement). Not
+   * called by postgres.js on workerd, which opens its own socket.
+   */
+  onDial?(): void;
   /** A start-up or changed server parameter (`in_hot_standby`, ...). */
   onParameter?(key: string, value: string): void;
   /** The server session ended (once). */
@@ -206,11 +212,13 @@ function sessionTables(
 ): TypeTables {
   const stored = options.typeStore?.tables;
   if (stored !== undefined) return stored;
+  const typeArrayMap = { ...(known?.typeArrayMap ?? {}) };
   const tables: TypeTables = {
-    parsers: { ...(known ?? base).parsers },
+    // Array types learnt from here on read NULL elements as null (see array_parser.ts).
+    parsers: nullAwareParsers((known ?? base).parsers, typeArrayMap),
     // Guarded: a value postgres.js cannot encode must fail its own statement, nothing else.
     serializers: guardedSerializers((known ?? base).serializers),
-    typeArrayMap: { ...(known?.typeArrayMap ?? {}) },
+    typeArrayMap,
   };
   if (options.typeStore !== undefined && options.types !== "none") {
     options.typeStore.tables = tables;
@@ -639,6 +647,7 @@ export class Session {
     socket.port = options.port;
     this.#socket = socket;
     this.#open = true;
+    this.#hooks.onDial?.();
     const emit = socket.emit;
     const other = (event: string, args: unknown[]): boolean => {
       // postgres.js does not report a close it answers with a reconnect (refused by then).
