@@ -573,7 +573,8 @@ describe("session integrity", () => {
   // int4[], "NULL" for text[], false for bool[]. Values read wrong without a word.
   it("NULL elements of arrays read as null; the string 'NULL' stays a string", async () => {
     await using p = pool("array_nulls", { g: { connection_count: 2, endpoints: [0] } });
-    const text = "SELECT ARRAY[1, NULL, 3]::int4[] AS i4, ARRAY['a', NULL, 'NULL', 'null']::text[] AS t, " +
+    const text =
+      "SELECT ARRAY[1, NULL, 3]::int4[] AS i4, ARRAY['a', NULL, 'NULL', 'null']::text[] AS t, " +
       "ARRAY[true, NULL, false]::bool[] AS b, ARRAY[[1, NULL], [NULL, 4]]::int8[] AS i8, " +
       "ARRAY[NULL]::float8[] AS f8, '{}'::text[] AS empty, " +
       `ARRAY['a"b', 'c\\d', 'x,y', '{z}', ' s ']::text[] AS quoted, ` +

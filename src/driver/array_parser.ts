@@ -11,7 +11,8 @@
  * @module
  */
 
-type ElementParser = (text: string) => unknown;
+/** Reads one element of an array from its text. */
+export type ElementParser = (text: string) => unknown;
 
 /** An array parser as postgres.js calls it: with the text after the leading `{`. */
 export type ArrayParser = ((body: string) => unknown[]) & { array: true };
@@ -142,7 +143,10 @@ function forArray(
   for (const elementOid in typeArrayMap) {
     if (Number(typeArrayMap[elementOid]) === arrayOid) {
       const element = parsers[elementOid];
-      return arrayParser(typeof element === "function" ? element as ElementParser : undefined, arrayOid);
+      return arrayParser(
+        typeof element === "function" ? element as ElementParser : undefined,
+        arrayOid,
+      );
     }
   }
   return undefined;
