@@ -499,7 +499,7 @@ export class Group {
     try {
       return this.#checkedOut(this.#take(), started);
     } catch (err) {
-      this.#sem.release();
+      this.#releasePermit();
       throw err;
     }
   }
@@ -518,9 +518,19 @@ export class Group {
         : await this.#takeAfter(after, signal, started, limitMs);
       return this.#checkedOut(conn, started);
     } catch (err) {
-      this.#sem.release();
+      this.#releasePermit();
       throw err;
     }
+  }
+
+  /**
+   * Gives a permit back: every path that releases one comes here, so that `close()` hears when
+   * the last one is home (also a checkout's that held one only while it waited for routing or a
+   * replica's replay, and failed at close).
+   */
+  #releasePermit(): void {
+    this.#sem.release();
+    if (this.#drained !== undefined && this.busy === 0) this.#drained();
   }
 
   #checkedOut(conn: ServerConnection, started: number): ServerConnection {
@@ -582,7 +592,9 @@ export class Group {
 
   /**
    * Read-your-writes: a replica member that has replayed `lsn`, polling replay positions until
-   * `read_your_writes_timeout_ms`; then the primary, which always has it.
+   * `read_your_writes_timeout_ms`; then the primary, which always has it. Each replica is asked
+   * on its own: the first one to answer at or past `lsn` is taken at once, never after the
+   * others' answers (a silent replica answers only at its probe deadline).
    */
   async #takeAfter(
     lsn: bigint,
@@ -595,28 +607,58 @@ export class Group {
     // has left of its own deadline: then the primary, which has it.
     let until = performance.now() + this.settings.readYourWritesTimeoutMs;
     if (limitMs !== undefined && started >= 0) until = Math.min(until, started + limitMs);
-    for (;;) {
-      const replicas = this.#members.filter((m) => m.endpoint.role === "replica");
-      const n = replicas.length;
-      for (let k = 0; k < n; k++) {
-        const member = replicas[(this.#cursor + k) % n];
-        const at = member.endpoint.lsn;
-        if (at !== undefined && at >= lsn) {
-          this.#cursor = (this.#cursor + k + 1) % Math.max(1, this.#members.length);
-          return this.#takeFrom(member);
+    // A replica whose answer is still out is not asked again until it comes. Any answer, a
+    // routing change, close() and the signal wake the wait.
+    const asking = new Set<Endpoint>();
+    let wake: (() => void) | undefined;
+    let replayed = false;
+    const onAbort = () => wake?.();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      for (;;) {
+        // Aborting cancels the checkout: it does not go on to the primary; nor does close(),
+        // which also takes no replica once it began.
+        signal?.throwIfAborted();
+        if (this.closing) throw new PoolClosedError();
+        const replicas = this.#members.filter((m) => m.endpoint.role === "replica");
+        const n = replicas.length;
+        for (let k = 0; k < n; k++) {
+          const member = replicas[(this.#cursor + k) % n];
+          const at = member.endpoint.lsn;
+          if (at !== undefined && at >= lsn) {
+            this.#cursor = (this.#cursor + k + 1) % Math.max(1, this.#members.length);
+            return this.#takeFrom(member);
+          }
         }
+        if (n === 0 || performance.now() >= until) break;
+        for (const { endpoint } of replicas) {
+          if (asking.has(endpoint)) continue;
+          asking.add(endpoint);
+          topology.replayLsn(endpoint).then((at) => {
+            if (at !== undefined && at >= lsn) replayed = true;
+          }, () => {}).then(() => {
+            asking.delete(endpoint);
+            wake?.();
+          });
+        }
+        // A silent replica answers only at its probe deadline: the checkout's own comes first.
+        let woke!: () => void;
+        const woken = new Promise<void>((resolve) => woke = resolve);
+        wake = woke;
+        this.#awaitingRoute.push(woke);
+        await withDeadline(woken, until - performance.now()).catch(() => {});
+        const at = this.#awaitingRoute.indexOf(woke);
+        if (at >= 0) this.#awaitingRoute.splice(at, 1);
+        wake = undefined;
+        if (replayed) {
+          replayed = false;
+          continue;
+        }
+        // An answer short of `lsn`: that replica is asked again a little later.
+        await sleep(Math.min(10, Math.max(0, until - performance.now())));
       }
-      // Aborting cancels the checkout: it does not go on to the primary; nor does close().
-      signal?.throwIfAborted();
-      if (this.closing) throw new PoolClosedError();
-      if (n === 0 || performance.now() >= until) break;
-      // A silent replica answers only at its probe deadline: the checkout's own comes first.
-      const positions = await withDeadline(
-        Promise.all(replicas.map((m) => topology.replayLsn(m.endpoint))),
-        until - performance.now(),
-      ).catch(() => []);
-      if (positions.some((p) => p !== undefined && p >= lsn)) continue;
-      await sleep(Math.min(10, Math.max(0, until - performance.now())));
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
     }
     if (this.closing) throw new PoolClosedError();
     const primary = topology.primary();
@@ -854,8 +896,7 @@ export class Group {
       conn.state = "idle";
       conn.member.idle.push(conn);
     }
-    this.#sem.release();
-    if (this.#drained !== undefined && this.busy === 0) this.#drained();
+    this.#releasePermit();
     this.context.lazyUpkeep?.();
   }
 

@@ -691,6 +691,145 @@ describe("hung hosts", () => {
     }
   });
 
+  it("a read-your-writes checkout takes the replica that replayed its token without waiting for a silent one", async () => {
+    // One replica goes silent but stays routed (probed once a minute here); the other replays
+    // the token within milliseconds. The checkout must not wait for the silent one's answer
+    // (read_your_writes_timeout_ms, 8 s here) once the other one has answered with the write.
+    const [healthy, silent] = cluster.replicas;
+    const proxy = await startProxy(silent);
+    try {
+      await using p = new Pool({
+        db: [
+          cluster.endpoints()[0],
+          { ...cluster.endpoints()[0], host: healthy.host, port: healthy.port },
+          { ...cluster.endpoints()[0], host: proxy.host, port: proxy.port },
+        ],
+        groups: {
+          write: { connection_count: 1, role: "primary" },
+          read: { connection_count: 4, role: "replica", read_your_writes_timeout_ms: 8000 },
+        },
+        application_name: "hung5",
+        health_check_interval_ms: 60_000,
+        probe_timeout_ms: 10_000,
+      });
+      await p.refresh();
+      // Both replicas serve (and their probe sessions are open) before one goes silent.
+      const ports = new Set<number>();
+      await waitFor(async () => {
+        ports.add(await portOf(p, "read"));
+        return ports.size === 2;
+      }, { message: "both replicas served" });
+      proxy.mode = "blackhole";
+      for (let i = 0; i < 3; i++) {
+        await p.query("write", "INSERT INTO notes (v) VALUES ('one silent replica')");
+        const started = performance.now();
+        const port = await portOf(p, "read", { after: p.token! });
+        const ms = Math.round(performance.now() - started);
+        console.log(`read-your-writes checkout with one silent replica: ${port} after ${ms} ms`);
+        assert.equal(port, healthy.port);
+        // Well under read_your_writes_timeout_ms (8000) on a loaded machine.
+        assert.ok(ms < 3000, `the checkout took ${ms} ms with a replica that had replayed`);
+      }
+      assert.equal(p.stats().endpoints[2].state, "up", "the silent replica stayed routed");
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+
+  it("close() resolves at once when its only checkout held a permit while waiting for a routable server", async () => {
+    // The waiting checkout gives its permit back when close() wakes it: close() must see the
+    // group empty then, not wait out close_timeout_ms (8 s here).
+    const proxy = await startProxy(cluster.primary);
+    try {
+      const p = new Pool({
+        db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
+        groups: { g: { connection_count: 1, acquire_timeout_ms: 20_000 } },
+        application_name: "hung6",
+        health_check_interval_ms: 200,
+        probe_timeout_ms: 8000,
+        retry_backoff_max_ms: 100,
+        close_timeout_ms: 8000,
+      });
+      await p.query("g", "SELECT 1");
+      proxy.mode = "blackhole";
+      await waitFor(() => p.stats().endpoints[0].state === "down", {
+        timeoutMs: 20_000,
+        message: "the silent server marked down",
+      });
+      await sleep(200); // its back-off is over: the checkout's refresh probes, and that probe hangs
+      const db = p.handler("g");
+      const outcome = db.query("SELECT 1").then(() => "answered", (e: Error) => e.name);
+      await waitFor(() => p.stats().groups.g.busy === 1, {
+        message: "the checkout holds a permit",
+      });
+      await sleep(300);
+      const started = performance.now();
+      await p.close();
+      const ms = Math.round(performance.now() - started);
+      console.log(`close() with a checkout waiting for a routable server: ${ms} ms`);
+      assert.equal(await outcome, "PoolClosedError");
+      db.release();
+      assert.ok(ms < 3000, `close() took ${ms} ms (close_timeout_ms 8000) with nothing held`);
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+
+  it("close() resolves at once when its only checkout was waiting for a silent replica to replay", async () => {
+    const [replica] = cluster.replicas;
+    const proxy = await startProxy(replica);
+    try {
+      const p = new Pool({
+        db: [cluster.endpoints()[0], {
+          ...cluster.endpoints()[0],
+          host: proxy.host,
+          port: proxy.port,
+        }],
+        groups: {
+          write: { connection_count: 1, role: "primary" },
+          read: { connection_count: 2, role: "replica", read_your_writes_timeout_ms: 8000 },
+        },
+        application_name: "hung7",
+        health_check_interval_ms: 60_000,
+        probe_timeout_ms: 10_000,
+        close_timeout_ms: 8000,
+      });
+      await p.refresh();
+      await p.query("read", "SELECT 1");
+      await p.refresh(); // probe sessions open on both
+      proxy.mode = "blackhole";
+      await p.query("write", "INSERT INTO notes (v) VALUES ('close while waiting to replay')");
+      const db = p.handler("read", { after: p.token! });
+      let settled = 0;
+      const outcome = db.query("SELECT 1").then(() => "answered", (e: Error) => e.name)
+        .finally(() => settled = performance.now());
+      await waitFor(() => p.stats().groups.read.busy === 1, {
+        message: "the checkout holds a permit",
+      });
+      await sleep(300);
+      const started = performance.now();
+      await p.close();
+      const ms = Math.round(performance.now() - started);
+      assert.equal(await outcome, "PoolClosedError");
+      db.release();
+      console.log(
+        `close() with a checkout waiting for a replica to replay: ${ms} ms (checkout settled after ${
+          Math.round(settled - started)
+        } ms)`,
+      );
+      assert.ok(
+        settled - started < 3000,
+        `the checkout settled ${Math.round(settled - started)} ms after close()`,
+      );
+      assert.ok(ms < 3000, `close() took ${ms} ms (close_timeout_ms 8000) with nothing held`);
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+
   it("never hangs when every endpoint is blackholed", async () => {
     const proxies = await Promise.all(cluster.servers.slice(0, 2).map((s) => startProxy(s)));
     try {
