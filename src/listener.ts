@@ -50,8 +50,8 @@ export interface Subscription extends AsyncDisposable {
  */
 export interface ListenOptions {
   /**
-   * Unlistens when aborted. Aborted before `listen()` resolved, the subscription is undone and
-   * `listen()` rejects with the signal's reason.
+   * Unlistens when aborted. Aborted before `listen()` resolved, `listen()` rejects at once with
+   * the signal's reason (without waiting for the server's answer) and the subscription is undone.
    */
   readonly signal?: AbortSignal;
 }
@@ -80,6 +80,17 @@ function checkChannel(channel: unknown): string {
   return channel;
 }
 
+/** Rejects with `signal.reason` once it aborts, else settles as `promise` does. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
+const isLate = (err: unknown) => (err as { code?: unknown } | null)?.code === "ETIMEDOUT";
+
 /** The LISTEN side of one pool. */
 export class Listener {
   readonly #topology: Topology;
@@ -87,8 +98,16 @@ export class Listener {
   readonly #channels = new Map<string, Set<(payload: string) => void>>();
   #session: Session | undefined;
   #endpoint: Endpoint | undefined;
-  /** The session being opened and every channel listened to on it. */
-  #connecting: Promise<void> | undefined;
+  /**
+   * The session being opened and every channel listened to on it; rejects as the opening
+   * fails, so that everyone waiting for it hears whether anything listens.
+   */
+  #opening: Promise<void> | undefined;
+  /**
+   * Per channel, a LISTEN of its own on the session in use, still on its way: a later
+   * subscriber of that channel is listened to only once it is answered.
+   */
+  readonly #pending = new Map<string, Promise<void>>();
   /** `listenlost` was dispatched and `listenrestored` not yet. */
   #lost = false;
   #retryMs = RETRY_MIN_MS;
@@ -117,22 +136,24 @@ export class Listener {
       throw new TypeError(`onNotify must be a function (got ${typeof fn})`);
     }
     if (this.#closed) throw new PoolClosedError();
-    options?.signal?.throwIfAborted();
+    const signal = options?.signal;
+    signal?.throwIfAborted();
     let fns = this.#channels.get(channel);
     const listener = (payload: string) => fn(payload);
     const fresh = fns === undefined;
     if (fns === undefined) this.#channels.set(channel, fns = new Set());
     fns.add(listener);
     try {
-      if (fresh) await this.#listen(channel);
-      else await this.#connecting;
+      const ready = this.#ready(channel, fresh);
+      // A LISTEN may wait up to the probe deadline: an abort must not wait for it.
+      await (signal === undefined ? ready : untilAborted(ready, signal));
     } catch (err) {
-      this.#drop(channel, listener);
-      // The other channels still need a session.
-      this.#reopen();
+      if (signal?.aborted && err === signal.reason) {
+        // The LISTEN may still be answered: undo it then, in the background.
+        this.#unlisten(channel, listener).catch(() => {});
+      } else this.#drop(channel, listener);
       throw err;
     }
-    const signal = options?.signal;
     // The abort handler goes with the subscription: a long-lived signal shared by many
     // subscriptions must not keep every one of them (and its callback) alive.
     const onAbort = () => void this.#unlisten(channel, listener);
@@ -141,7 +162,7 @@ export class Listener {
       return this.#unlisten(channel, listener);
     };
     if (signal?.aborted) {
-      // Aborted while the LISTEN was on the way: the abort event has already fired.
+      // Aborted right as the LISTEN was answered: the abort event has already fired.
       await this.#unlisten(channel, listener);
       signal.throwIfAborted();
     }
@@ -149,14 +170,62 @@ export class Listener {
     return { channel, unlisten, [Symbol.asyncDispose]: unlisten };
   }
 
-  async #listen(channel: string): Promise<void> {
+  /**
+   * Settles once the server listens on `channel` (or cannot): `fresh` when its subscriber is
+   * the first, so that no LISTEN of it was sent yet.
+   */
+  #ready(channel: string, fresh: boolean): Promise<void> {
+    const pending = this.#pending.get(channel);
+    if (pending !== undefined) return pending;
     const session = this.#session;
-    if (session === undefined || session.dead) {
-      // Opening listens to every channel, this one included.
-      await (this.#connecting ??= this.#open().finally(() => this.#connecting = undefined));
-      return;
+    // Died without its close reported yet: what listened on it is lost all the same.
+    if (session?.dead === true && this.#opening === undefined) {
+      this.#lose(this.#endpoint!, "connection closed");
     }
-    await session.query(`LISTEN ${quoteChannel(channel)}`, undefined, STATEMENT);
+    // Opening listens to every channel, this one included.
+    if (this.#session === undefined || this.#session.dead) return this.#connect();
+    if (fresh) return this.#listenOn(this.#session, this.#endpoint!, channel);
+    // Listened on the session in use, or being listened by its opening: whose outcome it is.
+    return this.#opening ?? Promise.resolve();
+  }
+
+  /** One channel's LISTEN on the session in use, bounded by the server's deadline. */
+  #listenOn(session: Session, endpoint: Endpoint, channel: string): Promise<void> {
+    const deadlineMs = this.#topology.deadline(endpoint);
+    const listening = withDeadline(
+      session.query(`LISTEN ${quoteChannel(channel)}`, undefined, STATEMENT),
+      deadlineMs,
+    ).then(() => {}, (err: unknown) => {
+      if (this.#closed) throw new PoolClosedError();
+      // A session that cannot answer a LISTEN hears no notification either: every channel on
+      // it is lost. (One that died is reported by its close.)
+      if (isLate(err) && this.#session === session) {
+        this.#lose(endpoint, `no answer to LISTEN within ${deadlineMs} ms`);
+      }
+      throw this.#failure(endpoint, err, deadlineMs);
+    });
+    const tracked: Promise<void> = listening.finally(() => {
+      if (this.#pending.get(channel) === tracked) this.#pending.delete(channel);
+    });
+    this.#pending.set(channel, tracked);
+    return tracked;
+  }
+
+  /**
+   * What a caller hears of a LISTEN that failed: a session lost, refused, late or on a server
+   * that went read-only is what any checkout hears when no server can serve it.
+   */
+  #failure(endpoint: Endpoint, err: unknown, deadlineMs: number): unknown {
+    if (!isConnectionError(err) && !isReadOnlyError(err)) return err;
+    const { host, port } = endpoint.info;
+    const why = isLate(err)
+      ? `got no answer to LISTEN within ${deadlineMs} ms`
+      : `failed (${reasonOf(err)})`;
+    return new NoEndpointAvailableError(
+      "listen",
+      `the LISTEN session on ${host}:${port} ${why}`,
+      { cause: err },
+    );
   }
 
   #drop(channel: string, listener: (payload: string) => void): boolean {
@@ -169,19 +238,32 @@ export class Listener {
 
   async #unlisten(channel: string, listener: (payload: string) => void): Promise<void> {
     if (!this.#drop(channel, listener)) return;
-    // A session being opened may be sending this channel's LISTEN: let it finish, then undo it.
-    if (this.#connecting !== undefined) await this.#connecting.catch(() => {});
+    // Its LISTEN may be on its way (its own, or an opening session's): let it finish (each is
+    // bounded by a deadline), then undo it.
+    const pending = this.#pending.get(channel) ?? this.#opening;
+    if (pending !== undefined) await pending.catch(() => {});
     if (this.#channels.has(channel)) return; // subscribed again meanwhile
     const session = this.#session;
-    if (session === undefined || session.dead) return;
+    const endpoint = this.#endpoint;
+    if (session === undefined || endpoint === undefined || session.dead) return;
     if (this.#channels.size === 0) {
       // Nobody listens any more: the dedicated connection goes too.
       await this.#endSession(session);
       return;
     }
-    await session.query(`UNLISTEN ${quoteChannel(channel)}`, undefined, STATEMENT).catch(() => {
+    const deadlineMs = this.#topology.deadline(endpoint);
+    try {
+      await withDeadline(
+        session.query(`UNLISTEN ${quoteChannel(channel)}`, undefined, STATEMENT),
+        deadlineMs,
+      );
+    } catch (err) {
       // A session that died meanwhile listens to nothing; its replacement skips this channel.
-    });
+      // One that does not answer hears no notification for the other channels either.
+      if (isLate(err) && this.#session === session) {
+        this.#lose(endpoint, `no answer to UNLISTEN within ${deadlineMs} ms`);
+      }
+    }
   }
 
   /** Ends `session`, and forgets it if it is still the one in use. */
@@ -194,8 +276,35 @@ export class Listener {
     return session.end(0);
   }
 
-  /** Opens a session on the current primary and listens to every channel on it. */
+  /**
+   * Opens a session listening to every channel, unless one is being opened: either way the
+   * opening everyone waits for. A re-subscription that fails is tried again after a pause.
+   */
+  #connect(): Promise<void> {
+    if (this.#opening !== undefined) return this.#opening;
+    // Opening now: a retry waiting for its turn has nothing left to do.
+    if (this.#retry !== undefined) clearTimeout(this.#retry);
+    this.#retry = undefined;
+    const opening = this.#open();
+    this.#opening = opening;
+    opening.catch(() => this.#retryLater());
+    return opening;
+  }
+
+  /**
+   * Opens a session on the current primary and listens to every channel on it. Clears
+   * `#opening` as it settles, in the same step: a loss right after it must see no opening.
+   * (Its first step awaits, so `#connect` has set `#opening` by then.)
+   */
   async #open(): Promise<void> {
+    try {
+      await this.#openSession();
+    } finally {
+      this.#opening = undefined;
+    }
+  }
+
+  async #openSession(): Promise<void> {
     const endpoint = await this.#primary();
     // Everyone unlistened while the primary was being found: no session to open.
     if (this.#channels.size === 0) return;
@@ -207,29 +316,28 @@ export class Listener {
     });
     this.#session = session;
     this.#endpoint = endpoint;
+    // Connecting and the LISTENs, as a probe: a path that stalls after start-up (or a hung
+    // backend) would otherwise leave every waiter, and the re-subscription, waiting for good.
+    const deadlineMs = this.#topology.deadline(endpoint);
     try {
       // One round trip: every LISTEN pipelined.
-      await Promise.all(
-        [...this.#channels.keys()].map((c) =>
-          session.query(`LISTEN ${quoteChannel(c)}`, undefined, STATEMENT)
+      await withDeadline(
+        Promise.all(
+          [...this.#channels.keys()].map((c) =>
+            session.query(`LISTEN ${quoteChannel(c)}`, undefined, STATEMENT)
+          ),
         ),
+        deadlineMs,
       );
     } catch (err) {
       // Ended on purpose meanwhile (the last unlisten, or close()): the server did nothing wrong.
       const ours = this.#session === session;
+      // Late: whatever answer comes now is not waited for; the session goes.
       this.#endSession(session);
       if (this.#closed) throw new PoolClosedError();
       if (!ours && this.#channels.size === 0) return;
       this.#topology.report(endpoint, err);
-      // Lost or refused on its way, or the server is read-only by now: the caller hears what
-      // any checkout hears when no server can serve it.
-      if (!isConnectionError(err) && !isReadOnlyError(err)) throw err;
-      const { host, port } = endpoint.info;
-      throw new NoEndpointAvailableError(
-        "listen",
-        `the LISTEN session on ${host}:${port} failed (${reasonOf(err)})`,
-        { cause: err },
-      );
+      throw this.#failure(endpoint, err, deadlineMs);
     }
     if (this.#closed) {
       session.end(0);
@@ -322,25 +430,36 @@ export class Listener {
     if (this.#closed) return;
     // A session lost while it is still being opened with nothing lost before is a first
     // subscription's: its caller hears of it; nothing that was listening was lost.
-    if (!this.#lost && this.#connecting === undefined) {
+    if (!this.#lost && this.#opening === undefined) {
       this.#lost = true;
       this.#events.dispatchEvent(poolEvent("listenlost", { endpoint: endpoint.info, reason }));
     }
     this.#reopen();
   }
 
+  /** Re-subscribes every channel now, unless a session is in use or being opened. */
   #reopen(): void {
-    if (this.#closed || this.#retry !== undefined || this.#channels.size === 0) return;
-    if (this.#session !== undefined || this.#connecting !== undefined) return;
-    this.#connecting = this.#open().catch(() => {
-      // No primary yet, or it refused: try again after a growing pause.
-      const wait = this.#retryMs;
-      this.#retryMs = Math.min(RETRY_MAX_MS, this.#retryMs * 2);
-      this.#retry = setTimeout(() => {
-        this.#retry = undefined;
-        this.#reopen();
-      }, wait);
-    }).finally(() => this.#connecting = undefined);
+    if (this.#closed || this.#channels.size === 0) return;
+    if (this.#session !== undefined || this.#opening !== undefined) return;
+    // A failure arms the retry; subscribers waiting for it hear it themselves.
+    this.#connect().catch(() => {});
+  }
+
+  /**
+   * After a failed opening: tries again after a growing pause, if what failed was a
+   * re-subscription (`listenlost` told). A first subscription's failure is its callers' to hear.
+   */
+  #retryLater(): void {
+    if (this.#closed || !this.#lost || this.#retry !== undefined) return;
+    if (this.#channels.size === 0 || this.#session !== undefined || this.#opening !== undefined) {
+      return;
+    }
+    const wait = this.#retryMs;
+    this.#retryMs = Math.min(RETRY_MAX_MS, this.#retryMs * 2);
+    this.#retry = setTimeout(() => {
+      this.#retry = undefined;
+      this.#reopen();
+    }, wait);
   }
 
   /** Topology changed: leave a server that is no longer the primary (or is down). */
@@ -367,6 +486,7 @@ export class Listener {
     this.#retry = undefined;
     this.#stopBeating();
     this.#channels.clear();
+    this.#pending.clear();
     const session = this.#session;
     this.#session = undefined;
     this.#endpoint = undefined;

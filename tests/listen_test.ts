@@ -42,6 +42,42 @@ const behind = (proxy: TcpProxy) => ({
 const listenSessions = async (app: string) =>
   (await poolSessions(cluster, app)).filter((s) => s.applicationName === `${app}/listen`);
 
+/**
+ * Stalls, from now on, every client's bytes from its `LISTEN "channel"` on (that LISTEN never
+ * reaches the server; other clients pass). `hit` turns true at the first stall.
+ */
+function stallListen(proxy: TcpProxy, channel: string): { hit: boolean } {
+  const cut = { hit: false };
+  const needle = `LISTEN ${JSON.stringify(channel)}`;
+  proxy.cutClientChunk = (chunk) => {
+    if (!new TextDecoder().decode(chunk).includes(needle)) return chunk.length;
+    cut.hit = true;
+    return 0;
+  };
+  return cut;
+}
+
+type Settled<T> =
+  | { state: "resolved"; value: T }
+  | { state: "rejected"; error: unknown }
+  | { state: "pending" };
+
+/** How `promise` stands after at most `ms`: a hang is a test failure, not a test hang. */
+async function settleWithin<T>(promise: Promise<T>, ms: number): Promise<Settled<T>> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const outcome = await Promise.race([
+    promise.then(
+      (value): Settled<T> => ({ state: "resolved", value }),
+      (error: unknown): Settled<T> => ({ state: "rejected", error }),
+    ),
+    new Promise<Settled<T>>((resolve) =>
+      timer = setTimeout(() => resolve({ state: "pending" }), ms)
+    ),
+  ]);
+  clearTimeout(timer);
+  return outcome;
+}
+
 describe("pool.listen", () => {
   it("delivers notifications of every channel over one session outside the groups", async () => {
     await using p = pool("l1");
@@ -210,6 +246,196 @@ describe("pool.listen", () => {
       await waitFor(() => got.includes("healed"), { message: "delivery after the partition" });
     } finally {
       proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+
+  it("a first subscription whose LISTEN gets no answer fails within the probe deadline", async () => {
+    // The path of the LISTEN session stalls right at its LISTEN while the server answers
+    // everything else (probes included): only a deadline on the LISTEN itself ends the wait.
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = pool("l7", { db: [behind(proxy)], probe_timeout_ms: 1000 });
+      await p.query("write", "SELECT 1");
+      let lost = 0;
+      p.addEventListener("listenlost", () => lost++);
+      const cut = stallListen(proxy, "hang1");
+      const started = performance.now();
+      const outcome = await settleWithin(p.listen("hang1", () => {}), 8_000);
+      const ms = Math.round(performance.now() - started);
+      assert.ok(cut.hit, "the LISTEN was stalled");
+      assert.ok(outcome.state === "rejected", `listen() ${outcome.state} after ${ms} ms`);
+      assert.ok(
+        outcome.error instanceof NoEndpointAvailableError,
+        `rejected with ${outcome.error}`,
+      );
+      assert.match(outcome.error.message, /no answer to LISTEN within 1000 ms/);
+      assert.equal(lost, 0, "listenlost is for subscriptions that were made");
+      // Later sessions pass (the stalled one stays stalled): a subscription works again.
+      proxy.cutClientChunk = undefined;
+      const got: string[] = [];
+      await p.listen("hang1", (x) => got.push(x));
+      await cluster.primary.query("SELECT pg_notify('hang1', 'after')");
+      await waitFor(() => got.includes("after"), { message: "delivery on a new session" });
+    } finally {
+      proxy.cutClientChunk = undefined;
+      await proxy.close();
+    }
+  });
+
+  it("a re-subscription whose LISTEN gets no answer is retried until restored", async () => {
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = pool("l8", { db: [behind(proxy)], probe_timeout_ms: 1000 });
+      const events: string[] = [];
+      p.addEventListener("listenlost", (e) => events.push(`lost ${e.detail.reason}`));
+      p.addEventListener("listenrestored", () => events.push("restored"));
+      const got: string[] = [];
+      const sub = await p.listen("hang2", (x) => got.push(x));
+      const cut = stallListen(proxy, "hang2");
+      await cluster.primary.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'l8/listen'",
+      );
+      await waitFor(() => cut.hit, { message: "the re-subscription's LISTEN stalled" });
+      // The stalled session stays stalled; a new one would pass.
+      proxy.cutClientChunk = undefined;
+      await waitFor(() => events.includes("restored"), {
+        timeoutMs: 15_000,
+        message: "listenrestored on a new session after the stalled LISTEN's deadline",
+      });
+      assert.match(events[0], /^lost /);
+      await cluster.primary.query("SELECT pg_notify('hang2', 'restored')");
+      await waitFor(() => got.includes("restored"), { message: "delivery after the retry" });
+      const unlistened = await settleWithin(sub.unlisten(), 5_000);
+      assert.equal(unlistened.state, "resolved");
+    } finally {
+      proxy.cutClientChunk = undefined;
+      await proxy.close();
+    }
+  });
+
+  it("an aborted signal ends a listen() whose LISTEN is not answered", async () => {
+    // A probe deadline longer than the test: only the signal can end the wait.
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = pool("l9", {
+        db: [{ ...behind(proxy), connect_timeout: 30 }],
+        probe_timeout_ms: 30_000,
+      });
+      await p.query("write", "SELECT 1");
+      const cut = stallListen(proxy, "hang3");
+      const aborted = new AbortController();
+      const pending = p.listen("hang3", () => {}, { signal: aborted.signal });
+      await waitFor(() => cut.hit, { message: "the LISTEN stalled" });
+      const reason = new Error("gave up");
+      aborted.abort(reason);
+      const outcome = await settleWithin(pending, 3_000);
+      assert.ok(outcome.state === "rejected", `listen() ${outcome.state} after its signal aborted`);
+      assert.equal(outcome.error, reason);
+    } finally {
+      proxy.cutClientChunk = undefined;
+      await proxy.close();
+    }
+  });
+
+  it("a second subscription to a channel whose LISTEN is in flight resolves once listened", async () => {
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = pool("l10", {
+        db: [behind(proxy)],
+        health_check_interval_ms: 0,
+        listen_heartbeat_ms: 0,
+      });
+      await p.listen("a", () => {}); // the LISTEN session exists
+      proxy.delayMs = 300; // its path is slow, not dead
+      const got: string[] = [];
+      const first = p.listen("x", (v) => got.push(`1:${v}`));
+      const second = await p.listen("x", (v) => got.push(`2:${v}`));
+      // Straight on the server, after listen() said the server listens.
+      await cluster.primary.query("SELECT pg_notify('x', 'early')");
+      await first;
+      await cluster.primary.query("SELECT pg_notify('x', 'late')");
+      await waitFor(() => got.filter((g) => g.endsWith(":late")).length === 2, {
+        message: "both subscribers' late deliveries",
+      });
+      assert.deepEqual(got.sort(), ["1:early", "1:late", "2:early", "2:late"]);
+      await second.unlisten();
+    } finally {
+      proxy.delayMs = 0;
+      await proxy.close();
+    }
+  });
+
+  it("a subscription made while a re-subscription is in flight shares its outcome", async () => {
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = pool("l11", {
+        db: [{ ...behind(proxy), connect_timeout: 2 }],
+        health_check_interval_ms: 0,
+        listen_heartbeat_ms: 300,
+        probe_timeout_ms: 500,
+      });
+      const events: string[] = [];
+      p.addEventListener("listenlost", (e) => events.push(`lost ${e.detail.reason}`));
+      p.addEventListener("listenrestored", () => events.push("restored"));
+      const got: string[] = [];
+      await p.listen("r", (x) => got.push(x));
+      proxy.mode = "blackhole";
+      await waitFor(() => events.length > 0, { message: "listenlost" });
+      // The re-subscription goes through the partition: nothing can listen.
+      const during = await settleWithin(p.listen("r", () => {}), 8_000);
+      assert.ok(during.state === "rejected", `listen() ${during.state} while nothing listens`);
+      assert.ok(during.error instanceof NoEndpointAvailableError, `${during.error}`);
+      proxy.mode = "pass";
+      await waitFor(() => events.includes("restored"), {
+        timeoutMs: 15_000,
+        message: "listenrestored once the partition heals",
+      });
+      await cluster.primary.query("SELECT pg_notify('r', 'healed')");
+      await waitFor(() => got.includes("healed"), { message: "delivery to the first subscriber" });
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+
+  it("close() during a re-subscription leaves no retry timer armed", async () => {
+    const proxy = await startProxy(cluster.primary);
+    const realSet = globalThis.setTimeout;
+    const realClear = globalThis.clearTimeout;
+    try {
+      const p = pool("l12", { db: [behind(proxy)] });
+      await p.listen("t", () => {});
+      const cut = stallListen(proxy, "t");
+      await cluster.primary.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'l12/listen'",
+      );
+      await waitFor(() => cut.hit, { message: "the re-subscription's LISTEN in flight" });
+      // Every timer the listener itself arms from here on, unless cleared (one that fires counts:
+      // a retry after close() is the defect even when it finds nothing to do).
+      const armed = new Map<unknown, string>();
+      const patched = (fn: (...a: unknown[]) => void, ms?: number, ...rest: unknown[]) => {
+        const id = realSet(fn, ms, ...rest);
+        const caller = (new Error().stack ?? "").split("\n").slice(1)
+          .find((frame) => !frame.includes("listen_test.ts")) ?? "";
+        if (caller.includes("listener.ts")) armed.set(id, `${ms} ms at ${caller.trim()}`);
+        return id;
+      };
+      globalThis.setTimeout = patched as typeof setTimeout;
+      globalThis.clearTimeout = ((id: Parameters<typeof clearTimeout>[0]) => {
+        armed.delete(id);
+        realClear(id);
+      }) as typeof clearTimeout;
+      await p.close();
+      // The failed LISTEN's handlers run after close() has returned (microtasks, socket close
+      // callbacks): by the time the proxy has seen every client close, they have had their turn.
+      await waitFor(() => proxy.connections === 0, { message: "every session closed" });
+      await new Promise((r) => realSet(r, 20));
+      assert.deepEqual([...armed.values()], [], "a listener timer armed after close()");
+    } finally {
+      globalThis.setTimeout = realSet;
+      globalThis.clearTimeout = realClear;
+      proxy.cutClientChunk = undefined;
       await proxy.close();
     }
   });
