@@ -8,6 +8,8 @@
 
 /** What a checkout under leak detection can be asked to do. */
 export interface Reclaimable {
+  /** Its group: once `ended` (the pool closed), nothing of it is watched or reported. */
+  readonly group: { readonly ended: boolean };
   /** Gives the connection and permit back because the handler is gone; reports it. */
   reclaim(): void;
 }
@@ -49,8 +51,23 @@ export function keepReachable(value: unknown, owner: object): void {
   }
 }
 
-// Held values are the leases, never the handlers: a handler stays collectable.
-const finalizers = new FinalizationRegistry<Reclaimable>((lease) => lease.reclaim());
+// Held values are the leases, never the handlers: a handler stays collectable. A closed pool
+// has ended every connection already and reports nothing more.
+const finalizers = new FinalizationRegistry<Reclaimable>((lease) => {
+  if (!lease.group.ended) lease.reclaim();
+});
+
+/**
+ * Lets the process exit while `timer` is pending, where the runtime can (Deno: `unrefTimer`;
+ * Bun and Node: the timer's `unref`; elsewhere nothing): a leak report is no reason to keep a
+ * program alive, and a handler held past `pool.close()` would otherwise keep it running until
+ * the timer fires. An open pool's sockets keep the process alive anyway.
+ */
+function unref(timer: ReturnType<typeof setTimeout>): void {
+  if (typeof timer === "number") {
+    (globalThis as { Deno?: { unrefTimer?(id: number): void } }).Deno?.unrefTimer?.(timer);
+  } else (timer as { unref?: () => void }).unref?.();
+}
 
 /** One checkout's leak watch. */
 export class LeakWatch {
@@ -67,7 +84,12 @@ export class LeakWatch {
     this.stack = callerStack(new Error());
     this.since = performance.now();
     this.#lease = lease;
-    this.#timer = setTimeout(() => onLeak(this), ms);
+    this.#timer = setTimeout(() => {
+      // The pool closed meanwhile: its checkouts are over, whatever the caller still holds.
+      if (lease.group.ended) this.stop();
+      else onLeak(this);
+    }, ms);
+    unref(this.#timer);
     finalizers.register(handler, lease, lease);
   }
 

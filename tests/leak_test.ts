@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
+import { bunBin, denoBin, runCommand } from "./tools.ts";
 import { Pool, type PoolEventDetailMap, type Sql } from "../mod.ts";
 
 await setTestTimeout(180_000);
@@ -146,5 +147,59 @@ describe("leak detection", () => {
     }, { timeoutMs: 30_000, message: `all four unreachable handlers reclaimed (${leaks.length})` });
     assert.ok(leaks.every((l) => l.reclaimed));
     assert.equal(pool.stats().groups.g.busy, 0);
+  });
+
+  it("a held handler's leak timer keeps no process alive after close()", async () => {
+    // A child process holds a handler (a request still in flight), closes its pool and has
+    // nothing else to do: it must exit then, not when the leak timer would have fired.
+    const leakMs = 20_000;
+    const child = `
+      import { Pool } from ${JSON.stringify(new URL("../mod.ts", import.meta.url).href)};
+      const pool = new Pool({
+        db: ${JSON.stringify(cluster.endpoints()[0])},
+        groups: { g: { connection_count: 1, leak_detection_ms: ${leakMs} } },
+        application_name: "leak4",
+        close_timeout_ms: 100,
+        health_check_interval_ms: 0,
+      });
+      pool.addEventListener("leak", () => console.log("leak event after close()"));
+      const db = pool.handler("g");
+      await db.query("SELECT 1");
+      await pool.close();
+      console.log("closed at " + Date.now());
+      globalThis.held = db;
+    `;
+    const [bin, args] = "Bun" in globalThis
+      ? [bunBin(), ["-e", child]]
+      : [denoBin(), ["eval", child]];
+    const { code, stdout, stderr } = await runCommand(bin, args, { timeoutMs: leakMs * 3 });
+    const exitedAt = Date.now();
+    const closedAt = Number(/closed at (\d+)/.exec(stdout)?.[1]);
+    assert.ok(closedAt > 0, `the child closed its pool (code ${code}):\n${stdout}${stderr}`);
+    const lived = exitedAt - closedAt;
+    assert.ok(lived < leakMs / 2, `the child lived ${lived} ms after close():\n${stdout}${stderr}`);
+    assert.doesNotMatch(stdout, /leak event/);
+  });
+
+  it("a leak timer of a closed pool reports nothing", async () => {
+    const config = (app: string) => ({
+      db: cluster.endpoints()[0],
+      groups: { g: { connection_count: 1, leak_detection_ms: 300 } },
+      application_name: app,
+    });
+    const closed = new Pool({ ...config("leak5"), close_timeout_ms: 100 });
+    await using open = new Pool(config("leak5b"));
+    const leaks: string[] = [];
+    closed.addEventListener("leak", () => leaks.push("closed"));
+    open.addEventListener("leak", () => leaks.push("open"));
+    const held = closed.handler("g");
+    await held.query("SELECT 1");
+    await closed.close();
+    // Checked out after the closed pool's: its timer, of the same length, fires after that one.
+    using control = open.handler("g");
+    await control.query("SELECT 1");
+    await waitFor(() => leaks.includes("open"), { message: "the open pool's leak event" });
+    assert.deepEqual(leaks, ["open"]);
+    held.release();
   });
 });
