@@ -22,20 +22,26 @@ const GRACE_MS = 50;
 /**
  * Rejects with an `ETIMEDOUT` error when `promise` has not settled after `ms`, counting only
  * time in which this process could have seen it settle: a deadline whose timer fires late
- * (the event loop was stalled) is re-armed once for a short grace, so that an answer waiting
- * unread is read first. Once: the loop has turned by the time the grace ends, and stalls that
- * never stop must not stretch the deadline for good.
+ * (the event loop was stalled) is re-armed for a short grace, so that an answer waiting unread
+ * is read first, and again while the grace timers fire late too, up to `ms / GRACE_MS` times:
+ * stalls that never stop must not stretch the deadline for good.
  */
 export function withDeadline<T>(promise: PromiseLike<T>, ms: number): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   return Promise.race([
     promise,
     new Promise<never>((_, reject) => {
-      const due = performance.now() + ms;
-      let graced = false;
+      let due = performance.now() + ms;
+      // As many stalled turns as graces fit in the deadline itself: an answer that needs
+      // several reads (a fresh session's connect, start-up and first rows) gets its turns on a
+      // loop stalled again and again, and a loop that never stops stalling stretches the
+      // deadline by a bounded number of its turns.
+      let graces = Math.max(1, Math.ceil(ms / GRACE_MS));
       const fire = () => {
-        if (!graced && performance.now() - due > STALL_MS) {
-          graced = true;
+        const now = performance.now();
+        if (graces > 0 && now - due > STALL_MS) {
+          graces--;
+          due = now + GRACE_MS;
           timer = setTimeout(fire, GRACE_MS);
           return;
         }
