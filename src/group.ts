@@ -806,13 +806,13 @@ export class Group {
     if (this.closing) throw new PoolClosedError();
     const member = conn.member;
     this.#discard(conn);
-    if (sameServer || this.#members.length === 0) {
-      // Nothing routable any more (a checkout moving off waits for routing first: this is a
-      // pinned one, or routing changed meanwhile): stay on the same server; the next statement
-      // reports why.
-      return this.#open(member);
-    }
-    return this.#take();
+    // Nothing routable any more (a checkout moving off waits for routing first: this is a
+    // pinned one, or routing changed meanwhile): stay on the same server; the next statement
+    // reports why.
+    const next = sameServer || this.#members.length === 0 ? this.#open(member) : this.#take();
+    // One hold, whichever connection serves it: its use_time counts from the checkout.
+    next.heldSince = conn.heldSince;
+    return next;
   }
 
   /**

@@ -55,6 +55,31 @@ export function observe(
   return hooks.statement({ group, text, endpoint: endpoint.info, database: endpoint.database });
 }
 
+/**
+ * Observes a statement made through `db.sql` from its dispatch to its end. Such statements are
+ * lazy (sent on their first `then`, which `await`, `catch` and `finally` go through; a fragment
+ * embedded in another statement is never sent on its own): the observation starts on that first
+ * `then`, never earlier, and never sends anything itself.
+ */
+function observeWhenSent(statement: Promise<unknown>, start: () => Done): void {
+  const then = statement.then;
+  let done: Done | undefined;
+  statement.then = function (this: Promise<unknown>, ...args: unknown[]) {
+    if (done === undefined) {
+      const end = done = start();
+      then.call(this, () => end(undefined), end);
+    }
+    return (then as (...args: unknown[]) => Promise<unknown>).apply(this, args);
+  } as typeof statement.then;
+}
+
+/** A tagged template's text as the server gets it: `$1`, `$2`, ... for its values. */
+function templateText(strings: readonly string[]): string {
+  let text = strings[0] ?? "";
+  for (let i = 1; i < strings.length; i++) text += `$${i}${strings[i]}`;
+  return text;
+}
+
 /** One checkout of a group. `Handler` is its public façade. */
 export class Lease {
   readonly group: Group;
@@ -375,10 +400,12 @@ export class Lease {
       this.#tx = true;
     }
     this.#untracked = false;
+    const context = this.group.context;
+    context.watch?.(conn.endpoint);
     const commit = conn.session.query("COMMIT", undefined, conn.endpoint.controlOptions);
     // Wire order is the order of the first then/catch: COMMIT first, the position after it.
     commit.catch(noop);
-    const hooks = this.group.context.hooks;
+    const hooks = context.hooks;
     if (hooks !== undefined) {
       const done = observe(hooks, this.group.name, "COMMIT", conn);
       commit.then(() => done(undefined), done);
@@ -439,10 +466,17 @@ export class Lease {
     if (!this.#tx && !this.#leftOpen(conn)) return;
     this.#tx = false;
     this.#untracked = false;
+    const context = this.group.context;
+    context.watch?.(conn.endpoint);
+    const done = context.hooks === undefined
+      ? undefined
+      : observe(context.hooks, this.group.name, "ROLLBACK", conn);
     try {
       await conn.session.query("ROLLBACK", undefined, conn.endpoint.controlOptions);
+      done?.(undefined);
       conn.lastUsed = performance.now();
     } catch (err) {
+      done?.(err);
       const outcome = conn.outcomeOf(err, "ROLLBACK");
       if (outcome === "failed") throw err;
       // The session is gone, and its transaction with it: that is a rollback.
@@ -550,7 +584,42 @@ export class Lease {
     const tx = this.#tx || this.#leftOpen(conn);
     this.#tx = false;
     this.#untracked = false;
-    return this.group.checkin(conn, tx);
+    if (!tx) return this.group.checkin(conn, false);
+    const hooks = this.group.context.hooks;
+    if (hooks === undefined || conn.dead) return this.group.checkin(conn, true);
+    return this.#observedCheckin(hooks, conn);
+  }
+
+  /**
+   * Check-in with a transaction open, observed: the group sends the ROLLBACK at once (bounded by
+   * `connect_timeout`; no answer ends the session) and resolves once the connection is back. A
+   * ROLLBACK that succeeded stamps `lastUsed`; one that did not leaves it as marked here (the
+   * connection is then ended and never used again).
+   */
+  #observedCheckin(hooks: PoolHooks, conn: ServerConnection): Promise<void> | undefined {
+    const done = observe(hooks, this.group.name, "ROLLBACK", conn);
+    const lastUsed = conn.lastUsed;
+    conn.lastUsed = -1;
+    const checkedIn = this.group.checkin(conn, true);
+    if (checkedIn === undefined) {
+      // Not rolled back after all (nothing is sent on a connection found dead).
+      if (conn.lastUsed === -1) conn.lastUsed = lastUsed;
+      done(undefined);
+      return checkedIn;
+    }
+    const settled = () => {
+      done(
+        conn.lastUsed === -1
+          ? new SessionLostError(
+            this.group.name,
+            "unknown",
+            "the check-in ROLLBACK was not answered in time, or its connection was lost",
+          )
+          : undefined,
+      );
+    };
+    checkedIn.then(settled, settled);
+    return checkedIn;
   }
 
   /**
@@ -600,7 +669,17 @@ export class Lease {
       this.#sqlMade = true;
       if (!this.autocommit && !this.#tx) this.#begin(conn);
       conn.lastUsed = performance.now();
+      this.group.context.watch?.(conn.endpoint);
       return conn;
+    };
+    // A statement (not a helper's or fragment's value) is observed once it is sent.
+    const observed = (result: unknown, conn: ServerConnection, text: string): void => {
+      if (!(result instanceof Promise)) return;
+      observeWhenSent(result, () => {
+        // The observer of the moment it is sent (it may have been removed meanwhile).
+        const hooks = this.group.context.hooks;
+        return hooks === undefined ? noop : observe(hooks, this.group.name, text, conn);
+      });
     };
     const sql = ((first: unknown, ...rest: unknown[]) => {
       // A template's values, as statement parameters (helpers and fragments pass).
@@ -614,6 +693,10 @@ export class Lease {
         ...rest,
       );
       conn.session.adopt(result);
+      if (this.group.context.hooks !== undefined) {
+        const template = Array.isArray((first as { raw?: unknown } | null)?.raw);
+        observed(result, conn, template ? templateText(first as readonly string[]) : "");
+      }
       return hold === undefined ? result : hold(result);
     }) as unknown as Sql;
     const forward =
@@ -626,6 +709,10 @@ export class Lease {
         const conn = session();
         const result = (conn.session.sql[name] as (...args: unknown[]) => unknown)(...args);
         conn.session.adopt(result);
+        // unsafe's text is the statement; a file's is not known here.
+        if (this.group.context.hooks !== undefined) {
+          observed(result, conn, name === "unsafe" ? args[0] as string : "");
+        }
         return hold === undefined ? result : hold(result);
       };
     Object.assign(sql, {

@@ -48,9 +48,15 @@ export class ServerConnection {
   ) {
     this.member = member;
     this.retireAt = retireAt;
-    const openedAt = performance.now();
+    // Sessions open lazily, on their first statement: the clock starts when the driver dials
+    // (else a caller's pause between checkout and first statement would count as connecting).
+    // postgres.js on workerd dials through its own socket and says nothing: there it starts now.
+    let openedAt = performance.now();
     let connected = false;
     this.session = member.endpoint.session({
+      onDial: () => {
+        openedAt = performance.now();
+      },
       onParameter: (key, value) => {
         // The server reports its parameters right after accepting the start-up.
         if (!connected) {
@@ -60,6 +66,9 @@ export class ServerConnection {
         onParameter(this, key, value);
       },
     });
+    let open = opened.get(member.endpoint);
+    if (open === undefined) opened.set(member.endpoint, open = new Set());
+    open.add(this);
   }
 
   /** The endpoint this connection talks to. */
@@ -87,8 +96,27 @@ export class ServerConnection {
    * does not change: a holder keeps a dead connection until it checks it in.
    */
   end(timeoutMs: number): Promise<void> {
+    opened.get(this.member.endpoint)?.delete(this);
     return this.session.end(timeoutMs);
   }
+}
+
+/** Every pooled connection of each endpoint not ended yet (the pool ends every one it drops). */
+const opened = new WeakMap<Endpoint, Set<ServerConnection>>();
+
+/**
+ * Whether some live connection to `endpoint` is checked out (held by a checkout or shared by
+ * one-shots): every statement in flight on it is, also one the pool cannot follow to its end
+ * (`db.sql`). For the watchdog of `Topology.watch`.
+ */
+export function checkedOut(endpoint: Endpoint): boolean {
+  const open = opened.get(endpoint);
+  if (open === undefined) return false;
+  for (const conn of open) {
+    if (conn.dead) open.delete(conn);
+    else if (conn.state === "held" || conn.state === "shared") return true;
+  }
+  return false;
 }
 
 const PING = { prepare: false };

@@ -12,6 +12,7 @@ import type { Endpoint, EndpointRole } from "./endpoint.ts";
 import { poolEvent, reasonOf } from "./events.ts";
 import { parseLsn } from "./lsn.ts";
 import { withDeadline } from "./deadline.ts";
+import { checkedOut } from "./server_connection.ts";
 import { isCapacityError, isConnectionError, isReadOnlyError } from "./sqlstate.ts";
 
 // One round trip: role, WAL position and the replica's own view of its lag. The lag is only
@@ -175,17 +176,27 @@ export class Topology {
 
   /**
    * With background probing off: makes sure `endpoint` is probed `connect_timeout` from now
-   * (one timer per endpoint, armed by statements as they are sent). A server that went silent
-   * under a statement is then marked down and its connections are cut, instead of the
-   * statement waiting for TCP to give up.
+   * (one timer per endpoint, armed by statements as they are sent), and again every
+   * `connect_timeout` for as long as a connection to it is checked out: a statement may outlive
+   * any one probe. A server that went silent under a statement is then marked down and its
+   * connections are cut, instead of the statement waiting for TCP to give up. Nothing per
+   * statement but a map lookup: the timer re-arms itself.
    */
   watch(endpoint: Endpoint): void {
     if (this.#watchdogs.has(endpoint) || this.#closed) return;
+    this.#arm(endpoint);
+  }
+
+  #arm(endpoint: Endpoint): void {
     this.#watchdogs.set(
       endpoint,
       setTimeout(() => {
         this.#watchdogs.delete(endpoint);
+        if (this.#closed) return;
         this.probe(endpoint);
+        // Checked out: statements may be in flight there (also db.sql ones, whose end the pool
+        // cannot see), or be sent without a timer armed in between: watch on.
+        if (checkedOut(endpoint)) this.#arm(endpoint);
       }, endpoint.connectTimeoutS * 1000),
     );
   }

@@ -2,9 +2,16 @@
 // fires late after an event-loop stall gets a short grace so that an answer waiting unread is
 // read first. Under stalls that never stopped, the grace was re-armed after every late timer, so
 // the deadline never fired (found by an audit).
-import { describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { startProxy } from "./harness/proxy.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { waitFor } from "./harness/wait.ts";
+import { Pool, type PoolConfig } from "../mod.ts";
 import { withDeadline } from "../src/deadline.ts";
+
+await setTestTimeout(120_000);
 
 /** Blocks the event loop in 120 ms slices, with a turn of the loop between slices, for `ms`. */
 function stallFor(ms: number): Promise<void> {
@@ -44,6 +51,7 @@ describe("withDeadline", () => {
     assert.equal(outcome, "settled");
   });
 
+
   it("fires under stalls that do not stop, after a bounded number of graces", async () => {
     const never = new Promise<never>(() => {});
     const started = performance.now();
@@ -61,5 +69,120 @@ describe("withDeadline", () => {
       (outcome as { at: number }).at < 2000,
       `fired after ${(outcome as { at: number }).at} ms`,
     );
+  });
+});
+
+// With background probing off (health_check_interval_ms: 0) a statement arms a probe of its
+// server connect_timeout later (Topology.watch), so that a host going silent under it is cut off.
+// That probe fired once: a statement that outlived it, on a host that went silent afterwards,
+// hung until TCP gave up; and COMMIT, ROLLBACK and db.sql statements armed nothing at all (found
+// by an audit). Real server behind the harness proxy, whose blackhole drops everything.
+describe("watchdog probing (health_check_interval_ms: 0)", () => {
+  let cluster: PgCluster;
+  before(async () => {
+    cluster = await startCluster({ replicas: 0 });
+  }, { timeout: 120_000 });
+  after(async () => {
+    await cluster?.close();
+  }, { timeout: 60_000 });
+
+  /** A pool on one server behind a proxy: connect_timeout 1 s, probe deadline 0.5 s. */
+  async function silentable(app: string, groups: PoolConfig["groups"]) {
+    const proxy = await startProxy(cluster.primary);
+    const pool = new Pool({
+      db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port, connect_timeout: 1 }],
+      groups,
+      application_name: app,
+      health_check_interval_ms: 0,
+      probe_timeout_ms: 500,
+    });
+    const probes = () => pool.stats().endpoints[0].probes;
+    return {
+      proxy,
+      pool,
+      probes,
+      async [Symbol.asyncDispose]() {
+        proxy.mode = "pass";
+        await pool.close();
+        await proxy.close();
+      },
+    };
+  }
+
+  /** How `p` settled, once it has, and when (ms after `from`). */
+  function track(p: Promise<unknown>) {
+    const t: { outcome?: string; at?: number } = {};
+    p.then(() => "resolved", (e: Error) => e.name).then((outcome) => {
+      t.outcome = outcome;
+      t.at = performance.now();
+    });
+    return t;
+  }
+
+  // connect_timeout (1 s) until the next watchdog probe, 0.5 s for it to give up: generous
+  // bound for a loaded machine, well short of forever.
+  const CUT_WITHIN_MS = 8_000;
+
+  it("a statement that outlives the watchdog's probe is still cut off when its host goes silent", async () => {
+    await using s = await silentable("wd-long", { g: { connection_count: 1 } });
+    await s.pool.query("g", "SELECT 1");
+    // Whatever the first statement armed has fired: the long one starts with nothing pending.
+    await waitFor(() => s.probes() >= 1, { timeoutMs: 10_000, message: "the first probe" });
+    const before = s.probes();
+    const stmt = track(s.pool.query("g", "SELECT pg_sleep(30)"));
+    // The watchdog the statement armed probes, and the server answers: the host is fine.
+    await waitFor(() => s.probes() > before, { timeoutMs: 10_000, message: "a watchdog probe" });
+    assert.equal(s.pool.stats().endpoints[0].state, "up");
+    assert.equal(stmt.outcome, undefined, "still running");
+    s.proxy.mode = "blackhole";
+    const silentAt = performance.now();
+    await waitFor(() => stmt.outcome !== undefined, {
+      timeoutMs: CUT_WITHIN_MS,
+      message: "the statement cut off after its host went silent",
+    });
+    assert.equal(stmt.outcome, "SessionLostError");
+    assert.ok(stmt.at! - silentAt < CUT_WITHIN_MS);
+    assert.equal(s.pool.stats().endpoints[0].state, "down");
+  });
+
+  it("COMMIT on a host that went silent is cut off", async () => {
+    await using s = await silentable("wd-commit", {
+      tx: { connection_count: 1, autocommit: false },
+    });
+    const db = await s.pool.acquire("tx");
+    try {
+      await db.query("SELECT 1");
+      // The probe the statement armed has answered; then the host goes silent.
+      await waitFor(() => s.probes() >= 1, { timeoutMs: 10_000, message: "a watchdog probe" });
+      s.proxy.mode = "blackhole";
+      const commit = track(db.commit());
+      await waitFor(() => commit.outcome !== undefined, {
+        timeoutMs: CUT_WITHIN_MS,
+        message: "COMMIT cut off after its host went silent",
+      });
+      assert.equal(commit.outcome, "TransactionLostError");
+    } finally {
+      db.release();
+    }
+  });
+
+  it("a db.sql statement on a host that went silent is cut off", async () => {
+    await using s = await silentable("wd-sql", { g: { connection_count: 1 } });
+    await s.pool.query("g", "SELECT 1");
+    // The one-shot's probe has come and gone: nothing is armed any more.
+    await waitFor(() => s.probes() >= 1, { timeoutMs: 10_000, message: "the first probe" });
+    const db = await s.pool.acquire("g");
+    try {
+      s.proxy.mode = "blackhole";
+      const stmt = track(Promise.resolve(db.sql`SELECT 1 AS n`));
+      await waitFor(() => stmt.outcome !== undefined, {
+        timeoutMs: CUT_WITHIN_MS,
+        message: "the db.sql statement cut off after its host went silent",
+      });
+      assert.notEqual(stmt.outcome, "resolved");
+      assert.equal(s.pool.stats().endpoints[0].state, "down");
+    } finally {
+      db.release();
+    }
   });
 });

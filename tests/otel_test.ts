@@ -33,6 +33,7 @@ import {
   SimpleSpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { countPoolSessions, poolSessions, terminate } from "./harness/faults.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { denoBin, ROOT, runCommand } from "./tools.ts";
@@ -665,5 +666,156 @@ describe("@x/pgdbpool/otel", () => {
     assert.equal(operationOf("SELECT 1; DELETE FROM t"), undefined);
     assert.equal(operationOf("SELECT ';'"), undefined, "no parsing: any inner semicolon counts");
     assert.equal(operationOf("frobnicate 1"), undefined);
+  });
+});
+
+// Found by an audit: create_time counted the caller's pause before its first statement (the
+// clock started at checkout, the session opens on first use); a checkout whose connection was
+// swapped before its first statement never recorded its use_time; db.sql statements and
+// ROLLBACKs (db.rollback(), the check-in rollback) had no span and no duration.
+describe("@x/pgdbpool/otel: every connection, hold and statement", () => {
+  /** A pool on the primary alone, instrumented into `sdk`. */
+  function single(app: string, extra: Partial<PoolConfig> = {}) {
+    const sdk = new Sdk();
+    const p = new Pool({
+      db: [cluster.endpoints()[0]],
+      groups: { g: { connection_count: 1 }, tx: { connection_count: 1, autocommit: false } },
+      application_name: app,
+      health_check_interval_ms: 0,
+      ...extra,
+    });
+    const stop = instrument(p, {
+      meterProvider: sdk.meterProvider,
+      tracerProvider: sdk.tracerProvider,
+    });
+    return {
+      sdk,
+      pool: p,
+      async [Symbol.asyncDispose]() {
+        stop();
+        await p.close();
+        await sdk.shutdown();
+      },
+    };
+  }
+
+  it("create_time is the connection's start-up, not the caller's pause before its first statement", async () => {
+    await using s = single("otel-create");
+    const db = await s.pool.acquire("g");
+    try {
+      // The caller does other work first; the session opens on the first statement.
+      await pause(600);
+      const t0 = performance.now();
+      await db.query("SELECT 1");
+      const firstMs = performance.now() - t0;
+      const m = await s.sdk.collect();
+      const created = m.histogram("db.client.connection.create_time", pool("g")) as {
+        count: number;
+        sum: number;
+      };
+      assert.equal(created.count, 1);
+      assert.ok(
+        created.sum * 1000 <= firstMs + 1,
+        `create_time ${
+          created.sum * 1000
+        } ms, but the first statement, connect included, took ${firstMs} ms`,
+      );
+    } finally {
+      db.release();
+    }
+  });
+
+  it("use_time once per hold, also for a checkout whose connection was swapped", async () => {
+    const app = "otel-swap";
+    await using s = single(app);
+    {
+      await using db = await s.pool.acquire("g");
+      await db.query("SELECT 1");
+    }
+    const db = await s.pool.acquire("g");
+    try {
+      // Its connection dies before the checkout's first statement: the checkout moves.
+      await terminate(await poolSessions(cluster, app));
+      await waitFor(async () => (await countPoolSessions(cluster, app)) === 0, {
+        message: "sessions terminated",
+      });
+      const rows = await db.query<{ n: number }>("SELECT 2 AS n");
+      assert.equal(rows[0].n, 2);
+    } finally {
+      db.release();
+    }
+    const m = await s.sdk.collect();
+    const waits = m.histogram("db.client.connection.wait_time", pool("g")) as { count: number };
+    const uses = m.histogram("db.client.connection.use_time", pool("g")) as { count: number };
+    assert.equal(s.pool.stats().groups.g.checkouts, 2);
+    assert.equal(waits.count, 2);
+    assert.equal(uses.count, 2, "one use_time per hold");
+  });
+
+  it("db.sql statements, db.rollback() and check-in rollbacks have spans and durations", async () => {
+    await using s = single("otel-gap");
+    const ops = () =>
+      s.sdk.spans.map((span) => String(span.attributes["db.operation.name"] ?? "?"));
+    const step = async (fn: () => Promise<unknown>) => {
+      s.sdk.spanExporter.reset();
+      await fn();
+      // The check-in rollback may still be running when the caller is done.
+      return ops();
+    };
+    assert.deepEqual(
+      await step(async () => {
+        await using db = await s.pool.acquire("g");
+        const [{ n }] = await db.sql<{ n: number }[]>`SELECT ${1}::int AS n`;
+        assert.equal(n, 1);
+        await db.sql.unsafe("SELECT 2");
+        await db.sql`SELECT nope FROM nowhere`.catch(() => {});
+        // A fragment is never sent on its own: one statement, one span.
+        const [{ m }] = await db.sql<{ m: number }[]>`SELECT ${db.sql`3`}::int AS m`;
+        assert.equal(m, 3);
+      }),
+      ["SELECT", "SELECT", "SELECT", "SELECT"],
+    );
+    // Bun's SQL keeps the SQLSTATE in errno.
+    assert.deepEqual(failureOf({ code: "ERR_POSTGRES_SERVER_ERROR", errno: "42P01" }), {
+      statusCode: "42P01",
+      type: "42P01",
+    });
+    const failed = s.sdk.spans[2];
+    assert.equal(failed.status.code, SpanStatusCode.ERROR);
+    assert.equal(failed.attributes["db.response.status_code"], "42P01");
+    assert.deepEqual(
+      await step(async () => {
+        await using db = await s.pool.acquire("tx");
+        await db.query("SELECT 1");
+        await db.rollback();
+      }),
+      ["SELECT", "ROLLBACK"],
+    );
+    assert.deepEqual(
+      await step(async () => {
+        const db = await s.pool.acquire("tx");
+        await db.query("SELECT 1");
+        await db[Symbol.asyncDispose](); // uncommitted: rolled back at check-in
+      }),
+      ["SELECT", "ROLLBACK"],
+    );
+    assert.deepEqual(
+      await step(() =>
+        s.pool.transaction("tx", async (db) => {
+          await db.query("SELECT 1");
+          throw new Error("rolled back");
+        }).catch(() => {})
+      ),
+      ["SELECT", "ROLLBACK"],
+    );
+    const m = await s.sdk.collect();
+    const durations = m.get("db.client.operation.duration").dataPoints;
+    const count = (op: string) =>
+      durations.filter((p) =>
+        p.attributes["db.operation.name"] === op && p.attributes["error.type"] === undefined
+      )
+        .reduce((n, p) => n + (p.value as { count: number }).count, 0);
+    assert.equal(count("ROLLBACK"), 3);
+    assert.equal(count("SELECT"), 6);
   });
 });

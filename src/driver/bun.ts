@@ -387,6 +387,7 @@ export class BunSession implements DriverSession {
   #arm(): void {
     if (this.#armed || this.#dead) return;
     this.#armed = true;
+    this.#hooks.onDial?.();
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       if (this.#established || this.#dead) return;

@@ -113,10 +113,11 @@ export interface Failure {
 /** Classifies a statement's error; never reads its message (it may hold data values). */
 export function failureOf(error: unknown): Failure {
   const code = (error as { code?: unknown } | null)?.code;
-  if (typeof code === "string") {
-    if (SQLSTATE.test(code)) return { statusCode: code, type: code };
-    if (CODE.test(code)) return { statusCode: undefined, type: code };
-  }
+  if (typeof code === "string" && SQLSTATE.test(code)) return { statusCode: code, type: code };
+  // Bun's SQL (db.sql under the Bun driver) keeps the SQLSTATE in `errno`, its own code in `code`.
+  const errno = (error as { errno?: unknown } | null)?.errno;
+  if (typeof errno === "string" && SQLSTATE.test(errno)) return { statusCode: errno, type: errno };
+  if (typeof code === "string" && CODE.test(code)) return { statusCode: undefined, type: code };
   const name = (error as { name?: unknown } | null)?.name;
   if (typeof name === "string" && name.length > 0 && name.length <= 64) {
     return { statusCode: undefined, type: name };
