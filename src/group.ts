@@ -902,13 +902,23 @@ export class Group {
 
   async #rollbackThenCheckin(conn: ServerConnection): Promise<void> {
     this.#rollingBack.add(conn);
+    const endpoint = conn.endpoint;
+    // Observed like every statement (OpenTelemetry): this ROLLBACK is the group's own.
+    const done = this.context.hooks?.statement({
+      group: this.name,
+      text: "ROLLBACK",
+      endpoint: endpoint.info,
+      database: endpoint.database,
+    });
     try {
       await withDeadline(
-        conn.session.query("ROLLBACK", undefined, conn.endpoint.controlOptions),
-        conn.endpoint.connectTimeoutS * 1000,
+        conn.session.query("ROLLBACK", undefined, endpoint.controlOptions),
+        endpoint.connectTimeoutS * 1000,
       );
       conn.lastUsed = performance.now();
-    } catch {
+      done?.(undefined);
+    } catch (err) {
+      done?.(err);
       // No answer, or an unknown state: not reusable. Ending the session rolls back.
       conn.end(0);
     }

@@ -584,42 +584,8 @@ export class Lease {
     const tx = this.#tx || this.#leftOpen(conn);
     this.#tx = false;
     this.#untracked = false;
-    if (!tx) return this.group.checkin(conn, false);
-    const hooks = this.group.context.hooks;
-    if (hooks === undefined || conn.dead) return this.group.checkin(conn, true);
-    return this.#observedCheckin(hooks, conn);
-  }
-
-  /**
-   * Check-in with a transaction open, observed: the group sends the ROLLBACK at once (bounded by
-   * `connect_timeout`; no answer ends the session) and resolves once the connection is back. A
-   * ROLLBACK that succeeded stamps `lastUsed`; one that did not leaves it as marked here (the
-   * connection is then ended and never used again).
-   */
-  #observedCheckin(hooks: PoolHooks, conn: ServerConnection): Promise<void> | undefined {
-    const done = observe(hooks, this.group.name, "ROLLBACK", conn);
-    const lastUsed = conn.lastUsed;
-    conn.lastUsed = -1;
-    const checkedIn = this.group.checkin(conn, true);
-    if (checkedIn === undefined) {
-      // Not rolled back after all (nothing is sent on a connection found dead).
-      if (conn.lastUsed === -1) conn.lastUsed = lastUsed;
-      done(undefined);
-      return checkedIn;
-    }
-    const settled = () => {
-      done(
-        conn.lastUsed === -1
-          ? new SessionLostError(
-            this.group.name,
-            "unknown",
-            "the check-in ROLLBACK was not answered in time, or its connection was lost",
-          )
-          : undefined,
-      );
-    };
-    checkedIn.then(settled, settled);
-    return checkedIn;
+    // With a block open, the group sends the ROLLBACK (and observes it).
+    return this.group.checkin(conn, tx);
   }
 
   /**
