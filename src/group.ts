@@ -464,7 +464,7 @@ export class Group {
     const limit = timeoutMs ?? this.settings.acquireTimeoutMs;
     if (this.#sem.tryAcquire()) {
       try {
-        return Promise.resolve(this.#afterPermit(after, signal, started, limit));
+        return Promise.resolve(this.#afterPermit(after, signal, started, limit, onQueued));
       } catch (err) {
         return Promise.reject(err);
       }
@@ -474,7 +474,7 @@ export class Group {
     }
     return this.#sem.wait(signal, limit, onQueued).then(() => {
       this.waitSamples.add(performance.now() - started);
-      return this.#afterPermit(after, signal, started, limit);
+      return this.#afterPermit(after, signal, started, limit, onQueued);
     }, (err: unknown) => {
       if (err instanceof DOMException && err.name === "TimeoutError" && !signal?.aborted) {
         throw this.#timedOut(limit);
@@ -492,9 +492,10 @@ export class Group {
     signal: AbortSignal | undefined,
     started: number,
     limitMs?: number,
+    onQueued?: (cancel: (reason: unknown) => void) => void,
   ): ServerConnection | Promise<ServerConnection> {
     if (this.closing || this.#members.length === 0 || after !== undefined) {
-      return this.#afterPermitSlow(after, signal, started, limitMs);
+      return this.#afterPermitSlow(after, signal, started, limitMs, onQueued);
     }
     try {
       return this.#checkedOut(this.#take(), started);
@@ -509,7 +510,23 @@ export class Group {
     signal: AbortSignal | undefined,
     started: number,
     limitMs: number | undefined,
+    onQueued?: (cancel: (reason: unknown) => void) => void,
   ): Promise<ServerConnection> {
+    // The wait for routing or a replica's replay holds a permit: the checkout's owner may
+    // cancel it (a handler released meanwhile), as it could while queued for the permit, so
+    // that the permit comes back at once rather than at the end of the wait.
+    const outer = signal;
+    let forward: (() => void) | undefined;
+    if (onQueued !== undefined) {
+      const own = new AbortController();
+      if (outer !== undefined) {
+        forward = () => own.abort(outer.reason);
+        if (outer.aborted) forward();
+        else outer.addEventListener("abort", forward, { once: true });
+      }
+      onQueued((reason) => own.abort(reason));
+      signal = own.signal;
+    }
     try {
       if (this.closing) throw new PoolClosedError();
       if (this.#members.length === 0) await this.#findEndpoint(signal, started, limitMs);
@@ -520,6 +537,8 @@ export class Group {
     } catch (err) {
       this.#releasePermit();
       throw err;
+    } finally {
+      if (forward !== undefined) outer!.removeEventListener("abort", forward);
     }
   }
 

@@ -599,6 +599,22 @@ describe("session integrity", () => {
     assert.deepEqual(back, [7, null, 9]);
   });
 
+  // An array whose lower bound is not 1 is written with its bounds first ('[0:1]={1,2}'); the
+  // pool's array parser read the bounds as an element ([NaN, 2]). Bounds are dropped, as
+  // postgres.js and Bun do: a JavaScript array starts at 0.
+  it("arrays with lower bounds other than 1 keep every element", async () => {
+    await using p = pool("array_bounds", { g: { connection_count: 1, endpoints: [0] } });
+    const [row] = await p.query(
+      "g",
+      "SELECT '[0:1]={1,2}'::int4[] AS i, '[0:1]={a,NULL}'::text[] AS t, " +
+        "'[0:1][-1:0]={{1,NULL},{3,4}}'::int4[] AS m",
+    );
+    assert.deepEqual(
+      { i: [...row.i], t: row.t, m: row.m.map((r: Iterable<unknown>) => [...r]) },
+      { i: [1, 2], t: ["a", null], m: [[1, null], [3, 4]] },
+    );
+  });
+
   it("sessions opened at once share one table of array types per server", async () => {
     // Each postgres.js session that learns the array types makes two functions per array type
     // (about 600 on PostgreSQL 18): sessions opened together, before any had learnt them, each

@@ -4,9 +4,10 @@ import process from "node:process";
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { closedPort } from "./harness/closed_port.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
-import { startProxy } from "./harness/proxy.ts";
+import { startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { sleep, waitFor } from "./harness/wait.ts";
 import {
+  type EndpointConfig,
   NoEndpointAvailableError,
   Pool,
   type PoolConfig,
@@ -37,6 +38,11 @@ function pool(app: string, groups: PoolConfig["groups"], extra: Partial<PoolConf
     retry_backoff_max_ms: 500,
     ...extra,
   });
+}
+
+/** The first server's settings, dialled through `proxy` (the proxy's server answers). */
+function behind(proxy: TcpProxy): EndpointConfig {
+  return { ...cluster.endpoints()[0], host: proxy.host, port: proxy.port };
 }
 
 async function portOf(
@@ -432,6 +438,37 @@ describe("read-your-writes", () => {
     }
   });
 
+  // Released while it waited for a replica to replay: the wait went on to its
+  // read_your_writes_timeout_ms holding the group's permit, and a checkout made meanwhile timed
+  // out with nothing in use (found by an audit).
+  it("a read-your-writes checkout released while it waits gives its permit back at once", async () => {
+    await using p = pool("ryw-release", {
+      write: { connection_count: 1, role: "primary" },
+      read: { connection_count: 1, role: "replica", read_your_writes_timeout_ms: 8000 },
+    });
+    await p.query("read", "SELECT 1");
+    for (const r of cluster.replicas) await r.query("SELECT pg_wal_replay_pause()");
+    try {
+      await p.query("write", "INSERT INTO notes (v) VALUES ('ryw-release')");
+      const waiting = p.handler("read", { after: p.token });
+      await waitFor(() => p.stats().groups.read.busy === 1, { message: "the checkout waits" });
+      waiting.release();
+      const started = performance.now();
+      const outcome = await p.acquire("read", { timeout_ms: 3000 }).then(
+        (db) => {
+          db.release();
+          return "checked out";
+        },
+        (e: Error) => e.name,
+      );
+      const ms = Math.round(performance.now() - started);
+      assert.equal(outcome, "checked out", `after ${ms} ms`);
+      assert.ok(ms < 1500, `the permit came back after ${ms} ms`);
+    } finally {
+      for (const r of cluster.replicas) await r.query("SELECT pg_wal_replay_resume()");
+    }
+  });
+
   it("rejects a malformed token", async () => {
     await using p = pool("ryw-bad", { read: { connection_count: 1 } });
     assert.throws(
@@ -538,11 +575,7 @@ describe("hung hosts", () => {
     const proxy = await startProxy(replica);
     try {
       await using p = new Pool({
-        db: [cluster.endpoints()[0], {
-          ...cluster.endpoints()[0],
-          host: proxy.host,
-          port: proxy.port,
-        }],
+        db: [cluster.endpoints()[0], behind(proxy)],
         groups: { read: { connection_count: 1, role: "replica" } },
         application_name: "hung1",
         health_check_interval_ms: 200,
@@ -664,11 +697,7 @@ describe("hung hosts", () => {
     const proxy = await startProxy(replica);
     try {
       await using p = new Pool({
-        db: [cluster.endpoints()[0], {
-          ...cluster.endpoints()[0],
-          host: proxy.host,
-          port: proxy.port,
-        }],
+        db: [cluster.endpoints()[0], behind(proxy)],
         groups: {
           write: { connection_count: 1, role: "primary" },
           read: { connection_count: 2, role: "prefer-replica", read_your_writes_timeout_ms: 300 },
@@ -702,7 +731,7 @@ describe("hung hosts", () => {
         db: [
           cluster.endpoints()[0],
           { ...cluster.endpoints()[0], host: healthy.host, port: healthy.port },
-          { ...cluster.endpoints()[0], host: proxy.host, port: proxy.port },
+          behind(proxy),
         ],
         groups: {
           write: { connection_count: 1, role: "primary" },
@@ -743,7 +772,7 @@ describe("hung hosts", () => {
     const proxy = await startProxy(cluster.primary);
     try {
       const p = new Pool({
-        db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port }],
+        db: [behind(proxy)],
         groups: { g: { connection_count: 1, acquire_timeout_ms: 20_000 } },
         application_name: "hung6",
         health_check_interval_ms: 200,
@@ -782,11 +811,7 @@ describe("hung hosts", () => {
     const proxy = await startProxy(replica);
     try {
       const p = new Pool({
-        db: [cluster.endpoints()[0], {
-          ...cluster.endpoints()[0],
-          host: proxy.host,
-          port: proxy.port,
-        }],
+        db: [cluster.endpoints()[0], behind(proxy)],
         groups: {
           write: { connection_count: 1, role: "primary" },
           read: { connection_count: 2, role: "replica", read_your_writes_timeout_ms: 8000 },

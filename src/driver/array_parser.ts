@@ -33,10 +33,25 @@ const BOX_ARRAY = 1020;
 export function arrayParser(element: ElementParser | undefined, arrayOid: number): ArrayParser {
   const delimiter = arrayOid === BOX_ARRAY ? ";" : ",";
   const parse = (body: string): unknown[] => {
-    const at = { i: 0 };
+    const at = { i: boundsLength(body) };
     return readList(body, at, element, delimiter);
   };
   return Object.assign(parse, { array: true as const });
+}
+
+/**
+ * Bounds written before an array whose lower bound is not 1, as postgres.js passes them (its
+ * leading `[` cut): `0:1]={` of `[0:1]={1,2}`, one `[lower:upper]` per dimension. Unambiguous:
+ * an unquoted element never holds a `{`. They are dropped: a JavaScript array starts at 0.
+ */
+const BOUNDS = /^-?\d+:-?\d+\](?:\[-?\d+:-?\d+\])*=\{/;
+
+function boundsLength(body: string): number {
+  const c = body.charCodeAt(0);
+  // Only a body that starts with a digit or "-" can carry bounds.
+  if (!((c >= 48 && c <= 57) || c === 45)) return 0;
+  const bounds = BOUNDS.exec(body);
+  return bounds === null ? 0 : bounds[0].length;
 }
 
 // One list, from after its `{` to after its `}`: `at.i` moves along.
