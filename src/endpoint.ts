@@ -111,6 +111,11 @@ export class Endpoint {
    * parameters has no measured lag: a group with `max_replica_lag_ms` waits for a probe.
    */
   lagKnown = false;
+  /**
+   * Probe start of the last probe that found nothing waiting for replay (or found a primary):
+   * WAL waiting now arrived after it, which bounds the replica's own figure of its lag.
+   */
+  caughtUpAt = -Infinity;
   /** Smoothed probe round trip, in milliseconds. */
   latencyMs: number | undefined;
   /** When this endpoint was last seen to become primary (a promotion), for split-brain ties. */

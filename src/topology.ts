@@ -16,20 +16,20 @@ import { checkedOut } from "./server_connection.ts";
 import { isCapacityError, isConnectionError, isReadOnlyError } from "./sqlstate.ts";
 
 // One round trip: role, WAL position and the replica's own view of its lag. The lag is only
-// meaningful while received WAL waits for replay; otherwise the replica is caught up with what
-// it has (LSN comparison with the primary covers a stalled receiver).
+// meaningful while received WAL waits for replay (else NULL: the replica is caught up with what
+// it has, and LSN comparison with the primary covers a stalled receiver).
 const PROBE_SQL = `SELECT pg_is_in_recovery() AS recovery,
   (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text AS lsn,
   CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()
     THEN coalesce(extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000, 0)::float8
-    ELSE 0 END AS lag_ms,
+    END AS lag_ms,
   CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile`;
 
 /** What a probe reads. `walfile` (a primary's current WAL file) starts with its timeline. */
 interface ProbeRow {
   recovery: boolean;
   lsn: string | null;
-  lag_ms: number;
+  lag_ms: number | null;
   walfile: string | null;
 }
 
@@ -232,10 +232,15 @@ export class Topology {
     const lsn = parseLsn(row.lsn);
     endpoint.lsn = lsn;
     const now = performance.now();
-    if (row.recovery) {
-      endpoint.lagMs = Math.max(Number(row.lag_ms) || 0, this.#lagByLsn(lsn, now));
+    if (row.recovery && row.lag_ms !== null) {
+      // The replica's own figure is the age of the last transaction it replayed: after a quiet
+      // spell, the first write waiting for replay would count the whole spell. What waits
+      // arrived after the replica was last seen with nothing to replay, so no more than that.
+      const own = Math.min(Number(row.lag_ms) || 0, now - endpoint.caughtUpAt);
+      endpoint.lagMs = Math.max(own, this.#lagByLsn(lsn, now));
     } else {
-      endpoint.lagMs = 0;
+      endpoint.caughtUpAt = started;
+      endpoint.lagMs = row.recovery ? this.#lagByLsn(lsn, now) : 0;
     }
     // Up first, then what it came back as: listeners see the events in that order.
     const cameUp = this.#markUp(endpoint);
@@ -391,6 +396,7 @@ export class Topology {
     endpoint.retryAt = now + step / 2 + Math.random() * step / 2;
     if (endpoint.state === "down") return;
     endpoint.state = "down";
+    endpoint.caughtUpAt = -Infinity;
     this.#events.dispatchEvent(
       poolEvent("endpointdown", { endpoint: endpoint.info, reason: reasonOf(err) }),
     );

@@ -366,6 +366,47 @@ describe("replica lag", () => {
       `replicacaughtup read ${lagging.port} true`,
     ]);
   });
+
+  it("does not count a quiet spell as lag when a replica is replaying the first write after it", async () => {
+    // A replica's own view of its lag is the age of the last transaction it replayed. After a
+    // quiet spell, the first write it has received but not yet replayed made that the length of
+    // the spell (seconds), and the replica left routing although it was milliseconds behind.
+    await using p = pool("quiet", {
+      read: { connection_count: 2, role: "replica", max_replica_lag_ms: 1000 },
+    });
+    const [replica] = cluster.replicas;
+    const lagging: number[] = [];
+    p.addEventListener("replicalagging", (e) => lagging.push((e as PoolEvent).detail.lag_ms!));
+    await waitFor(async () => (await portOf(p, "read")) === replica.port, {
+      message: "the replica routed",
+    });
+    await waitFor(() => p.stats().endpoints[1].lag_ms === 0 && p.stats().endpoints[1].probes > 2, {
+      message: "the replica probed while caught up",
+    });
+    await sleep(2500); // no transaction anywhere: the quiet spell
+    await replica.query("SELECT pg_wal_replay_pause()");
+    try {
+      const [{ lsn }] = await cluster.primary.query(
+        "INSERT INTO notes (v) VALUES ('after quiet') RETURNING pg_current_wal_insert_lsn()::text AS lsn",
+      );
+      await waitFor(async () => {
+        const [{ got }] = await replica.query(
+          `SELECT pg_last_wal_receive_lsn() >= '${lsn}'::pg_lsn AS got`,
+        );
+        return got;
+      }, { message: "the write received by the paused replica" });
+      const probes = p.stats().endpoints[1].probes;
+      await waitFor(() => p.stats().endpoints[1].probes >= probes + 2, {
+        message: "two probes of the replica with the write pending",
+      });
+      const { lag_ms } = p.stats().endpoints[1];
+      // Behind by one write made a moment ago (give or take a probe interval), not by 2.5 s.
+      assert.ok(lag_ms < 1000, `lag ${Math.round(lag_ms)} ms for a write made a moment ago`);
+      assert.deepEqual(lagging, []);
+    } finally {
+      await replica.query("SELECT pg_wal_replay_resume()");
+    }
+  });
 });
 
 describe("read-your-writes", () => {
@@ -704,7 +745,11 @@ describe("hung hosts", () => {
         },
         application_name: "hung3",
       });
-      assert.equal(await portOf(p, "read"), replica.port);
+      // The first checkout may go to the primary: it answers its probe before the proxied
+      // replica does, and a checkout takes the first routable server.
+      await waitFor(async () => (await portOf(p, "read")) === replica.port, {
+        message: "reads on the replica",
+      });
       proxy.mode = "blackhole";
       await p.query("write", "INSERT INTO notes (v) VALUES ('silent replica')");
       const token = p.token!;
