@@ -22,6 +22,8 @@ import { SeatQueue } from "./seat_queue.ts";
 import { Semaphore } from "./semaphore.ts";
 import { withDeadline } from "./deadline.ts";
 import { type Member, ServerConnection } from "./server_connection.ts";
+import { CLEAN, RESET_SESSION, RESETTABLE, type Residue, UNRESETTABLE } from "./session_state.ts";
+import type { StatementOptions } from "./driver/postgres.ts";
 import type { Topology } from "./topology.ts";
 import { WaitSamples } from "./wait_samples.ts";
 
@@ -423,7 +425,7 @@ export class Group {
   #reseat(conn: ServerConnection, now: number): boolean {
     if (
       conn.dead || !conn.member.active || this.closing || this.#exclusiveWaiting > 0 ||
-      now > conn.retireAt
+      now > conn.retireAt || conn.residue !== CLEAN
     ) {
       return false;
     }
@@ -877,23 +879,41 @@ export class Group {
   }
 
   /**
-   * Returns a connection and its permit. A transaction left open is rolled back first (the next
-   * user must never inherit it), within the endpoint's `connect_timeout`: a connection that does
-   * not answer in time is ended, and its permit freed all the same.
+   * Returns a connection and its permit. The next user must never inherit a transaction left
+   * open (rolled back first) nor session state (`residue`: reset, or the connection ended),
+   * each within the endpoint's `connect_timeout`: a connection that does not answer in time is
+   * ended, and its permit freed all the same. A shared connection a one-shot left state on
+   * takes no more one-shots and is cleaned once the last one leaves.
    */
-  checkin(conn: ServerConnection, txOpen: boolean): Promise<void> | undefined {
+  checkin(
+    conn: ServerConnection,
+    txOpen: boolean,
+    residue: Residue = CLEAN,
+  ): Promise<void> | undefined {
     if (conn.state === "shared") {
+      if (residue > conn.residue) {
+        conn.residue = residue;
+        this.#unshare(conn);
+      }
       if (--conn.users > 0) {
         if (this.#seats.length > 0 && conn.users <= REFILL_AT) this.#refill(conn);
         return;
       }
       if (this.#seats.length > 0 && this.#refill(conn)) return;
-      const at = this.#shared.indexOf(conn);
-      if (at >= 0) this.#shared.splice(at, 1);
+      this.#unshare(conn);
       conn.state = "held";
+      residue = conn.residue;
+      conn.residue = CLEAN;
     }
-    if (txOpen && !conn.dead) return this.#rollbackThenCheckin(conn);
+    if ((txOpen || residue !== CLEAN) && !conn.dead) {
+      return this.#cleanThenCheckin(conn, txOpen, residue);
+    }
     this.#return(conn);
+  }
+
+  #unshare(conn: ServerConnection): void {
+    const at = this.#shared.indexOf(conn);
+    if (at >= 0) this.#shared.splice(at, 1);
   }
 
   #return(conn: ServerConnection): void {
@@ -919,30 +939,47 @@ export class Group {
     this.context.lazyUpkeep?.();
   }
 
-  async #rollbackThenCheckin(conn: ServerConnection): Promise<void> {
+  async #cleanThenCheckin(
+    conn: ServerConnection,
+    txOpen: boolean,
+    residue: Residue,
+  ): Promise<void> {
     this.#rollingBack.add(conn);
     const endpoint = conn.endpoint;
-    // Observed like every statement (OpenTelemetry): this ROLLBACK is the group's own.
+    try {
+      if (txOpen) await this.#clean(conn, "ROLLBACK", endpoint.controlOptions);
+      if (residue === RESETTABLE) {
+        // Several statements: sent as the endpoint sends a text it never prepares.
+        await this.#clean(conn, RESET_SESSION, endpoint.statementOptions(RESET_SESSION, [], false));
+      } else if (residue === UNRESETTABLE) conn.end(0);
+    } catch {
+      // No answer, or an unknown state: not reusable. Ending the session rolls back.
+      conn.end(0);
+    }
+    this.#rollingBack.delete(conn);
+    this.#return(conn);
+  }
+
+  // Observed like every statement (OpenTelemetry): the group's own ROLLBACK and reset.
+  async #clean(conn: ServerConnection, text: string, options: StatementOptions): Promise<void> {
+    const endpoint = conn.endpoint;
     const done = this.context.hooks?.statement({
       group: this.name,
-      text: "ROLLBACK",
+      text,
       endpoint: endpoint.info,
       database: endpoint.database,
     });
     try {
       await withDeadline(
-        conn.session.query("ROLLBACK", undefined, endpoint.controlOptions),
+        conn.session.query(text, undefined, options),
         endpoint.connectTimeoutS * 1000,
       );
       conn.lastUsed = performance.now();
       done?.(undefined);
     } catch (err) {
       done?.(err);
-      // No answer, or an unknown state: not reusable. Ending the session rolls back.
-      conn.end(0);
+      throw err;
     }
-    this.#rollingBack.delete(conn);
-    this.#return(conn);
   }
 
   /** Closes idle connections past `idle_timeout_ms`, retires those past their lifetime. */

@@ -23,6 +23,14 @@ import { keepReachable, LeakWatch } from "./leak.ts";
 import type { ResolvedHandlerOptions } from "./handler_options.ts";
 import type { Rows, Sql } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
+import {
+  CLEAN,
+  RESETTABLE,
+  type Residue,
+  residueOf,
+  residueOfText,
+  UNRESETTABLE,
+} from "./session_state.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement, checkValues } from "./statement_input.ts";
 import { readToken, sendStatement, sendTokenQuery } from "./token.ts";
@@ -100,6 +108,8 @@ export class Lease {
    * rollback and check-in then look at the session (`#leftOpen`).
    */
   #untracked = false;
+  /** Session state this checkout's statements left (`session_state.ts`): cleaned at check-in. */
+  #residue: Residue = CLEAN;
   /** Set once the session is lost; every later statement gets it. */
   #lost: SessionLostError | null = null;
   #token: string | undefined;
@@ -314,6 +324,7 @@ export class Lease {
     done?.(undefined);
     conn.lastUsed = performance.now();
     this.#trackTransaction(rows.command, text);
+    if (this.#residue !== UNRESETTABLE) this.#leftState(residueOf(rows.command, text));
     return rows;
   }
 
@@ -350,8 +361,12 @@ export class Lease {
     const outcome = conn.outcomeOf(err, text);
     if (outcome === "failed") {
       if (isReadOnlyError(err)) this.group.reportFailure(conn, err);
-      // A text of several statements may have opened a block before the one that failed.
-      if (mayHideBlock(text)) this.#untracked = true;
+      // A text of several statements may have opened a block, or set something, before the
+      // one that failed.
+      if (mayHideBlock(text)) {
+        this.#untracked = true;
+        this.#leftState(residueOfText(text));
+      }
       throw err;
     }
     // A server that refused the session: nothing ran, nothing lost. A pipelined BEGIN went
@@ -582,10 +597,12 @@ export class Lease {
     const conn = this.#conn!;
     this.#conn = null;
     const tx = this.#tx || this.#leftOpen(conn);
+    const residue = this.#residue;
     this.#tx = false;
     this.#untracked = false;
-    // With a block open, the group sends the ROLLBACK (and observes it).
-    return this.group.checkin(conn, tx);
+    this.#residue = CLEAN;
+    // With a block open or state left, the group sends the ROLLBACK and the reset (observed).
+    return this.group.checkin(conn, tx, residue);
   }
 
   /**
@@ -600,9 +617,14 @@ export class Lease {
     return open !== false;
   }
 
-  /** Notes a text sent where command tags cannot follow it (see `#untracked`). */
+  /** Notes a text sent where command tags cannot follow it (see `#untracked`, `#residue`). */
   #sent(text: string): void {
     if (!this.#untracked && mayOpenBlock(text)) this.#untracked = true;
+    if (this.#residue !== UNRESETTABLE) this.#leftState(residueOfText(text));
+  }
+
+  #leftState(residue: Residue): void {
+    if (residue > this.#residue) this.#residue = residue;
   }
 
   #leave(): void {
@@ -671,7 +693,10 @@ export class Lease {
         if (name === "unsafe") {
           checkStatement(args[0], Array.isArray(args[1]) ? args[1] : undefined);
           this.#sent(args[0] as string);
-        } else if (name === "file") this.#untracked = true; // a text we never see
+        } else if (name === "file") { // a text we never see
+          this.#untracked = true;
+          this.#leftState(RESETTABLE);
+        }
         const conn = session();
         const result = (conn.session.sql[name] as (...args: unknown[]) => unknown)(...args);
         conn.session.adopt(result);

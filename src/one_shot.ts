@@ -15,6 +15,7 @@ import type { Group } from "./group.ts";
 import { MAX_ATTEMPTS, observe } from "./lease.ts";
 import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
+import { residueOf } from "./session_state.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement } from "./statement_input.ts";
 import { readToken, sendStatement } from "./token.ts";
@@ -81,7 +82,7 @@ function send(
     // Staleness is judged when a one-shot is a connection's first user: only the last one to
     // leave needs to stamp it (a clock read per statement shows in profiles under load).
     if (conn.users === 1) conn.lastUsed = performance.now();
-    group.checkin(conn, false);
+    group.checkin(conn, false, residueOf(rows.command, text));
     if (lsn === undefined) return rows;
     return readToken(lsn).then((token) => {
       if (token !== undefined) group.context.onToken(token);

@@ -11,6 +11,7 @@ import type { Outcome } from "./driver/postgres.ts";
 import type { DriverSession } from "./driver/session.ts";
 import { withDeadline } from "./deadline.ts";
 import type { Endpoint } from "./endpoint.ts";
+import { CLEAN, type Residue } from "./session_state.ts";
 
 /** Where an idle connection waits: one list per endpoint of a group. */
 export interface Member {
@@ -39,6 +40,11 @@ export class ServerConnection {
   readonly retireAt: number;
   /** `performance.now()` when its current holder took it, kept only while observed (else 0). */
   heldSince = 0;
+  /**
+   * Session state one-shots left while it was shared (`session_state.ts`): it takes no more
+   * and is cleaned when the last one leaves. Set and cleared by the group only.
+   */
+  residue: Residue = CLEAN;
 
   constructor(
     member: Member,

@@ -224,9 +224,9 @@ describe("checkout", () => {
           p.query<{ n: number }>(
             "g",
             i === 0
-              ? "SELECT 2 AS n FROM (SELECT pg_advisory_lock_shared(4242)) l"
+              ? "SELECT 2 AS n FROM (SELECT pg_advisory_xact_lock_shared(4242)) l"
               : i === 31
-              ? "SELECT 33 AS n FROM (SELECT pg_advisory_lock_shared(4243)) l"
+              ? "SELECT 33 AS n FROM (SELECT pg_advisory_xact_lock_shared(4243)) l"
               : `SELECT ${i + 2} AS n`,
           ),
       );

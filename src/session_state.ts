@@ -1,0 +1,101 @@
+/**
+ * Which statements leave state on their session after their transaction: settings (`SET`,
+ * `set_config(..., false)`, `SET ROLE`), temporary tables, session advisory locks, `LISTEN`,
+ * cursors `WITH HOLD`, prepared statements. A pooled connection goes to another checkout next,
+ * which must not run on a schema, a role or a lock someone else left behind, so such a checkout
+ * is cleaned at check-in. Read from the command tag where the pool sees one and from the text
+ * otherwise: a function that sets something on its own is not seen (README: session state).
+ *
+ * @module
+ */
+
+/** What a statement left on its session. */
+export type Residue = 0 | 1 | 2;
+/** Nothing that outlives its transaction. */
+export const CLEAN: Residue = 0;
+/** State that `RESET_SESSION` clears. */
+export const RESETTABLE: Residue = 1;
+/**
+ * State only a new session clears: a prepared statement of the caller's (`DEALLOCATE ALL` would
+ * also drop the driver's own), a loaded library.
+ */
+export const UNRESETTABLE: Residue = 2;
+
+/**
+ * Everything `DISCARD ALL` clears but the prepared statements, which the drivers cache per
+ * connection. A text of several statements: the simple protocol, one round trip.
+ */
+export const RESET_SESSION =
+  "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; " +
+  "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+// Calls and words that leave state whatever the command: set_config (also a transaction-local
+// one: telling them apart needs the arguments), session advisory locks (not the _xact_ ones),
+// temporary objects.
+const CALLS = /set_config|advisory_lock|\btemp(?:orary)?\b/i;
+// Bodies that may run SET or RESET themselves.
+const BODY = /\b(?:set|reset)\s/i;
+// SET that ends with its transaction.
+const TRANSACTION_SET = /^\s*set\s+(?:local|transaction|constraints)\b/i;
+// Leading words of statements in a text whose commands the pool does not see.
+const LEADS_UNRESETTABLE = /(?:^|;)\s*(?:prepare|load)\b/i;
+const LEADS_RESETTABLE =
+  /(?:^|;)\s*(?:set(?!\s+(?:local|transaction|constraints)\b)|reset|listen|declare|do|call)\b/i;
+
+/**
+ * What `text`, answered with command tag `command`, left on its session.
+ *
+ * @example Reading a statement's residue
+ * ```ts
+ * import { residueOf, RESETTABLE } from "./session_state.ts";
+ *
+ * residueOf("SET", "SET search_path TO tenant_a") === RESETTABLE; // true
+ * residueOf("SELECT", "SELECT 1"); // 0 (CLEAN)
+ * ```
+ */
+export function residueOf(command: string, text: string): Residue {
+  switch (command) {
+    case "SET":
+      return TRANSACTION_SET.test(text) ? CLEAN : RESETTABLE;
+    case "RESET":
+    case "LISTEN":
+    case "DECLARE CURSOR":
+      return RESETTABLE;
+    case "PREPARE":
+    case "LOAD":
+      return UNRESETTABLE;
+    case "DO":
+    case "CALL":
+      return BODY.test(text) || CALLS.test(text) ? RESETTABLE : CLEAN;
+  }
+  let residue = known.get(text);
+  if (residue === undefined) {
+    // A text of several statements answers with its last command only.
+    residue = text.includes(";") ? residueOfText(text) : CALLS.test(text) ? RESETTABLE : CLEAN;
+    if (known.size < CAPACITY && text.length <= LONGEST) known.set(text, residue);
+  }
+  return residue;
+}
+
+/** Texts whose residue is remembered at most: statements recur, and a lookup beats a scan. */
+const CAPACITY = 4096;
+/** Longer texts (values spliced in, bulk inserts) are scanned each time, never kept. */
+const LONGEST = 1024;
+const known = new Map<string, Residue>();
+
+/**
+ * What `text` may have left on its session, from the text alone (`db.sql`, whose command tags
+ * the pool does not see). Errs towards a reset: one round trip at check-in.
+ *
+ * @example Reading a template's text
+ * ```ts
+ * import { residueOfText, UNRESETTABLE } from "./session_state.ts";
+ *
+ * residueOfText("PREPARE mine AS SELECT 1") === UNRESETTABLE; // true
+ * residueOfText("UPDATE t SET v = 1"); // 0 (CLEAN): not a leading SET
+ * ```
+ */
+export function residueOfText(text: string): Residue {
+  if (LEADS_UNRESETTABLE.test(text)) return UNRESETTABLE;
+  return LEADS_RESETTABLE.test(text) || CALLS.test(text) ? RESETTABLE : CLEAN;
+}

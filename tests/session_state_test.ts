@@ -1,0 +1,204 @@
+// Session state a checkout leaves behind: settings (`SET search_path`, `SET ROLE`,
+// `set_config(..., false)`), temporary tables, session advisory locks, LISTEN, cursors held
+// past their transaction, prepared statements. The next checkout of the same pooled connection
+// used to inherit all of it: its statements ran on another schema (a write misrouted to the
+// wrong table), under another role, or blocked on a lock nobody held any more.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { Pool } from "../mod.ts";
+
+let cluster: PgCluster;
+let pool: Pool;
+
+before(async () => {
+  cluster = await startCluster({ replicas: 1 });
+  await cluster.primary.query(`CREATE SCHEMA tenant_a;
+    CREATE TABLE public.items (v text); CREATE TABLE tenant_a.items (v text);
+    CREATE ROLE reader NOLOGIN; GRANT USAGE ON SCHEMA tenant_a TO reader`);
+  await cluster.waitForReplication();
+  pool = new Pool({
+    db: cluster.endpoints().map((e) => ({ ...e, query_timeout: 30_000 })),
+    // One connection per group: whatever a checkout leaves on it, the next one meets.
+    groups: {
+      auto: { connection_count: 1 },
+      tx: { connection_count: 1, autocommit: false },
+      read: { connection_count: 1, role: "replica" },
+    },
+    application_name: "session_state_test",
+  });
+}, { timeout: 120_000 });
+
+after(async () => {
+  await pool?.close();
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+/** What a fresh checkout of `group` sees: its backend, settings and session objects. */
+async function nextCheckout(group = "auto") {
+  await using db = pool.handler(group);
+  const [row] = await db.query(`SELECT pg_backend_pid() AS pid,
+    current_setting('search_path') AS search_path, current_user AS "user",
+    current_setting('statement_timeout') AS statement_timeout,
+    current_setting('application_name') AS application_name,
+    nullif(current_setting('app.tenant', true), '') AS tenant,
+    (SELECT count(*)::int FROM pg_listening_channels()) AS listening,
+    (SELECT count(*)::int FROM pg_cursors WHERE is_holdable) AS cursors,
+    (SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS advisory,
+    to_regclass('pg_temp.scratch') IS NOT NULL AS temp_table`);
+  if (group === "tx") await db.commit();
+  return row as {
+    pid: number;
+    search_path: string;
+    user: string;
+    statement_timeout: string;
+    application_name: string;
+    tenant: string | null;
+    listening: number;
+    cursors: number;
+    advisory: number;
+    temp_table: boolean;
+  };
+}
+
+const fresh = {
+  search_path: '"$user", public',
+  application_name: "session_state_test",
+  tenant: null,
+  listening: 0,
+  cursors: 0,
+  advisory: 0,
+  temp_table: false,
+};
+
+/** Runs `leave` on a checkout, then checks that the next checkout meets a clean session. */
+async function leavesNothing(
+  leave: (db: ReturnType<Pool["handler"]>) => Promise<unknown>,
+  group = "auto",
+): Promise<void> {
+  const before = await nextCheckout(group);
+  // (A custom variable once set reads '' after RESET: that is the server's reset value.)
+  // The pool's own start-up setting (query_timeout), which a reset must keep.
+  assert.notEqual(before.statement_timeout, "0");
+  {
+    await using db = pool.handler(group);
+    await leave(db);
+    if (group === "tx") await db.commit();
+  }
+  const { pid, user, statement_timeout, ...seen } = await nextCheckout(group);
+  assert.deepEqual(seen, fresh);
+  assert.equal(statement_timeout, before.statement_timeout);
+  assert.equal(user, before.user);
+  // Reset, not reconnected: a service that sets a variable per request keeps its connections.
+  assert.equal(pid, before.pid, "the same backend, reset");
+}
+
+describe("session state does not outlive its checkout", () => {
+  it("SET search_path (a write of the next checkout lands in its own schema)", async () => {
+    await leavesNothing((db) => db.query("SET search_path TO tenant_a"));
+    await pool.query("auto", "INSERT INTO items (v) VALUES ('next')");
+    const [{ n }] = await cluster.primary.query("SELECT count(*)::int AS n FROM public.items");
+    assert.equal(n, 1);
+  });
+
+  it("SET statement_timeout, SET application_name and a custom variable", async () => {
+    await leavesNothing(async (db) => {
+      await db.query("SET statement_timeout = '1s'");
+      await db.query("SET application_name = 'someone else'");
+      await db.query("SET app.tenant = 'a'");
+    });
+  });
+
+  it("set_config(..., false) inside a SELECT", async () => {
+    await leavesNothing((db) =>
+      db.query(
+        "SELECT set_config('search_path', 'tenant_a', false), set_config('app.tenant', 'a', false)",
+      )
+    );
+  });
+
+  it("SET ROLE and SET SESSION AUTHORIZATION", async () => {
+    await leavesNothing((db) => db.query("SET ROLE reader"));
+    await leavesNothing((db) => db.query("SET SESSION AUTHORIZATION reader"));
+  });
+
+  it("a temporary table, a session advisory lock, LISTEN and a cursor WITH HOLD", async () => {
+    await leavesNothing(async (db) => {
+      await db.query("CREATE TEMP TABLE scratch (v int)");
+      await db.query("SELECT pg_advisory_lock(42)");
+      await db.query("LISTEN somewhere");
+    });
+    // The lock was given back: another session takes it at once.
+    const [{ got }] = await cluster.primary.query(
+      "SELECT pg_try_advisory_lock(42) AS got, pg_advisory_unlock(42)",
+    );
+    assert.equal(got, true);
+    await leavesNothing(async (db) => {
+      await db.query("BEGIN");
+      await db.query("DECLARE kept CURSOR WITH HOLD FOR SELECT 1");
+      await db.query("COMMIT");
+    });
+  });
+
+  it("state set through db.sql, unsafe and a text of several statements", async () => {
+    await leavesNothing((db) => db.sql`SET search_path TO tenant_a`);
+    await leavesNothing((db) => db.sql.unsafe("SET app.tenant = 'a'"));
+    await leavesNothing((db) => db.query("SELECT 1; SET search_path TO tenant_a"));
+  });
+
+  it("SET in a transaction group (committed with the transaction)", async () => {
+    await leavesNothing(async (db) => {
+      await db.query("SET search_path TO tenant_a");
+      await db.query("SET app.tenant = 'a'");
+    }, "tx");
+  });
+
+  it("on a replica (a hot standby takes the reset too)", async () => {
+    await leavesNothing(async (db) => {
+      await db.query("SET search_path TO tenant_a");
+      await db.query("SELECT pg_advisory_lock(7)");
+      await db.query("CREATE TEMP TABLE scratch (v int)").catch(() => {}); // read-only there
+    }, "read");
+  });
+
+  it("pool.query: a one-shot that sets something leaves its shared connection cleaned", async () => {
+    await pool.query("auto", "SET search_path TO tenant_a");
+    const [{ search_path }] = await pool.query(
+      "auto",
+      "SELECT current_setting('search_path') AS search_path",
+    );
+    assert.equal(search_path, fresh.search_path);
+  });
+
+  it("a checkout that left nothing costs no reset", async () => {
+    const lastStatement = async (pid: number) => {
+      const [{ query }] = await cluster.primary.query(
+        `SELECT query FROM pg_stat_activity WHERE pid = ${pid}`,
+      );
+      return query as string;
+    };
+    let pid: number;
+    {
+      await using db = pool.handler("auto");
+      [{ pid }] = await db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
+      await db.query("SELECT 'nothing left' AS v");
+    }
+    assert.equal(await lastStatement(pid), "SELECT 'nothing left' AS v");
+    {
+      await using db = pool.handler("auto");
+      await db.query("SET search_path TO tenant_a");
+    }
+    assert.match(
+      await lastStatement(pid),
+      /^CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL/,
+    );
+  });
+
+  it("a statement prepared by name: the next checkout may prepare the same name", async () => {
+    for (let i = 0; i < 2; i++) {
+      await using db = pool.handler("auto");
+      await db.query("PREPARE mine AS SELECT 1");
+      await db.query("EXECUTE mine");
+    }
+  });
+});
