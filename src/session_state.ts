@@ -29,10 +29,14 @@ export const RESET_SESSION =
   "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; " +
   "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 
-// Calls and words that leave state whatever the command: set_config (also a transaction-local
-// one: telling them apart needs the arguments), session advisory locks (not the _xact_ ones),
-// temporary objects.
+// Calls and words that leave state whatever the command: set_config, session advisory locks
+// (not the _xact_ ones), temporary objects.
 const CALLS = /set_config|advisory_lock|\btemp(?:orary)?\b/i;
+// set_config(name, value, true) with a literal `true` ends with its transaction (the
+// row-level-security pattern: one per request, which should not cost a reset each).
+const SET_CONFIG = /set_config/gi;
+const LOCAL_SET_CONFIG =
+  /set_config\s*\(\s*(?:'[^']*'|\$\d+)\s*,\s*(?:'[^']*'|\$\d+)\s*,\s*true\s*\)/gi;
 // Bodies that may run SET or RESET themselves.
 const BODY = /\b(?:set|reset)\s/i;
 // SET that ends with its transaction.
@@ -71,7 +75,7 @@ export function residueOf(command: string, text: string): Residue {
   let residue = known.get(text);
   if (residue === undefined) {
     // A text of several statements answers with its last command only.
-    residue = text.includes(";") ? residueOfText(text) : CALLS.test(text) ? RESETTABLE : CLEAN;
+    residue = text.includes(";") ? residueOfText(text) : callsResidue(text);
     if (known.size < CAPACITY && text.length <= LONGEST) known.set(text, residue);
   }
   return residue;
@@ -97,5 +101,14 @@ const known = new Map<string, Residue>();
  */
 export function residueOfText(text: string): Residue {
   if (LEADS_UNRESETTABLE.test(text)) return UNRESETTABLE;
-  return LEADS_RESETTABLE.test(text) || CALLS.test(text) ? RESETTABLE : CLEAN;
+  return LEADS_RESETTABLE.test(text) ? RESETTABLE : callsResidue(text);
+}
+
+function callsResidue(text: string): Residue {
+  if (!CALLS.test(text)) return CLEAN;
+  // Only transaction-local set_config calls: every set_config is one of them.
+  if (/advisory_lock|\btemp(?:orary)?\b/i.test(text)) return RESETTABLE;
+  return (text.match(SET_CONFIG)?.length ?? 0) === (text.match(LOCAL_SET_CONFIG)?.length ?? 0)
+    ? CLEAN
+    : RESETTABLE;
 }

@@ -71,6 +71,14 @@ const fresh = {
   temp_table: false,
 };
 
+/** The last statement backend `pid` ran (the reset, if the pool sent one). */
+async function lastStatement(pid: number): Promise<string> {
+  const [{ query }] = await cluster.primary.query(
+    `SELECT query FROM pg_stat_activity WHERE pid = ${pid}`,
+  );
+  return query as string;
+}
+
 /** Runs `leave` on a checkout, then checks that the next checkout meets a clean session. */
 async function leavesNothing(
   leave: (db: ReturnType<Pool["handler"]>) => Promise<unknown>,
@@ -171,12 +179,6 @@ describe("session state does not outlive its checkout", () => {
   });
 
   it("a checkout that left nothing costs no reset", async () => {
-    const lastStatement = async (pid: number) => {
-      const [{ query }] = await cluster.primary.query(
-        `SELECT query FROM pg_stat_activity WHERE pid = ${pid}`,
-      );
-      return query as string;
-    };
     let pid: number;
     {
       await using db = pool.handler("auto");
@@ -192,6 +194,28 @@ describe("session state does not outlive its checkout", () => {
       await lastStatement(pid),
       /^CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL/,
     );
+  });
+
+  it("set_config(..., true) in a transaction (row-level security per request) costs no reset", async () => {
+    let pid: number;
+    {
+      await using db = pool.handler("tx");
+      [{ pid }] = await db.query<{ pid: number }>(
+        "SELECT pg_backend_pid() AS pid, set_config('app.tenant', $1, true)",
+        ["a"],
+      );
+      await db.commit();
+    }
+    assert.doesNotMatch(await lastStatement(pid), /^CLOSE ALL/);
+    // Beside a session-wide one it is reset all the same.
+    {
+      await using db = pool.handler("tx");
+      await db.query("SELECT set_config('app.tenant', $1, true), set_config('app.x', $1, false)", [
+        "a",
+      ]);
+      await db.commit();
+    }
+    assert.match(await lastStatement(pid), /^CLOSE ALL/);
   });
 
   it("a statement prepared by name: the next checkout may prepare the same name", async () => {
