@@ -186,6 +186,17 @@ export class Group {
     return n;
   }
 
+  /** Whether a live connection of this group to `endpoint` is held or shared right now. */
+  busyOn(endpoint: Endpoint): boolean {
+    for (const conn of this.#conns) {
+      if (
+        conn.member.endpoint === endpoint && !conn.dead &&
+        (conn.state === "held" || conn.state === "shared")
+      ) return true;
+    }
+    return false;
+  }
+
   /** Open connections to `endpoint`. */
   openOn(endpoint: Endpoint): number {
     let n = 0;

@@ -74,6 +74,10 @@ export class Pool extends EventTarget implements AsyncDisposable {
         return false;
       },
       lagLimited: resolved.groups.some((g) => g.maxReplicaLagMs !== undefined),
+      checkedOut: (endpoint) => {
+        for (const group of this.#groups.values()) if (group.busyOn(endpoint)) return true;
+        return false;
+      },
     }, this);
     const context: GroupContext = {
       threaded: resolved.threaded,

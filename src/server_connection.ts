@@ -72,9 +72,6 @@ export class ServerConnection {
         onParameter(this, key, value);
       },
     });
-    let open = opened.get(member.endpoint);
-    if (open === undefined) opened.set(member.endpoint, open = new Set());
-    open.add(this);
   }
 
   /** The endpoint this connection talks to. */
@@ -102,27 +99,8 @@ export class ServerConnection {
    * does not change: a holder keeps a dead connection until it checks it in.
    */
   end(timeoutMs: number): Promise<void> {
-    opened.get(this.member.endpoint)?.delete(this);
     return this.session.end(timeoutMs);
   }
-}
-
-/** Every pooled connection of each endpoint not ended yet (the pool ends every one it drops). */
-const opened = new WeakMap<Endpoint, Set<ServerConnection>>();
-
-/**
- * Whether some live connection to `endpoint` is checked out (held by a checkout or shared by
- * one-shots): every statement in flight on it is, also one the pool cannot follow to its end
- * (`db.sql`). For the watchdog of `Topology.watch`.
- */
-export function checkedOut(endpoint: Endpoint): boolean {
-  const open = opened.get(endpoint);
-  if (open === undefined) return false;
-  for (const conn of open) {
-    if (conn.dead) open.delete(conn);
-    else if (conn.state === "held" || conn.state === "shared") return true;
-  }
-  return false;
 }
 
 const PING = { prepare: false };

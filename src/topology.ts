@@ -12,7 +12,6 @@ import type { Endpoint, EndpointRole } from "./endpoint.ts";
 import { poolEvent, reasonOf } from "./events.ts";
 import { parseLsn } from "./lsn.ts";
 import { withDeadline } from "./deadline.ts";
-import { checkedOut } from "./server_connection.ts";
 import { isCapacityError, isConnectionError, isReadOnlyError } from "./sqlstate.ts";
 
 // One round trip: role, WAL position and the replica's own view of its lag. The lag is only
@@ -66,6 +65,12 @@ export interface TopologyOptions {
    * probed at once for its lag (else nothing needs it, and an edge pool would pay a session).
    */
   readonly lagLimited: boolean;
+  /**
+   * Whether some live connection to the endpoint is checked out (held by a checkout or shared
+   * by one-shots): every statement in flight on it is, also one the pool cannot follow to its
+   * end (`db.sql`). The groups own their connections and answer.
+   */
+  readonly checkedOut: (endpoint: Endpoint) => boolean;
 }
 
 const PROBE = { prepare: false };
@@ -196,7 +201,7 @@ export class Topology {
         this.probe(endpoint);
         // Checked out: statements may be in flight there (also db.sql ones, whose end the pool
         // cannot see), or be sent without a timer armed in between: watch on.
-        if (checkedOut(endpoint)) this.#arm(endpoint);
+        if (this.#options.checkedOut(endpoint)) this.#arm(endpoint);
       }, endpoint.connectTimeoutS * 1000),
     );
   }

@@ -277,6 +277,7 @@ describe("session integrity", () => {
         probeTimeoutMs: 2000,
         primaryWanted: () => false,
         lagLimited: false,
+        checkedOut: () => false,
       }, new EventTarget());
       try {
         for (let flap = 1; flap <= 4; flap++) {
