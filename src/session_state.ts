@@ -60,7 +60,10 @@ const LEADS_RESETTABLE =
 export function residueOf(command: string, text: string): Residue {
   switch (command) {
     case "SET":
-      return TRANSACTION_SET.test(text) ? CLEAN : RESETTABLE;
+      if (!TRANSACTION_SET.test(text)) return RESETTABLE;
+      // The tag is the last statement's: after a leading SET LOCAL, a later one may be a
+      // session SET.
+      return text.includes(";") ? residueOfText(text) : CLEAN;
     case "RESET":
     case "LISTEN":
     case "DECLARE CURSOR":

@@ -226,3 +226,12 @@ describe("session state does not outlive its checkout", () => {
     }
   });
 });
+
+describe("session state: paths the detection missed", () => {
+  it("a text of several statements whose first is SET LOCAL and a later one a session SET", async () => {
+    // The tag is the last SET's; the text was judged by its first statement only.
+    await leavesNothing((db) =>
+      db.query("SET LOCAL statement_timeout = '5s'; SET search_path TO tenant_a")
+    );
+  });
+});
