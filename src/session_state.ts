@@ -30,8 +30,9 @@ export const RESET_SESSION =
   "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 
 // Calls and words that leave state whatever the command: set_config, session advisory locks
-// (not the _xact_ ones), temporary objects.
-const CALLS = /set_config|advisory_lock|\btemp(?:orary)?\b/i;
+// (not the _xact_ ones), temporary objects (also named by schema: pg_temp.t, pg_temp_3.t).
+const CALLS = /set_config|advisory_lock|\b(?:pg_)?temp(?:orary|_\d+)?\b/i;
+const LOCKS_OR_TEMP = /advisory_lock|\b(?:pg_)?temp(?:orary|_\d+)?\b/i;
 // set_config(name, value, true) with a literal `true` ends with its transaction (the
 // row-level-security pattern: one per request, which should not cost a reset each).
 const SET_CONFIG = /set_config/gi;
@@ -110,7 +111,7 @@ export function residueOfText(text: string): Residue {
 function callsResidue(text: string): Residue {
   if (!CALLS.test(text)) return CLEAN;
   // Only transaction-local set_config calls: every set_config is one of them.
-  if (/advisory_lock|\btemp(?:orary)?\b/i.test(text)) return RESETTABLE;
+  if (LOCKS_OR_TEMP.test(text)) return RESETTABLE;
   return (text.match(SET_CONFIG)?.length ?? 0) === (text.match(LOCAL_SET_CONFIG)?.length ?? 0)
     ? CLEAN
     : RESETTABLE;

@@ -234,4 +234,8 @@ describe("session state: paths the detection missed", () => {
       db.query("SET LOCAL statement_timeout = '5s'; SET search_path TO tenant_a")
     );
   });
+
+  it("a temporary table created by schema name (pg_temp.scratch)", async () => {
+    await leavesNothing((db) => db.query("CREATE TABLE pg_temp.scratch (v int)"));
+  });
 });
