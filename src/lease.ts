@@ -28,6 +28,7 @@ import {
   RESETTABLE,
   type Residue,
   residueOf,
+  residueOfFailure,
   residueOfText,
   UNRESETTABLE,
 } from "./session_state.ts";
@@ -361,12 +362,10 @@ export class Lease {
     const outcome = conn.outcomeOf(err, text);
     if (outcome === "failed") {
       if (isReadOnlyError(err)) this.group.reportFailure(conn, err);
-      // A text of several statements may have opened a block, or set something, before the
-      // one that failed.
-      if (mayHideBlock(text)) {
-        this.#untracked = true;
-        this.#leftState(residueOfText(text));
-      }
+      // A text of several statements may have opened a block before the one that failed.
+      if (mayHideBlock(text)) this.#untracked = true;
+      // Or set something; and a session advisory lock outlives the statement that failed.
+      if (this.#residue !== UNRESETTABLE) this.#leftState(residueOfFailure(text));
       throw err;
     }
     // A server that refused the session: nothing ran, nothing lost. A pipelined BEGIN went

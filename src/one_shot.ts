@@ -15,7 +15,7 @@ import type { Group } from "./group.ts";
 import { MAX_ATTEMPTS, observe } from "./lease.ts";
 import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
-import { residueOf } from "./session_state.ts";
+import { residueOf, residueOfFailure } from "./session_state.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement } from "./statement_input.ts";
 import { readToken, sendStatement } from "./token.ts";
@@ -94,7 +94,8 @@ function send(
     const outcome = conn.outcomeOf(err, text);
     if (outcome === "failed") {
       if (isReadOnlyError(err)) group.reportFailure(conn, err);
-      group.checkin(conn, false);
+      // A session advisory lock it took before failing is held all the same.
+      group.checkin(conn, false, residueOfFailure(text));
       throw err;
     }
     group.reportFailure(conn, err);

@@ -108,6 +108,23 @@ export function residueOfText(text: string): Residue {
   return LEADS_RESETTABLE.test(text) ? RESETTABLE : callsResidue(text);
 }
 
+/**
+ * What a statement that failed may still have left: a session advisory lock it took before the
+ * error (the abort of its transaction does not release it) and, in a text of several
+ * statements, what those before it committed. Errs towards a reset: failures are rare.
+ *
+ * @example Reading a failed statement's residue
+ * ```ts
+ * import { residueOfFailure, RESETTABLE } from "./session_state.ts";
+ *
+ * residueOfFailure("SELECT pg_advisory_lock(id) FROM jobs") === RESETTABLE; // true
+ * residueOfFailure("INSERT INTO t VALUES (1)"); // 0 (CLEAN)
+ * ```
+ */
+export function residueOfFailure(text: string): Residue {
+  return text.includes(";") ? residueOfText(text) : callsResidue(text);
+}
+
 function callsResidue(text: string): Residue {
   if (!CALLS.test(text)) return CLEAN;
   // Only transaction-local set_config calls: every set_config is one of them.

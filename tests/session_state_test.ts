@@ -238,4 +238,23 @@ describe("session state: paths the detection missed", () => {
   it("a temporary table created by schema name (pg_temp.scratch)", async () => {
     await leavesNothing((db) => db.query("CREATE TABLE pg_temp.scratch (v int)"));
   });
+
+  it("a session advisory lock taken by a statement that then failed (handler and pool.query)", async () => {
+    // The error aborts the statement's transaction; a session-level lock outlives that (as when
+    // `SELECT pg_advisory_lock(id) FROM jobs` hits statement_timeout after some rows). The
+    // division is by a value known only at run time, after the lock.
+    const failing = (key: number) =>
+      `SELECT pg_advisory_lock(${key}), 1 / floor(random() * 0)::int AS boom`;
+    await leavesNothing((db) => assert.rejects(db.query(failing(42))));
+    {
+      await using db = pool.handler("tx");
+      await assert.rejects(db.query(failing(43)));
+      await db.rollback();
+    }
+    assert.equal((await nextCheckout("tx")).advisory, 0);
+    await assert.rejects(pool.query("auto", failing(44)));
+    assert.equal((await nextCheckout()).advisory, 0);
+    await assert.rejects(pool.query("auto", "SELECT pg_advisory_lock(45); SELECT 1 / 0"));
+    assert.equal((await nextCheckout()).advisory, 0);
+  });
 });
