@@ -38,6 +38,8 @@ const LOCKS_OR_TEMP = /advisory_lock|\b(?:pg_)?temp(?:orary|_\d+)?\b/i;
 const SET_CONFIG = /set_config/gi;
 const LOCAL_SET_CONFIG =
   /set_config\s*\(\s*(?:'[^']*'|\$\d+)\s*,\s*(?:'[^']*'|\$\d+)\s*,\s*true\s*\)/gi;
+// A cursor kept past its transaction.
+const HOLD = /\bwith\s+hold\b/i;
 // Bodies that may run SET or RESET themselves.
 const BODY = /\b(?:set|reset)\s/i;
 // SET that ends with its transaction.
@@ -67,8 +69,12 @@ export function residueOf(command: string, text: string): Residue {
       return text.includes(";") ? residueOfText(text) : CLEAN;
     case "RESET":
     case "LISTEN":
-    case "DECLARE CURSOR":
       return RESETTABLE;
+    case "DECLARE CURSOR":
+      // Only a cursor WITH HOLD outlives its transaction (one without is refused outside a
+      // block): Kysely's stream() declares one per stream.
+      if (text.includes(";")) return residueOfText(text);
+      return HOLD.test(text) ? RESETTABLE : CLEAN;
     case "PREPARE":
     case "LOAD":
       return UNRESETTABLE;

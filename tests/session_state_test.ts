@@ -258,3 +258,17 @@ describe("session state: paths the detection missed", () => {
     assert.equal((await nextCheckout()).advisory, 0);
   });
 });
+
+describe("session state: no reset where nothing outlives the transaction", () => {
+  it("a cursor without hold in a transaction (Kysely's stream() declares one)", async () => {
+    let pid: number;
+    {
+      await using db = pool.handler("tx");
+      [{ pid }] = await db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
+      await db.query("DECLARE pgdbpool_cursor_0 NO SCROLL CURSOR FOR SELECT 1");
+      await db.query("FETCH FORWARD 10 FROM pgdbpool_cursor_0");
+      await db.commit();
+    }
+    assert.doesNotMatch(await lastStatement(pid), /^CLOSE ALL/);
+  });
+});
