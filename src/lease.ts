@@ -29,6 +29,7 @@ import {
   type Residue,
   residueOf,
   residueOfFailure,
+  residueOfTemplate,
   residueOfText,
   UNRESETTABLE,
 } from "./session_state.ts";
@@ -622,6 +623,22 @@ export class Lease {
     if (this.#residue !== UNRESETTABLE) this.#leftState(residueOfText(text));
   }
 
+  /**
+   * `#sent` for a `db.sql` template: a block is looked for part by part, state in the whole
+   * text (`set_config('app.tenant', ${t}, true)` is split at its value).
+   */
+  #sentTemplate(strings: readonly string[]): void {
+    if (!this.#untracked) {
+      for (const part of strings) {
+        if (mayOpenBlock(part)) {
+          this.#untracked = true;
+          break;
+        }
+      }
+    }
+    if (this.#residue !== UNRESETTABLE) this.#leftState(residueOfTemplate(strings));
+  }
+
   #leftState(residue: Residue): void {
     if (residue > this.#residue) this.#residue = residue;
   }
@@ -672,7 +689,7 @@ export class Lease {
       // A template's values, as statement parameters (helpers and fragments pass).
       if (Array.isArray((first as { raw?: unknown } | null)?.raw)) {
         checkValues(rest);
-        for (const part of first as readonly string[]) this.#sent(part);
+        this.#sentTemplate(first as readonly string[]);
       }
       const conn = session();
       const result = (conn.session.sql as unknown as (...args: unknown[]) => unknown)(

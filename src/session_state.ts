@@ -131,6 +131,24 @@ export function residueOfFailure(text: string): Residue {
   return text.includes(";") ? residueOfText(text) : callsResidue(text);
 }
 
+/**
+ * What a `db.sql` template may have left, read from its whole text (values as `$1`, `$2`, ...:
+ * `set_config('app.tenant', ${t}, true)` is transaction-local), cached per template: its
+ * strings array is the same object at each call of one call site.
+ */
+export function residueOfTemplate(strings: readonly string[]): Residue {
+  let residue = templates.get(strings);
+  if (residue === undefined) {
+    let text = strings[0] ?? "";
+    for (let i = 1; i < strings.length; i++) text += `$${i}${strings[i]}`;
+    residue = residueOfText(text);
+    templates.set(strings, residue);
+  }
+  return residue;
+}
+
+const templates = new WeakMap<readonly string[], Residue>();
+
 function callsResidue(text: string): Residue {
   if (!CALLS.test(text)) return CLEAN;
   // Only transaction-local set_config calls: every set_config is one of them.

@@ -271,4 +271,15 @@ describe("session state: no reset where nothing outlives the transaction", () =>
     }
     assert.doesNotMatch(await lastStatement(pid), /^CLOSE ALL/);
   });
+
+  it("set_config(..., true) through a db.sql template", async () => {
+    let pid: number;
+    {
+      await using db = pool.handler("tx");
+      [{ pid }] = await db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
+      await db.sql`SELECT set_config('app.tenant', ${"a"}, true)`;
+      await db.commit();
+    }
+    assert.doesNotMatch(await lastStatement(pid), /^CLOSE ALL/);
+  });
 });
