@@ -36,8 +36,12 @@ const LOCKS_OR_TEMP = /advisory_lock|\b(?:pg_)?temp(?:orary|_\d+)?\b/i;
 // set_config(name, value, true) with a literal `true` ends with its transaction (the
 // row-level-security pattern: one per request, which should not cost a reset each).
 const SET_CONFIG = /set_config/gi;
-const LOCAL_SET_CONFIG =
-  /set_config\s*\(\s*(?:'[^']*'|\$\d+)\s*,\s*(?:'[^']*'|\$\d+)\s*,\s*true\s*\)/gi;
+// A name or value may be cast ($1::text: a number given for the value).
+const ARGUMENT = String.raw`(?:'[^']*'|\$\d+)(?:\s*::\s*\w+)?`;
+const LOCAL_SET_CONFIG = new RegExp(
+  String.raw`set_config\s*\(\s*${ARGUMENT}\s*,\s*${ARGUMENT}\s*,\s*true\s*\)`,
+  "gi",
+);
 // A cursor kept past its transaction.
 const HOLD = /\bwith\s+hold\b/i;
 // Bodies that may run SET or RESET themselves.

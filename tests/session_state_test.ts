@@ -282,4 +282,17 @@ describe("session state: no reset where nothing outlives the transaction", () =>
     }
     assert.doesNotMatch(await lastStatement(pid), /^CLOSE ALL/);
   });
+
+  it("set_config(..., true) with a cast parameter ($1::text)", async () => {
+    let pid: number;
+    {
+      await using db = pool.handler("tx");
+      [{ pid }] = await db.query<{ pid: number }>(
+        "SELECT pg_backend_pid() AS pid, set_config('app.user_id', $1::text, true)",
+        [7],
+      );
+      await db.commit();
+    }
+    assert.doesNotMatch(await lastStatement(pid), /^CLOSE ALL/);
+  });
 });
