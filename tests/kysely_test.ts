@@ -223,6 +223,31 @@ describe("transactions", () => {
     assert.ok(outcome.later instanceof SessionLostError, String(outcome.later));
   });
 
+  it("a transaction on a db.connection() that began with a read is refused, not run on read", async () => {
+    // Found by an audit: the first read pinned the connection to a replica of the read group,
+    // and BEGIN went there: the transaction's reads ran on the replica and its writes failed
+    // with 25006.
+    await using p = pool();
+    const db = kysely(p, { read: "read" });
+    const outcome = await db.connection().execute(async (c) => {
+      await c.selectFrom("notes").select(port).execute();
+      return await c.transaction().execute(async (trx) => {
+        const seen = await trx.selectNoFrom([port, standby]).executeTakeFirstOrThrow();
+        await trx.insertInto("notes").values({ body: "conn-read-tx" }).execute();
+        return seen;
+      }).then((v) => v, (err: Error) => err);
+    });
+    // Nothing ran on the replica: the transaction is refused before its BEGIN.
+    assert.ok(outcome instanceof TypeError, `ran: ${JSON.stringify(outcome)} ${outcome}`);
+    assert.match(outcome.message, /first statement was a read.*group "read".*"write"/);
+    const rows = await p.query(
+      "write",
+      "SELECT count(*)::int AS n FROM notes WHERE body = 'conn-read-tx'",
+    );
+    assert.equal(rows[0].n, 0);
+    assert.equal(p.stats().groups.read.busy, 0);
+  });
+
   it("run on one session of group, commit, and roll back on a throw", async () => {
     await using p = pool();
     const db = kysely(p, { read: "read" });

@@ -149,8 +149,20 @@ export class PgdbpoolConnection implements DatabaseConnection {
       if (set !== undefined) await this.#noting(this.#db.query(set));
       return;
     }
-    this.#transaction = true;
     const db = this.#db;
+    // A db.connection() that began with a read holds a session of the read group (a replica):
+    // BEGIN there would run the transaction, its reads and its writes, off `group`, and the
+    // connection is one session, so it cannot move. Refused before anything is sent.
+    if (db.group !== this.#router.group) {
+      throw new TypeError(
+        `Kysely transaction on a db.connection() whose first statement was a read: its session is on group ${
+          JSON.stringify(db.group)
+        }, transactions run on ${
+          JSON.stringify(this.#router.group)
+        } (start the connection with a write, or use db.transaction())`,
+      );
+    }
+    this.#transaction = true;
     if (this.#opensTransactions) {
       // Its next statement opens the transaction; settings go first, as its first statement.
       if (set !== undefined) await this.#noting(db.query(set));
