@@ -85,6 +85,12 @@ export class Topology {
   readonly #listeners: (() => void)[] = [];
   readonly #tickers: ((now: number) => void)[] = [];
   readonly #history: PrimarySample[] = [];
+  /**
+   * Whose positions `#history` holds: one primary on one timeline. Another primary's (a split
+   * brain's later one, found after an older one was probed) are of another history.
+   */
+  #historyOf: Endpoint | undefined;
+  #historyTimeline: number | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   /** `performance.now()` when the armed background round is due. */
   #due = Infinity;
@@ -256,7 +262,9 @@ export class Topology {
     endpoint.timeline = timeline;
     // Replicas' lag is measured against the primary's positions: a second, older primary's
     // positions are of another history.
-    if (!row.recovery && lsn !== undefined && endpoint === this.primary()) this.#remember(lsn, now);
+    if (!row.recovery && lsn !== undefined && endpoint === this.primary()) {
+      this.#remember(endpoint, timeline, lsn, now);
+    }
     if (changed || cameUp || newTimeline || row.recovery) this.#changed();
   }
 
@@ -326,7 +334,15 @@ export class Topology {
     return 0;
   }
 
-  #remember(lsn: bigint, at: number): void {
+  #remember(primary: Endpoint, timeline: number | undefined, lsn: bigint, at: number): void {
+    // The primary changed without a promotion this pool saw (a later timeline that was out of
+    // reach when an older primary answered): the old positions, maybe ahead of every new one,
+    // would count a replica of the new primary as behind since they were taken.
+    if (primary !== this.#historyOf || timeline !== this.#historyTimeline) {
+      this.#history.length = 0;
+      this.#historyOf = primary;
+      this.#historyTimeline = timeline;
+    }
     const last = this.#history[this.#history.length - 1];
     if (last !== undefined && last.lsn === lsn) return;
     this.#history.push({ lsn, at });

@@ -1,11 +1,13 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { followPrimary, waitReplayed, waitStreaming } from "./harness/faults.ts";
+import { startProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { Pool } from "../mod.ts";
 
-await setTestTimeout(120_000);
+await setTestTimeout(180_000);
 
 // A replica promoted while its old primary keeps running (no fencing: `pg_ctl promote` by hand,
 // a partition an orchestrator did not see, a failover script that could not reach the old
@@ -83,5 +85,73 @@ describe("split brain", () => {
       r.v
     );
     assert.deepEqual(onNew, ["new-first", "old-first"]);
+  });
+  it("a replica of the later primary is not lagging by an older primary's positions seen first", async () => {
+    // Found by an audit: replicas' lag is measured against the primary's WAL positions over
+    // time, and that history was reset only when this pool saw a replica promoted. A pool that
+    // probed the old primary first (the promoted server out of reach, or answering later) kept
+    // the old primary's positions, ahead of the new one's, and counted a replica fully caught
+    // up with the new primary as behind since then: excluded by max_replica_lag_ms for good.
+    const own = await startCluster({ replicas: 2 });
+    try {
+      const [oldPrimary, promoted, follower] = own.servers;
+      await oldPrimary.query("CREATE TABLE brain (v text)");
+      await own.waitForReplication();
+      await promoted.promote();
+      await followPrimary(own, follower, promoted);
+      await waitStreaming(promoted, [follower]);
+      // The old primary goes on writing (nobody fenced it): its positions pass the new one's.
+      await oldPrimary.query(
+        "INSERT INTO brain SELECT 'old ' || g FROM generate_series(1, 50000) g",
+      );
+      await promoted.query("INSERT INTO brain VALUES ('new')");
+      await waitReplayed(promoted, [follower]);
+      const [{ lsn }] = await promoted.query("SELECT pg_current_wal_lsn()::text AS lsn");
+      const [{ ahead }] = await oldPrimary.query(
+        `SELECT pg_current_wal_lsn() > '${lsn}'::pg_lsn AS ahead`,
+      );
+      assert.ok(ahead, "the old primary is ahead of the promoted one");
+      const [a, b, c] = own.endpoints();
+      // The promoted server is out of reach when the pool starts: it probes the old one first.
+      const proxy = await startProxy(b);
+      try {
+        proxy.mode = "refuse";
+        await using p = new Pool({
+          db: [a, { ...b, host: proxy.host, port: proxy.port }, c],
+          groups: {
+            write: { connection_count: 2, role: "primary" },
+            read: { connection_count: 2, role: "replica", max_replica_lag_ms: 1000 },
+          },
+          application_name: "sb-lag",
+          health_check_interval_ms: 100,
+          retry_backoff_max_ms: 300,
+        });
+        await p.refresh();
+        assert.equal(p.stats().endpoints[0].role, "primary", "the old primary probed");
+        proxy.mode = "pass";
+        const port = async (group: string) =>
+          (await p.query<{ port: number }>(group, "SELECT inet_server_port() AS port"))[0].port;
+        await waitFor(async () => (await port("write")) === promoted.port, {
+          message: "writes on the promoted server",
+        });
+        // Well past max_replica_lag_ms after the old primary's positions were taken, the
+        // follower, which has replayed all the promoted server wrote, is 0 ms behind it.
+        const since = performance.now();
+        const probes = p.stats().endpoints[2].probes;
+        await waitFor(
+          () => performance.now() - since > 2000 && p.stats().endpoints[2].probes >= probes + 5,
+          { message: "probes of the follower" },
+        );
+        const lag = () => JSON.stringify(p.stats().endpoints.map((e) => [e.role, e.lag_ms]));
+        await waitFor(async () => (await port("read")) === follower.port, {
+          timeoutMs: 5000,
+          message: `the follower routed by the read group (roles and lags: ${lag()})`,
+        });
+      } finally {
+        await proxy.close();
+      }
+    } finally {
+      await own.close();
+    }
   });
 });
