@@ -250,8 +250,9 @@ export class Group {
         e.state === "up" && e.role === "replica" && e.lagKnown && e.lagMs > limit;
     if (lagging === member.lagging) return;
     member.lagging = lagging;
-    // Leaving the group for another reason (down, promoted) is not catching up.
-    if (!lagging && !member.active) return;
+    // Leaving the group for another reason (down, promoted) is not catching up, nor is coming
+    // back as a primary (a lagging replica promoted, which an any or prefer-replica group takes).
+    if (!lagging && (!member.active || e.role !== "replica")) return;
     this.context.events.dispatchEvent(
       poolEvent(lagging ? "replicalagging" : "replicacaughtup", {
         group: this.name,

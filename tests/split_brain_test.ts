@@ -1,11 +1,11 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
-import { followPrimary, waitReplayed, waitStreaming } from "./harness/faults.ts";
+import { followPrimary, pauseReplay, waitReplayed, waitStreaming } from "./harness/faults.ts";
 import { startProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
-import { Pool } from "../mod.ts";
+import { Pool, type PoolEvent } from "../mod.ts";
 
 await setTestTimeout(180_000);
 
@@ -150,6 +150,62 @@ describe("split brain", () => {
       } finally {
         await proxy.close();
       }
+    } finally {
+      await own.close();
+    }
+  });
+  it("a lagging replica that is promoted is not told as caught up", async () => {
+    // Found by an audit: an any or prefer-replica group takes a promoted server as its primary,
+    // and a replica that left it for lag and came back that way was told as replicacaughtup
+    // (with its replay still paused): promotion is not catching up.
+    const own = await startCluster({ replicas: 1 });
+    try {
+      const [primary, replica] = own.servers;
+      await primary.query("CREATE TABLE brain (v text)");
+      await own.waitForReplication();
+      await using p = new Pool({
+        db: own.endpoints(),
+        groups: {
+          any: { connection_count: 2, max_replica_lag_ms: 300 },
+          prefer: { connection_count: 2, role: "prefer-replica", max_replica_lag_ms: 300 },
+        },
+        application_name: "sb-caughtup",
+        health_check_interval_ms: 100,
+      });
+      const events: string[] = [];
+      for (const type of ["replicalagging", "replicacaughtup"] as const) {
+        p.addEventListener(type, (e) => {
+          const d = (e as PoolEvent).detail;
+          events.push(
+            `${type} ${d.group} ${d.endpoint?.port === replica.port ? "replica" : "primary"}`,
+          );
+        });
+      }
+      await p.refresh();
+      await pauseReplay(replica);
+      // Keep writing so that received WAL waits for replay and the lag grows.
+      const writer = setInterval(() => {
+        primary.query("INSERT INTO brain VALUES ('lag')").catch(() => {});
+      }, 50);
+      try {
+        await waitFor(() => events.length === 2, {
+          message: `both groups told of the lag (${events})`,
+        });
+      } finally {
+        clearInterval(writer);
+      }
+      // Promoted with its replay paused: both groups take it as their primary.
+      await replica.promote();
+      const port = async () =>
+        (await p.query<{ port: number }>("prefer", "SELECT inet_server_port() AS port"))[0].port;
+      await waitFor(async () => (await port()) === replica.port, {
+        message: "the prefer-replica group on the promoted server",
+      });
+      await waitFor(() => p.stats().endpoints[1].role === "primary", { message: "the promotion" });
+      assert.deepEqual(events.sort(), [
+        "replicalagging any replica",
+        "replicalagging prefer replica",
+      ]);
     } finally {
       await own.close();
     }
