@@ -244,14 +244,17 @@ export class Group {
   #noteLag(member: Member): void {
     const e = member.endpoint;
     const limit = this.settings.maxReplicaLagMs;
+    // A lagging replica that goes down meanwhile is still the one that left for lag: told
+    // once more only when it is back in routing (replicacaughtup), never lagging a second time.
     const lagging = member.lagging
-      ? !member.active && e.state === "up" && e.role === "replica"
+      ? !member.active && e.role === "replica"
       : !member.active && limit !== undefined && this.settings.role !== "primary" &&
         e.state === "up" && e.role === "replica" && e.lagKnown && e.lagMs > limit;
     if (lagging === member.lagging) return;
     member.lagging = lagging;
-    // Leaving the group for another reason (down, promoted) is not catching up, nor is coming
-    // back as a primary (a lagging replica promoted, which an any or prefer-replica group takes).
+    // Leaving the group as a replica for another reason (promoted) is not catching up, nor is
+    // coming back as a primary (a lagging replica promoted, which an any or prefer-replica
+    // group takes).
     if (!lagging && (!member.active || e.role !== "replica")) return;
     this.context.events.dispatchEvent(
       poolEvent(lagging ? "replicalagging" : "replicacaughtup", {

@@ -6,6 +6,7 @@ import { closedPort } from "./harness/closed_port.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { sleep, waitFor } from "./harness/wait.ts";
+import { waitReplayed } from "./harness/faults.ts";
 import {
   type EndpointConfig,
   NoEndpointAvailableError,
@@ -405,6 +406,72 @@ describe("replica lag", () => {
       assert.deepEqual(lagging, []);
     } finally {
       await replica.query("SELECT pg_wal_replay_resume()");
+    }
+  });
+
+  it("a lagging replica that was down in between is told as caught up when it comes back so", async () => {
+    // Found by an audit: a lagging replica that went down was forgotten as lagging, so coming
+    // back still behind told replicalagging a second time, and coming back caught up told
+    // nothing (listeners that track lagging replicas kept it for good).
+    const [replica] = cluster.replicas;
+    const proxy = await startProxy(replica);
+    try {
+      await using p = pool("lagdown", {
+        read: { connection_count: 2, role: "replica", max_replica_lag_ms: 300 },
+      }, { db: [cluster.endpoints()[0], behind(proxy)] });
+      const events: string[] = [];
+      for (
+        const type of ["replicalagging", "replicacaughtup", "endpointdown", "endpointup"] as const
+      ) {
+        p.addEventListener(type, (e) => {
+          if ((e as PoolEvent).detail.endpoint?.port === proxy.port) events.push(type);
+        });
+      }
+      await waitFor(async () => (await portOf(p, "read")) === replica.port, {
+        message: "the replica routed",
+      });
+      await replica.query("SELECT pg_wal_replay_pause()");
+      try {
+        const writer = setInterval(() => {
+          cluster.primary.query("INSERT INTO notes (v) VALUES ('lag')").catch(() => {});
+        }, 50);
+        try {
+          await waitFor(() => events.includes("replicalagging"), { message: "the lag told" });
+        } finally {
+          clearInterval(writer);
+        }
+        // Down and back while it still lags: it left once, for lag, and is told so once.
+        const down = async () => {
+          proxy.mode = "refuse";
+          await waitFor(() => p.stats().endpoints[1].state === "down", { message: "down" });
+        };
+        await down();
+        proxy.mode = "pass";
+        await waitFor(() => p.stats().endpoints[1].state === "up", { message: "up" });
+        const probes = p.stats().endpoints[1].probes;
+        await waitFor(() => p.stats().endpoints[1].probes >= probes + 3, { message: "probes" });
+        assert.ok(p.stats().endpoints[1].lag_ms > 300, "still lagging");
+        await down();
+      } finally {
+        await replica.query("SELECT pg_wal_replay_resume()");
+      }
+      // Down and back caught up: back in routing, told as caught up.
+      await waitReplayed(cluster.primary, [replica]);
+      proxy.mode = "pass";
+      await waitFor(async () => (await portOf(p, "read").catch(() => 0)) === replica.port, {
+        message: "the caught-up replica routed again",
+      });
+      assert.deepEqual(events, [
+        "replicalagging",
+        "endpointdown",
+        "endpointup",
+        "endpointdown",
+        "endpointup",
+        "replicacaughtup",
+      ]);
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
     }
   });
 });
