@@ -112,8 +112,9 @@ export class Endpoint {
    */
   lagKnown = false;
   /**
-   * Probe start of the last probe that found nothing waiting for replay (or found a primary):
-   * WAL waiting now arrived after it, which bounds the replica's own figure of its lag.
+   * Probe start of the last probe that found nothing waiting for replay and nothing behind the
+   * primary's positions, with a primary up (or found a primary): WAL waiting now arrived after
+   * it, which bounds the replica's own figure of its lag.
    */
   caughtUpAt = -Infinity;
   /** Smoothed probe round trip, in milliseconds. */

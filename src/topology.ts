@@ -250,8 +250,14 @@ export class Topology {
       const own = Math.min(Number(row.lag_ms) || 0, now - endpoint.caughtUpAt);
       endpoint.lagMs = Math.max(own, this.#lagByLsn(lsn, now));
     } else {
-      endpoint.caughtUpAt = started;
       endpoint.lagMs = row.recovery ? this.#lagByLsn(lsn, now) : 0;
+      // Nothing waits for replay: caught up with what it received, which is caught up with the
+      // primary only when the primary's positions say so. A replica whose WAL stream stalled has
+      // nothing to replay either, and the backlog it receives later is as old as the stall: with
+      // the primary out of reach (or ahead of it), the stall must not cap its own figure.
+      if (!row.recovery || (endpoint.lagMs === 0 && this.primary() !== undefined)) {
+        endpoint.caughtUpAt = started;
+      }
     }
     // Up first, then what it came back as: listeners see the events in that order.
     const cameUp = this.#markUp(endpoint);

@@ -6,7 +6,7 @@ import { closedPort } from "./harness/closed_port.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { sleep, waitFor } from "./harness/wait.ts";
-import { waitReplayed } from "./harness/faults.ts";
+import { followPrimary, waitReplayed, waitStreaming } from "./harness/faults.ts";
 import {
   type EndpointConfig,
   NoEndpointAvailableError,
@@ -470,6 +470,85 @@ describe("replica lag", () => {
         "replicacaughtup",
       ]);
     } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+
+  it("a replica whose WAL receiver stopped is not taken for caught up while the primary is out of reach", async () => {
+    // Found by an audit: the cap on a replica's own figure of its lag (the time since it was
+    // last seen with nothing to replay) took a stalled WAL stream for caught up. With the
+    // primary out of the pool's reach (no positions to compare with), a replica receiving a
+    // backlog 2.5 s old counted as a probe interval behind and served reads.
+    const [replica] = cluster.replicas;
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = pool("recvstop", {
+        read: { connection_count: 2, role: "replica", max_replica_lag_ms: 1000 },
+      }, {
+        db: [behind(proxy), { ...cluster.endpoints()[0], host: replica.host, port: replica.port }],
+      });
+      await waitFor(async () => (await portOf(p, "read")) === replica.port, {
+        message: "the replica routed",
+      });
+      await waitFor(
+        () => p.stats().endpoints[1].probes > 2 && p.stats().endpoints[1].lag_ms === 0,
+        { message: "probed caught up" },
+      );
+      // The pool loses the primary (a partition between it and the application).
+      proxy.mode = "refuse";
+      await waitFor(() => p.stats().endpoints[0].state === "down", {
+        message: "primary down for the pool",
+      });
+      // The replica's WAL stream stalls (its link to the primary partitioned): nothing to
+      // replay, and it falls behind.
+      const link = await startProxy(cluster.primary);
+      try {
+        await replica.query(
+          `ALTER SYSTEM SET primary_conninfo = 'host=${link.host} port=${link.port} user=${cluster.user} password=${cluster.password} application_name=${replica.name}'`,
+        );
+        await replica.query("SELECT pg_reload_conf()");
+        await waitFor(
+          async () =>
+            (await replica.query(
+              "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            ))[0]?.sender_port === link.port,
+          { message: "streaming through the link" },
+        );
+        link.mode = "blackhole";
+        const [{ lsn }] = await cluster.primary.query(
+          "INSERT INTO notes (v) VALUES ('unseen') RETURNING pg_current_wal_insert_lsn()::text AS lsn",
+        );
+        const probes = p.stats().endpoints[1].probes;
+        await sleep(2500);
+        await waitFor(() => p.stats().endpoints[1].probes >= probes + 5, { message: "probes" });
+        // The link heals: the write arrives and waits for replay, 2.5 s after it was made.
+        await replica.query("SELECT pg_wal_replay_pause()");
+        link.mode = "pass";
+        await waitFor(
+          async () =>
+            (await replica.query(`SELECT pg_last_wal_receive_lsn() >= '${lsn}'::pg_lsn AS got`))[0]
+              .got,
+          { message: "the write received" },
+        );
+        const after = p.stats().endpoints[1].probes;
+        await waitFor(() => p.stats().endpoints[1].probes >= after + 2, {
+          message: "two probes with the write pending",
+        });
+        const { lag_ms } = p.stats().endpoints[1];
+        assert.ok(lag_ms > 1000, `lag ${Math.round(lag_ms)} ms for a write made 2.5 s ago`);
+        await assert.rejects(portOf(p, "read"), NoEndpointAvailableError);
+      } finally {
+        await replica.query("SELECT pg_wal_replay_resume()");
+        link.mode = "pass";
+        await followPrimary(cluster, replica, cluster.primary);
+        await waitStreaming(cluster.primary, [replica]);
+        await link.close();
+      }
+    } finally {
+      await followPrimary(cluster, replica, cluster.primary);
+      await waitStreaming(cluster.primary, [replica]);
+      await waitReplayed(cluster.primary, [replica]);
       proxy.mode = "pass";
       await proxy.close();
     }
