@@ -241,7 +241,6 @@ export class Topology {
       ? rtt
       : endpoint.latencyMs * 0.8 + rtt * 0.2;
     const lsn = parseLsn(row.lsn);
-    endpoint.lsn = lsn;
     const now = performance.now();
     if (row.recovery && row.lag_ms !== null) {
       // The replica's own figure is the age of the last transaction it replayed: after a quiet
@@ -262,6 +261,7 @@ export class Topology {
     // Up first, then what it came back as: listeners see the events in that order.
     const cameUp = this.#markUp(endpoint);
     const changed = this.observeRole(endpoint, row.recovery ? "replica" : "primary", false);
+    endpoint.lsn = lsn;
     endpoint.lagKnown = true;
     const timeline = row.recovery ? undefined : timelineOf(row.walfile);
     const newTimeline = timeline !== endpoint.timeline;
@@ -365,6 +365,9 @@ export class Topology {
     // came from a session (routing with max_replica_lag_ms skips it until then).
     endpoint.timeline = undefined;
     endpoint.lagKnown = false;
+    // So does a WAL position: a primary's insert position is no replay position (read-your-
+    // writes would take a server that became a replica for having a token it never replayed).
+    endpoint.lsn = undefined;
     if (role === "primary" && from === "replica") {
       endpoint.promotedAt = performance.now();
       // WAL positions of the old timeline say nothing about the new one.

@@ -656,6 +656,66 @@ describe("read-your-writes", () => {
     }
   });
 
+  it("a server seen to turn replica is asked for its replay position, not judged by its old one", {
+    // Bun's SQL does not report start-up parameters: its roles come from probes.
+    skip: testDriver().driver === "bun" ? "the Bun driver reports no in_hot_standby" : false,
+  }, async () => {
+    // Found by an audit: a role change kept the WAL position read in the old role, so a server
+    // seen to turn replica (from a session's start-up, with no probe since) kept the insert
+    // position it had as a primary, past a token its replay never reached, and a
+    // read-your-writes checkout took it without asking: a read without the write.
+    const [replica] = cluster.replicas;
+    // An address that moves (a virtual IP, a DNS name): the primary first, then a replica.
+    const target = { host: cluster.primary.host, port: cluster.primary.port };
+    const proxy = await startProxy(target);
+    try {
+      await using writer = new Pool({
+        db: cluster.endpoints()[0],
+        groups: { write: { connection_count: 1, role: "primary" } },
+        application_name: "ryw-moved-writer",
+      });
+      await using p = new Pool({
+        db: [behind(proxy), cluster.endpoints()[0]],
+        groups: {
+          touch: { connection_count: 1, endpoints: [0] },
+          read: { connection_count: 1, role: "replica", read_your_writes_timeout_ms: 300 },
+        },
+        application_name: "ryw-moved",
+        health_check_interval_ms: 0,
+      });
+      await replica.query("SELECT pg_wal_replay_pause()");
+      try {
+        await writer.query("write", "INSERT INTO notes (v) VALUES ('moved address')");
+        const token = writer.token!;
+        // The pool probes the address while it is the primary: its position is past the token.
+        await p.refresh();
+        assert.equal(p.stats().endpoints[0].role, "primary");
+        target.port = replica.port;
+        proxy.dropAll();
+        // A session there tells the pool it is a replica now (in_hot_standby at start-up).
+        const [{ port }] = await p.query<{ port: number }>(
+          "touch",
+          "SELECT inet_server_port() AS port",
+        );
+        assert.equal(port, replica.port);
+        assert.equal(p.stats().endpoints[0].role, "replica");
+        await using db = p.handler("read", { after: token });
+        const rows = await db.query<{ n: number; port: number }>(
+          "SELECT count(*)::int AS n, inet_server_port() AS port FROM notes WHERE v = 'moved address'",
+        );
+        assert.deepEqual(
+          [...rows],
+          [{ n: 1, port: cluster.primary.port }],
+          "a read without the write",
+        );
+      } finally {
+        await replica.query("SELECT pg_wal_replay_resume()");
+      }
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it("rejects a malformed token", async () => {
     await using p = pool("ryw-bad", { read: { connection_count: 1 } });
     assert.throws(
