@@ -127,6 +127,14 @@ export class Endpoint {
    * promotion.
    */
   timeline: number | undefined;
+  /**
+   * On a replica, a timeline its replay has reached (from pg_control, its last restartpoint's or
+   * minimum recovery point's: it may be behind the one it replays now); `undefined` on a primary,
+   * before a probe, or where pg_control is denied to the role.
+   */
+  replayTimeline: number | undefined;
+  /** pg_control functions are denied to this role here: probes leave them out. */
+  controlDenied = false;
   /** Options passed with a statement, built once: as configured, and rows as arrays. */
   readonly #queryOptions: StatementOptions;
   readonly #arrayOptions: StatementOptions;

@@ -213,7 +213,12 @@ export class Group {
    */
   reroute(): void {
     const topology = this.context.topology;
-    const allowed = route(this.settings, this.#all.map((m) => m.endpoint), topology.primary());
+    const allowed = route(
+      this.settings,
+      this.#all.map((m) => m.endpoint),
+      topology.primary(),
+      (e) => topology.onPrimaryTimeline(e),
+    );
     const members = this.#all.filter((m) => allowed.includes(m.endpoint));
     for (const member of this.#all) {
       const active = members.includes(member);
@@ -656,7 +661,11 @@ export class Group {
         // which also takes no replica once it began.
         signal?.throwIfAborted();
         if (this.closing) throw new PoolClosedError();
-        const replicas = this.#members.filter((m) => m.endpoint.role === "replica");
+        // A token is a position of the primary's timeline: a replica still on an older
+        // primary's (a split brain) may be past it with other WAL.
+        const replicas = this.#members.filter((m) =>
+          m.endpoint.role === "replica" && topology.onPrimaryTimeline(m.endpoint)
+        );
         const n = replicas.length;
         for (let k = 0; k < n; k++) {
           const member = replicas[(this.#cursor + k) % n];

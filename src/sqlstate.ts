@@ -60,3 +60,8 @@ export function isCapacityError(err: unknown): boolean {
 export function isReadOnlyError(err: unknown): boolean {
   return codeOf(err) === "25006";
 }
+
+/** Permission denied (42501): a function the role may not execute. */
+export function isPrivilegeError(err: unknown): boolean {
+  return codeOf(err) === "42501";
+}

@@ -12,17 +12,30 @@ import type { Endpoint, EndpointRole } from "./endpoint.ts";
 import { poolEvent, reasonOf } from "./events.ts";
 import { parseLsn } from "./lsn.ts";
 import { withDeadline } from "./deadline.ts";
-import { isCapacityError, isConnectionError, isReadOnlyError } from "./sqlstate.ts";
+import {
+  isCapacityError,
+  isConnectionError,
+  isPrivilegeError,
+  isReadOnlyError,
+} from "./sqlstate.ts";
 
 // One round trip: role, WAL position and the replica's own view of its lag. The lag is only
 // meaningful while received WAL waits for replay (else NULL: the replica is caught up with what
 // it has, and LSN comparison with the primary covers a stalled receiver).
-const PROBE_SQL = `SELECT pg_is_in_recovery() AS recovery,
+const PROBE_BASE_SQL = `SELECT pg_is_in_recovery() AS recovery,
   (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text AS lsn,
   CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()
     THEN coalesce(extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000, 0)::float8
     END AS lag_ms,
   CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile`;
+// And a replica's timeline, at least: the later of its last restartpoint's and its minimum
+// recovery point's (both in pg_control, executable by PUBLIC unless revoked; a replica's replay
+// never goes back to an earlier timeline, and its current one is not readable without
+// pg_read_all_stats). A role denied them (42501) is probed with PROBE_BASE_SQL instead.
+const PROBE_SQL = `${PROBE_BASE_SQL},
+  CASE WHEN pg_is_in_recovery() THEN greatest(
+    (SELECT timeline_id FROM pg_control_checkpoint()),
+    (SELECT min_recovery_end_timeline FROM pg_control_recovery())) END AS replay_tli`;
 
 /** What a probe reads. `walfile` (a primary's current WAL file) starts with its timeline. */
 interface ProbeRow {
@@ -30,6 +43,8 @@ interface ProbeRow {
   lsn: string | null;
   lag_ms: number | null;
   walfile: string | null;
+  /** On a replica, a timeline its replay has reached (absent where pg_control is denied). */
+  replay_tli?: number | null;
 }
 
 /** The timeline in a WAL file name: its first 8 hex digits. */
@@ -264,6 +279,10 @@ export class Topology {
     endpoint.lsn = lsn;
     endpoint.lagKnown = true;
     const timeline = row.recovery ? undefined : timelineOf(row.walfile);
+    endpoint.replayTimeline = row.recovery && typeof row.replay_tli === "number" &&
+        row.replay_tli > 0
+      ? row.replay_tli
+      : undefined;
     const newTimeline = timeline !== endpoint.timeline;
     endpoint.timeline = timeline;
     // Replicas' lag is measured against the primary's positions: a second, older primary's
@@ -292,11 +311,16 @@ export class Topology {
       const reused = client.established;
       try {
         const rows = await withDeadline(
-          client.query(PROBE_SQL, undefined, PROBE),
+          client.query(endpoint.controlDenied ? PROBE_BASE_SQL : PROBE_SQL, undefined, PROBE),
           Math.max(until - performance.now(), 1),
         );
         return rows[0] as unknown as ProbeRow;
       } catch (err) {
+        // pg_control revoked from this role: probe without the replica's timeline from now on.
+        if (!endpoint.controlDenied && isPrivilegeError(err) && performance.now() < until) {
+          endpoint.controlDenied = true;
+          continue;
+        }
         // A failed probe session may hold a half-dead socket: never reuse it.
         this.#clients.delete(endpoint);
         client.end(0);
@@ -355,6 +379,22 @@ export class Topology {
     if (this.#history.length > 256) this.#history.shift();
   }
 
+  /**
+   * Whether a replica's WAL positions can be compared with the current primary's (a read-your-
+   * writes token, the primary's positions for lag). While several servers claim the primary
+   * role (a split brain this pool sees), a replica may still follow the older one, on its
+   * timeline, where the same positions hold other WAL: only one known to have reached the
+   * primary's timeline is. Without a split brain, every replica (as before).
+   */
+  onPrimaryTimeline(replica: Endpoint): boolean {
+    let primaries = 0;
+    for (const e of this.endpoints) if (e.role === "primary" && e.state === "up") primaries++;
+    if (primaries < 2) return true;
+    const primary = this.primary();
+    return primary !== undefined && primary.timeline !== undefined &&
+      replica.replayTimeline === primary.timeline;
+  }
+
   /** Records a role seen on a connection or probe; returns whether it changed. */
   observeRole(endpoint: Endpoint, role: EndpointRole, notify = true): boolean {
     const from = endpoint.role;
@@ -364,6 +404,7 @@ export class Topology {
     // and so does lag: a replica's is measured by its next probe, asked for now when the role
     // came from a session (routing with max_replica_lag_ms skips it until then).
     endpoint.timeline = undefined;
+    endpoint.replayTimeline = undefined;
     endpoint.lagKnown = false;
     // So does a WAL position: a primary's insert position is no replay position (read-your-
     // writes would take a server that became a replica for having a token it never replayed).

@@ -105,7 +105,11 @@ describe("split brain", () => {
         "INSERT INTO brain SELECT 'old ' || g FROM generate_series(1, 50000) g",
       );
       await promoted.query("INSERT INTO brain VALUES ('new')");
+      // In a split brain a replica's lag counts only once it is known to be on the promoted
+      // server's timeline (see the next test): a restartpoint there shows it in pg_control.
+      await promoted.query("CHECKPOINT");
       await waitReplayed(promoted, [follower]);
+      await follower.query("CHECKPOINT");
       const [{ lsn }] = await promoted.query("SELECT pg_current_wal_lsn()::text AS lsn");
       const [{ ahead }] = await oldPrimary.query(
         `SELECT pg_current_wal_lsn() > '${lsn}'::pg_lsn AS ahead`,
@@ -150,6 +154,98 @@ describe("split brain", () => {
       } finally {
         await proxy.close();
       }
+    } finally {
+      await own.close();
+    }
+  });
+  it("a replica still on the old primary's timeline does not serve reads after a write on the promoted one", async () => {
+    // Found by an audit: with two primaries the pool writes on the later timeline, but a token
+    // from it was compared with the replay position of a replica still following the old
+    // primary, on the old timeline, where the old primary's own writes had carried it past the
+    // token: a read-your-writes checkout took it and read without the write. Its lag was
+    // measured against the promoted primary's positions the same way.
+    const own = await startCluster({ replicas: 2 });
+    try {
+      const [oldPrimary, promoted, follower] = own.servers;
+      await oldPrimary.query("CREATE TABLE brain (v text)");
+      await own.waitForReplication();
+      await promoted.promote();
+      // The follower stays on the old primary, which goes on writing: its replay passes the
+      // promoted server's positions.
+      await oldPrimary.query(
+        "INSERT INTO brain SELECT 'old ' || g FROM generate_series(1, 50000) g",
+      );
+      await waitReplayed(oldPrimary, [follower]);
+      await using p = new Pool({
+        db: own.endpoints(),
+        groups: {
+          write: { connection_count: 2, role: "primary" },
+          read: { connection_count: 2, role: "replica", read_your_writes_timeout_ms: 300 },
+          prefer: { connection_count: 2, role: "prefer-replica", read_your_writes_timeout_ms: 300 },
+          lagged: { connection_count: 2, role: "prefer-replica", max_replica_lag_ms: 1000 },
+        },
+        application_name: "sb-ryw",
+        health_check_interval_ms: 100,
+      });
+      await p.refresh();
+      const port = async (group: string) =>
+        (await p.query<{ port: number }>(group, "SELECT inet_server_port() AS port"))[0].port;
+      assert.equal(await port("write"), promoted.port, "writes on the promoted server");
+      await p.query("write", "INSERT INTO brain VALUES ('new')");
+      const token = p.token!;
+      const [{ lsn }] = await follower.query("SELECT pg_last_wal_replay_lsn()::text AS lsn");
+      const [{ past }] = await follower.query(
+        `SELECT pg_last_wal_replay_lsn() >= '${token}'::pg_lsn AS past`,
+      );
+      assert.ok(past, `the follower (${lsn}, old timeline) is past the token ${token}`);
+      for (const group of ["read", "prefer"]) {
+        for (let i = 0; i < 3; i++) {
+          await using db = p.handler(group, { after: token });
+          const rows = await db.query<{ v: string; port: number }>(
+            "SELECT v, inet_server_port() AS port FROM brain WHERE v = 'new'",
+          ).catch((err) => {
+            // A replica group may have no server with the write: it says so, it never reads
+            // without it.
+            assert.equal(group, "read", String(err));
+            return [{ v: "new", port: promoted.port }];
+          });
+          assert.equal(rows.length, 1, `${group}: a read after the write without it`);
+        }
+      }
+      // Lag-limited reads: the follower's lag is not measured against the other timeline.
+      for (let i = 0; i < 4; i++) {
+        assert.equal(await port("lagged"), promoted.port, "a lag-limited read on the follower");
+      }
+    } finally {
+      await own.close();
+    }
+  });
+  it("a role denied pg_control still probes replicas, without their timeline", async () => {
+    // The replica's timeline comes from pg_control_checkpoint() and pg_control_recovery(),
+    // executable by PUBLIC unless revoked: a role denied them probes without (one failed probe
+    // round trip per server, once), and its replicas serve as before outside a split brain.
+    const own = await startCluster({ replicas: 1 });
+    try {
+      const [primary, replica] = own.servers;
+      await primary.query(`CREATE ROLE denied LOGIN PASSWORD '${own.password}'`);
+      await primary.query("REVOKE EXECUTE ON FUNCTION pg_control_checkpoint() FROM PUBLIC");
+      await primary.query("REVOKE EXECUTE ON FUNCTION pg_control_recovery() FROM PUBLIC");
+      await own.waitForReplication();
+      await using p = new Pool({
+        db: own.endpoints().map((e) => ({ ...e, user: "denied" })),
+        groups: { read: { connection_count: 2, role: "replica", max_replica_lag_ms: 1000 } },
+        application_name: "sb-denied",
+      });
+      await p.refresh();
+      assert.deepEqual(p.stats().endpoints.map((e) => [e.state, e.role]), [
+        ["up", "primary"],
+        ["up", "replica"],
+      ]);
+      const [{ port }] = await p.query<{ port: number }>(
+        "read",
+        "SELECT inet_server_port() AS port",
+      );
+      assert.equal(port, replica.port);
     } finally {
       await own.close();
     }
