@@ -14,6 +14,7 @@ import { Listener, type ListenOptions, type Subscription } from "./listener.ts";
 import { Handler, type HandlerOptions, leaseReady } from "./handler.ts";
 import { oneShot } from "./one_shot.ts";
 import { isBareBegin, mayHideBlock } from "./transaction_block.ts";
+import { mayLeaveState } from "./session_state.ts";
 import type { QueryOptions, Row, Rows, ValueRows } from "./rows.ts";
 
 import { parseLsn } from "./lsn.ts";
@@ -243,12 +244,17 @@ export class Pool extends EventTarget implements AsyncDisposable {
         ),
       );
     }
-    if (g.autocommit && this.#config.threaded && !leavesBlock(text, params)) {
+    if (
+      g.autocommit && this.#config.threaded && !leavesBlock(text, params) &&
+      !leavesState(text)
+    ) {
       return oneShot(g, text, params, options?.rowMode === "array");
     }
     // A text that may leave a transaction block open runs on a checkout of its own, which
     // commits that block (the statement is committed, as promised) or rolls it back on failure;
-    // on a shared connection the one-shots behind it would have run inside it.
+    // on a shared connection the one-shots behind it would have run inside it. So does one that
+    // may leave session state (SET, set_config, LISTEN, ...): pipelined behind it, other
+    // one-shots would run in the changed session before the check-in reset it.
     return this.#checkoutQuery(group, text, params, options);
   }
 
@@ -411,6 +417,10 @@ export class Pool extends EventTarget implements AsyncDisposable {
 }
 
 // Only a text without parameters may hold several statements (the simple protocol).
+function leavesState(text: string): boolean {
+  return typeof text === "string" && mayLeaveState(text);
+}
+
 function leavesBlock(text: string, params: readonly unknown[] | undefined): boolean {
   return (params === undefined || params.length === 0) && typeof text === "string" &&
     mayHideBlock(text);

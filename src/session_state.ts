@@ -119,6 +119,31 @@ export function residueOfText(text: string): Residue {
 }
 
 /**
+ * Whether `text` may leave state on its session, judged before it is sent (`pool.query`: such
+ * a statement runs on a connection of its own, so no one-shot is pipelined behind it into the
+ * changed session). Cached per text like `residueOf`.
+ *
+ * @example Which one-shots must not share their connection
+ * ```ts
+ * import { mayLeaveState } from "./session_state.ts";
+ *
+ * mayLeaveState("SET search_path TO tenant_a"); // true
+ * mayLeaveState("SELECT set_config('app.tenant', 'a', false)"); // true
+ * mayLeaveState("SELECT * FROM items WHERE id = $1"); // false
+ * ```
+ */
+export function mayLeaveState(text: string): boolean {
+  let leaves = before.get(text);
+  if (leaves === undefined) {
+    leaves = residueOfText(text) !== CLEAN;
+    if (before.size < CAPACITY && text.length <= LONGEST) before.set(text, leaves);
+  }
+  return leaves;
+}
+
+const before = new Map<string, boolean>();
+
+/**
  * What a statement that failed may still have left: a session advisory lock it took before the
  * error (the abort of its transaction does not release it) and, in a text of several
  * statements, what those before it committed. Errs towards a reset: failures are rare.

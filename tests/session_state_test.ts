@@ -178,6 +178,26 @@ describe("session state does not outlive its checkout", () => {
     assert.equal(search_path, fresh.search_path);
   });
 
+  it("pool.query: no one-shot is pipelined behind one that sets something", async () => {
+    // Same tick, one connection: the INSERT and the SELECT used to join the SET's shared
+    // connection before its answer came back, and ran in tenant_a (a write in the wrong table).
+    const [, , [{ search_path }], , [{ tenant }]] = await Promise.all([
+      pool.query("auto", "SET search_path TO tenant_a"),
+      pool.query("auto", "INSERT INTO items VALUES ('behind a SET')"),
+      pool.query("auto", "SELECT current_setting('search_path') AS search_path"),
+      pool.query("auto", "SELECT set_config('app.tenant', 'b', false) AS tenant"),
+      pool.query("auto", "SELECT nullif(current_setting('app.tenant', true), '') AS tenant"),
+    ]);
+    assert.equal(search_path, fresh.search_path);
+    assert.equal(tenant, null);
+    const misplaced = await cluster.primary.query(
+      "SELECT count(*)::int AS n FROM tenant_a.items WHERE v = 'behind a SET'",
+    );
+    assert.equal(misplaced[0].n, 0);
+    const { pid: _pid, user: _user, statement_timeout: _t, ...seen } = await nextCheckout();
+    assert.deepEqual(seen, fresh);
+  });
+
   it("a checkout that left nothing costs no reset", async () => {
     let pid: number;
     {
