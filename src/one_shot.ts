@@ -15,7 +15,7 @@ import type { Group } from "./group.ts";
 import { MAX_ATTEMPTS, observe } from "./lease.ts";
 import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
-import { residueOf, residueOfFailure } from "./session_state.ts";
+import { residueOfCommand, residueOfFailure } from "./session_state.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement } from "./statement_input.ts";
 import { readToken, sendStatement } from "./token.ts";
@@ -82,7 +82,8 @@ function send(
     // Staleness is judged when a one-shot is a connection's first user: only the last one to
     // leave needs to stamp it (a clock read per statement shows in profiles under load).
     if (conn.users === 1) conn.lastUsed = performance.now();
-    group.checkin(conn, false, residueOf(rows.command, text));
+    // Its text was found clean before it was sent (pool.ts): only the tag can tell more.
+    group.checkin(conn, false, residueOfCommand(rows.command, text));
     if (lsn === undefined) return rows;
     return readToken(lsn).then((token) => {
       if (token !== undefined) group.context.onToken(token);
