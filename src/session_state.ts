@@ -29,10 +29,15 @@ export const RESET_SESSION =
   "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; " +
   "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 
+// Temporary objects: made by a CREATE naming TEMP, TEMPORARY or a pg_temp schema (pg_temp.t,
+// pg_temp_3.t) or by SELECT ... INTO TEMP. A column or table merely named temp (sensor readings)
+// makes nothing: matched alone, it cost every such statement a reset.
+const TEMP_WORD = String.raw`\b(?:temp|temporary|pg_temp(?:_\d+)?)\b`;
+const MAKES_TEMP = String.raw`\bcreate\b[^;]*?${TEMP_WORD}|\binto\s+${TEMP_WORD}`;
 // Calls and words that leave state whatever the command: set_config, session advisory locks
-// (not the _xact_ ones), temporary objects (also named by schema: pg_temp.t, pg_temp_3.t).
-const CALLS = /set_config|advisory_lock|\b(?:pg_)?temp(?:orary|_\d+)?\b/i;
-const LOCKS_OR_TEMP = /advisory_lock|\b(?:pg_)?temp(?:orary|_\d+)?\b/i;
+// (not the _xact_ ones), temporary objects.
+const CALLS = new RegExp(String.raw`set_config|advisory_lock|${MAKES_TEMP}`, "i");
+const LOCKS_OR_TEMP = new RegExp(String.raw`advisory_lock|${MAKES_TEMP}`, "i");
 // set_config(name, value, true) with a literal `true` ends with its transaction (the
 // row-level-security pattern: one per request, which should not cost a reset each).
 const SET_CONFIG = /set_config/gi;

@@ -259,6 +259,12 @@ describe("session state: paths the detection missed", () => {
     await leavesNothing((db) => db.query("CREATE TABLE pg_temp.scratch (v int)"));
   });
 
+  it("temporary tables made by SELECT INTO, CREATE ... AS and CREATE OR REPLACE TEMP VIEW", async () => {
+    await leavesNothing((db) => db.query("SELECT 1 AS v INTO TEMPORARY TABLE scratch"));
+    await leavesNothing((db) => db.query("CREATE LOCAL TEMP TABLE scratch AS SELECT 1 AS v"));
+    await leavesNothing((db) => db.query("CREATE OR REPLACE TEMP VIEW scratch AS SELECT 1 AS v"));
+  });
+
   it("a session advisory lock taken by a statement that then failed (handler and pool.query)", async () => {
     // The error aborts the statement's transaction; a session-level lock outlives that (as when
     // `SELECT pg_advisory_lock(id) FROM jobs` hits statement_timeout after some rows). The
@@ -301,6 +307,25 @@ describe("session state: no reset where nothing outlives the transaction", () =>
       await db.commit();
     }
     assert.doesNotMatch(await lastStatement(pid), /^CLOSE ALL/);
+  });
+
+  it("a column or table named temp (sensor readings) costs no reset and keeps pipelining", async () => {
+    await cluster.primary.query("CREATE TABLE IF NOT EXISTS readings (temp real, at int)");
+    let pid: number;
+    {
+      await using db = pool.handler("auto");
+      [{ pid }] = await db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
+      await db.query("INSERT INTO readings (temp, at) VALUES ($1, 1)", [21.5]);
+      await db.query("SELECT temp FROM readings WHERE at = 1");
+    }
+    assert.equal(await lastStatement(pid), "SELECT temp FROM readings WHERE at = 1");
+    // Through pool.query: one-shots on the group's one connection, and no reset after them.
+    const texts = [
+      "SELECT temp FROM readings WHERE at = $1",
+      "SELECT max(temp) AS temp FROM readings",
+    ];
+    await Promise.all(texts.map((text, i) => pool.query("auto", text, i === 0 ? [1] : [])));
+    assert.equal(await lastStatement(pid), texts[1]);
   });
 
   it("set_config(..., true) with a cast parameter ($1::text)", async () => {
