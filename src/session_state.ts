@@ -53,16 +53,19 @@ const HOLD = /\bwith\s+hold\b/i;
 const BODY = /\b(?:set|reset)\s/i;
 // SET that ends with its transaction.
 const TRANSACTION_SET = /^\s*set\s+(?:local|transaction|constraints)\b/i;
-// Leading words of statements in a text whose commands the pool does not see: of each statement
-// in a text of several, of the first alone otherwise (anchored, so a long text of one statement
-// is not scanned for them: a bulk INSERT of 100 kB took 0.2 ms).
-const UNRESETTABLE_WORDS = String.raw`(?:prepare|load)\b`;
+// Leading words of statements in a text whose commands the pool does not see, past blanks and
+// comments (the server skips them: a query tag before a SET leaves it a SET; nested block
+// comments are not followed): of each statement in a text of several, of the first alone
+// otherwise (anchored, so a long text of one statement is not scanned for them: a bulk INSERT of
+// 100 kB took 0.2 ms).
+const GAP = String.raw`(?:\s|--[^\n]*(?:\n|$)|/\*[\s\S]*?\*/)*`;
+const UNRESETTABLE_WORDS = String.raw`${GAP}(?:prepare|load)\b`;
 const RESETTABLE_WORDS = String
-  .raw`(?:set(?!\s+(?:local|transaction|constraints)\b)|reset|listen|declare|do|call)\b`;
-const LEADS_UNRESETTABLE = new RegExp(String.raw`(?:^|;)\s*${UNRESETTABLE_WORDS}`, "i");
-const LEADS_RESETTABLE = new RegExp(String.raw`(?:^|;)\s*${RESETTABLE_WORDS}`, "i");
-const FIRST_UNRESETTABLE = new RegExp(String.raw`^\s*${UNRESETTABLE_WORDS}`, "i");
-const FIRST_RESETTABLE = new RegExp(String.raw`^\s*${RESETTABLE_WORDS}`, "i");
+  .raw`${GAP}(?:set(?!\s+(?:local|transaction|constraints)\b)|reset|listen|declare|do|call)\b`;
+const LEADS_UNRESETTABLE = new RegExp(String.raw`(?:^|;)${UNRESETTABLE_WORDS}`, "i");
+const LEADS_RESETTABLE = new RegExp(String.raw`(?:^|;)${RESETTABLE_WORDS}`, "i");
+const FIRST_UNRESETTABLE = new RegExp(String.raw`^${UNRESETTABLE_WORDS}`, "i");
+const FIRST_RESETTABLE = new RegExp(String.raw`^${RESETTABLE_WORDS}`, "i");
 
 /**
  * What `text`, answered with command tag `command`, left on its session.

@@ -1,0 +1,88 @@
+// Audit 14: session state, leak reclaim, deadlines and input checks on paths the earlier audits
+// did not cover. Each case failed before its fix.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { Pool } from "../mod.ts";
+
+await setTestTimeout(120_000);
+
+let cluster: PgCluster;
+let pool: Pool;
+
+before(async () => {
+  cluster = await startCluster();
+  await cluster.primary.query(`CREATE SCHEMA tenant_a;
+    CREATE TABLE public.items (v text); CREATE TABLE tenant_a.items (v text)`);
+  pool = new Pool({
+    db: cluster.endpoints(),
+    // One connection: a one-shot sent while another runs is pipelined onto the same session.
+    groups: { auto: { connection_count: 1 } },
+    application_name: "audit14_test",
+  });
+}, { timeout: 120_000 });
+
+after(async () => {
+  await pool?.close();
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+describe("pool.query: session state set by a one-shot", () => {
+  // A one-shot that sets something shares its connection like any other: one-shots pipelined
+  // behind it ran in the changed session (another tenant's schema, here), though their caller
+  // never asked for it.
+  it("a SET is not inherited by one-shots pipelined behind it", async () => {
+    await pool.query("auto", "SELECT 1"); // a warm connection: nothing waits on a ping
+    const set = pool.query("auto", "SET search_path TO tenant_a");
+    const seen = pool.query("auto", "SELECT current_setting('search_path') AS search_path");
+    const write = pool.query("auto", "INSERT INTO items (v) VALUES ('mine')");
+    await set;
+    const [{ search_path }] = await seen;
+    await write;
+    assert.equal(search_path, '"$user", public');
+    const [{ n }] = await cluster.primary.query("SELECT count(*)::int AS n FROM public.items");
+    assert.equal(n, 1, "the write landed in the caller's own schema");
+    await cluster.primary.query("TRUNCATE public.items, tenant_a.items");
+  });
+
+  it("set_config(..., false) and a comment before SET are not inherited either", async () => {
+    for (
+      const text of [
+        "SELECT set_config('search_path', 'tenant_a', false)",
+        "/* tenant */ SET search_path TO tenant_a",
+      ]
+    ) {
+      await pool.query("auto", "SELECT 1");
+      const set = pool.query("auto", text);
+      const seen = pool.query("auto", "SELECT current_setting('search_path') AS search_path");
+      await set;
+      const [{ search_path }] = await seen;
+      assert.equal(search_path, '"$user", public', text);
+    }
+  });
+});
+
+describe("db.sql: session state behind a query tag", () => {
+  // The server skips a leading comment (a query tag, as ORMs and tracing add): the text is a
+  // SET all the same, but the pool read only its first characters and reset nothing.
+  it("a SET after a comment is reset at check-in", async () => {
+    let pid: number;
+    {
+      await using db = await pool.acquire("auto");
+      [{ pid }] = await db.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
+      await db.sql`/* tenant: a */ SET search_path TO tenant_a`;
+      // A text of several statements: the simple protocol.
+      await (db.sql.unsafe(
+        "-- tenant: a\nSELECT 1; /* again */ SET app.tenant = 'a'",
+      ) as unknown as {
+        simple(): Promise<unknown>;
+      }).simple();
+    }
+    await using db = await pool.acquire("auto");
+    const [row] = await db.query(`SELECT pg_backend_pid() AS pid,
+      current_setting('search_path') AS search_path,
+      nullif(current_setting('app.tenant', true), '') AS tenant`);
+    assert.deepEqual(row, { pid, search_path: '"$user", public', tenant: null });
+  });
+});
