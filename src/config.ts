@@ -480,6 +480,13 @@ function host(path: string, value: unknown): string {
       })`,
     );
   }
+  // A libpq keyword string (`host=db password=pw`) given as host: a host name never holds "=".
+  if (text.includes("=")) {
+    throw new ConfigError(
+      path,
+      `must be a host name or IP address, not a keyword string (got ${quote(redactUrl(text))})`,
+    );
+  }
   if (/[,\s]/.test(text)) {
     throw new ConfigError(
       path,

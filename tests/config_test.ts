@@ -338,6 +338,31 @@ describe("config validation", () => {
     assert.doesNotThrow(() => resolveConfig(socketDir));
   });
 
+  it("keeps the password out of errors about a libpq keyword string given as host", () => {
+    // Found by audit 14: the host check quoted a host with whitespace or a comma as it was, so a
+    // keyword string pasted into host showed its password; one without either (password=...
+    // alone) was taken as a host name, to be quoted by stats and every connection error.
+    for (
+      const host of [
+        `host=db.internal dbname=app user=app password=${secret}`,
+        `db.internal,password=${secret}`,
+        `password=${secret}`,
+      ]
+    ) {
+      const config = good();
+      (config.db as { host: string }[])[0].host = host;
+      assert.throws(() => new Pool(config), (err: unknown) => {
+        assert.ok(err instanceof ConfigError, `expected ConfigError, got ${err}`);
+        assert.equal(err.path, "db[0].host", err.message);
+        assert.ok(err.message.includes("password=***"), err.message);
+        for (const text of [String(err), String(err.stack), inspect(err)]) {
+          assert.ok(!text.includes(secret), `leaks the password: ${text}`);
+        }
+        return true;
+      });
+    }
+  });
+
   it("decodes user, password and database of a URL", () => {
     const pw = "p@ss:w/rd%?#";
     const url = `postgresql://${encodeURIComponent("ü s")}:${
