@@ -11,6 +11,7 @@ import type { Pool } from "./pool.ts";
 import { resolveHandlerOptions } from "./handler_options.ts";
 import { Lease } from "./lease.ts";
 import type { QueryOptions, Row, Rows, Sql, ValueRows } from "./rows.ts";
+import { wantsArrays } from "./query_options.ts";
 
 /** Key of the method `pool.acquire()` awaits (not part of the public API). */
 export const leaseReady: unique symbol = Symbol("pgdbpool.leaseReady");
@@ -147,7 +148,13 @@ export class Handler implements Disposable, AsyncDisposable {
     params?: readonly unknown[],
     options?: QueryOptions,
   ): Promise<Rows | ValueRows> {
-    return this.#lease.query(text, params, options?.rowMode === "array");
+    let arrays: boolean;
+    try {
+      arrays = wantsArrays(options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#lease.query(text, params, arrays);
   }
 
   /**

@@ -16,7 +16,7 @@ import { oneShot } from "./one_shot.ts";
 import { isBareBegin, mayHideBlock } from "./transaction_block.ts";
 import { mayLeaveState } from "./session_state.ts";
 import type { QueryOptions, Row, Rows, ValueRows } from "./rows.ts";
-
+import { wantsArrays } from "./query_options.ts";
 import { parseLsn } from "./lsn.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { type PoolStats, statsOf } from "./stats.ts";
@@ -230,8 +230,10 @@ export class Pool extends EventTarget implements AsyncDisposable {
     // Not async: a one-shot's promise is handed back as is (an async frame costs two microtask
     // hops per statement); errors still arrive as rejections.
     let g: Group;
+    let arrays: boolean;
     try {
       g = this[groupLookup](group);
+      arrays = wantsArrays(options);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -248,7 +250,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
       g.autocommit && this.#config.threaded && !leavesBlock(text, params) &&
       !leavesState(text)
     ) {
-      return oneShot(g, text, params, options?.rowMode === "array");
+      return oneShot(g, text, params, arrays);
     }
     // A text that may leave a transaction block open runs on a checkout of its own, which
     // commits that block (the statement is committed, as promised) or rolls it back on failure;

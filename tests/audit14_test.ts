@@ -86,3 +86,28 @@ describe("db.sql: session state behind a query tag", () => {
     assert.deepEqual(row, { pid, search_path: '"$user", public', tenant: null });
   });
 });
+
+describe("statement options", () => {
+  // A mistyped row mode or key was ignored: the rows came back as objects to a caller reading
+  // them by position (a query builder's mapping), with no word of the mistake.
+  it("a mistyped rowMode or an unknown key rejects the statement, naming it", async () => {
+    const bad: Array<[unknown, RegExp]> = [
+      [{ rowMode: "arrays" }, /rowMode must be "object" or "array" \(got "arrays"\)/],
+      [{ row_mode: "array" }, /"row_mode" is not a known option/],
+      ["array", /must be an object \(got "array"\)/],
+    ];
+    for (const [options, message] of bad) {
+      await assert.rejects(
+        pool.query("auto", "SELECT 1 AS n", [], options as never),
+        (err: unknown) => err instanceof TypeError && message.test(err.message),
+      );
+      await using db = await pool.acquire("auto");
+      await assert.rejects(
+        db.query("SELECT 1 AS n", [], options as never),
+        (err: unknown) => err instanceof TypeError && message.test(err.message),
+      );
+    }
+    const [row] = await pool.query("auto", "SELECT 1 AS n", [], { rowMode: "array" });
+    assert.deepEqual([...row], [1]);
+  });
+});
