@@ -64,7 +64,8 @@ const KNOWN = "signal, timeout_ms, autocommit, after";
 // would accept trailing garbage ("0/16B3748xyz"), because `parseInt` stops at the first non-digit.
 const TOKEN = /^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/;
 
-function isAbortSignal(value: unknown): value is AbortSignal {
+/** Whether `value` works as an `AbortSignal` (also one from another realm or a polyfill). */
+export function isAbortSignal(value: unknown): value is AbortSignal {
   if (value instanceof AbortSignal) return true;
   // Signals from another realm or a polyfill fail `instanceof` but work the same.
   return typeof value === "object" && value !== null &&

@@ -13,6 +13,8 @@ import type { Session } from "./driver/postgres.ts";
 import type { Endpoint } from "./endpoint.ts";
 import { NoEndpointAvailableError, PoolClosedError } from "./errors.ts";
 import { poolEvent, reasonOf } from "./events.ts";
+import { isAbortSignal } from "./handler_options.ts";
+import { quote } from "./quote.ts";
 import { isConnectionError, isReadOnlyError } from "./sqlstate.ts";
 import type { Topology } from "./topology.ts";
 
@@ -80,6 +82,26 @@ function checkChannel(channel: unknown): string {
   return channel;
 }
 
+/**
+ * The signal of `pool.listen()`'s options, checked: a mistyped key (`{ sigal }`) or a value that
+ * is no signal used to be ignored, leaving a subscription its caller meant to end with the
+ * signal listening for good.
+ */
+function listenSignal(options: unknown): AbortSignal | undefined {
+  if (options === undefined) return undefined;
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    throw new TypeError(`Listen options must be an object (got ${quote(options)})`);
+  }
+  for (const key in options) {
+    if (key !== "signal" && Object.hasOwn(options, key)) {
+      throw new TypeError(`Listen option ${JSON.stringify(key)} is not known (known: signal)`);
+    }
+  }
+  const signal = (options as { signal?: unknown }).signal;
+  if (signal === undefined || isAbortSignal(signal)) return signal;
+  throw new TypeError(`Listen option signal must be an AbortSignal (got ${quote(signal)})`);
+}
+
 /** Rejects with `signal.reason` once it aborts, else settles as `promise` does. */
 function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
   return new Promise<T>((resolve, reject) => {
@@ -135,8 +157,8 @@ export class Listener {
     if (typeof fn !== "function") {
       throw new TypeError(`onNotify must be a function (got ${typeof fn})`);
     }
+    const signal = listenSignal(options);
     if (this.#closed) throw new PoolClosedError();
-    const signal = options?.signal;
     signal?.throwIfAborted();
     let fns = this.#channels.get(channel);
     const listener = (payload: string) => fn(payload);

@@ -28,8 +28,10 @@ export function wantsArrays(options: unknown): boolean {
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
     throw new TypeError(`Query options must be an object (got ${quote(options)})`);
   }
+  // for-in rather than Object.keys: no array per statement. Inherited keys are not the caller's
+  // typing, so only own keys are checked.
   for (const key in options) {
-    if (key !== "rowMode") {
+    if (key !== "rowMode" && Object.hasOwn(options, key)) {
       throw new TypeError(
         `Query option ${JSON.stringify(key)} is not a known option (known: rowMode)`,
       );

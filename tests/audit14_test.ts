@@ -111,3 +111,24 @@ describe("statement options", () => {
     assert.deepEqual([...row], [1]);
   });
 });
+
+describe("listen options", () => {
+  // `{ sigal }` or a signal that is not one was ignored: the subscription its caller meant to
+  // end with the signal listened for good (or failed with "throwIfAborted is not a function").
+  it("a mistyped key or a signal that is no AbortSignal rejects, naming it", async () => {
+    const bad: Array<[unknown, RegExp]> = [
+      [{ sigal: new AbortController().signal }, /"sigal" is not known \(known: signal\)/],
+      [{ signal: "abort" }, /signal must be an AbortSignal \(got "abort"\)/],
+      [5, /must be an object \(got 5\)/],
+    ];
+    for (const [options, message] of bad) {
+      await assert.rejects(
+        pool.listen("audit14", () => {}, options as never),
+        (err: unknown) => err instanceof TypeError && message.test(err.message),
+      );
+    }
+    const controller = new AbortController();
+    await pool.listen("audit14", () => {}, { signal: controller.signal });
+    controller.abort();
+  });
+});
