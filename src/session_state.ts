@@ -17,7 +17,8 @@ export const CLEAN: Residue = 0;
 export const RESETTABLE: Residue = 1;
 /**
  * State only a new session clears: a prepared statement of the caller's (`DEALLOCATE ALL` would
- * also drop the driver's own), a loaded library.
+ * also drop the driver's own), a loaded library, and the drivers' own prepared statements
+ * dropped by the caller (`DEALLOCATE`, `DISCARD ALL`).
  */
 export const UNRESETTABLE: Residue = 2;
 
@@ -59,7 +60,7 @@ const TRANSACTION_SET = /^\s*set\s+(?:local|transaction|constraints)\b/i;
 // otherwise (anchored, so a long text of one statement is not scanned for them: a bulk INSERT of
 // 100 kB took 0.2 ms).
 const GAP = String.raw`(?:\s|--[^\n]*(?:\n|$)|/\*[\s\S]*?\*/)*`;
-const UNRESETTABLE_WORDS = String.raw`${GAP}(?:prepare|load)\b`;
+const UNRESETTABLE_WORDS = String.raw`${GAP}(?:prepare|load|deallocate|discard\s+all)\b`;
 const RESETTABLE_WORDS = String
   .raw`${GAP}(?:set(?!\s+(?:local|transaction|constraints)\b)|reset|listen|declare|do|call)\b`;
 const LEADS_UNRESETTABLE = new RegExp(String.raw`(?:^|;)${UNRESETTABLE_WORDS}`, "i");
@@ -120,6 +121,11 @@ export function residueOfCommand(command: string, text: string): Residue | undef
       return HOLD.test(text) ? RESETTABLE : CLEAN;
     case "PREPARE":
     case "LOAD":
+    // The drivers' own prepared statements (and the pool's BEGIN and COMMIT) dropped: the
+    // next checkout's first use of each would fail, inside its transaction.
+    case "DEALLOCATE":
+    case "DEALLOCATE ALL":
+    case "DISCARD ALL":
       return UNRESETTABLE;
     case "DO":
     case "CALL":

@@ -18,7 +18,7 @@ before(async () => {
   pool = new Pool({
     db: cluster.endpoints(),
     // One connection: a one-shot sent while another runs is pipelined onto the same session.
-    groups: { auto: { connection_count: 1 } },
+    groups: { auto: { connection_count: 1 }, tx: { connection_count: 1, autocommit: false } },
     application_name: "audit14_test",
   });
 }, { timeout: 120_000 });
@@ -131,4 +131,32 @@ describe("listen options", () => {
     await pool.listen("audit14", () => {}, { signal: controller.signal });
     controller.abort();
   });
+});
+
+describe("session state: the drivers' own prepared statements", () => {
+  // DISCARD ALL and DEALLOCATE ALL drop every prepared statement of the session, the drivers'
+  // cached ones and the pool's own BEGIN and COMMIT among them, and the pool took them for
+  // statements that leave nothing: the next checkout of the connection had its statements and
+  // its COMMIT fail (postgres.js re-prepares once, but inside a transaction the first failure
+  // has already aborted it: the COMMIT was answered ROLLBACK, the write lost).
+  for (const text of ["DISCARD ALL", "DEALLOCATE ALL"]) {
+    it(`${text} on one checkout does not fail the next one's transaction`, async () => {
+      await cluster.primary.query("TRUNCATE public.items");
+      const write = async (v: string) => {
+        await using db = pool.handler("tx");
+        await db.query("INSERT INTO items (v) VALUES ($1)", [v]);
+        await db.query("SELECT $1::text AS v", [v]);
+        await db.commit();
+      };
+      await write("before"); // prepares the statements on the connection
+      {
+        // The same group's connection, outside a transaction (DISCARD ALL refuses to run in one).
+        await using db = pool.handler("tx", { autocommit: true });
+        await db.query(text);
+      }
+      await write("after");
+      const rows = await cluster.primary.query("SELECT v FROM public.items ORDER BY v");
+      assert.deepEqual(rows.map((r) => r.v), ["after", "before"]);
+    });
+  }
 });
