@@ -25,7 +25,6 @@ import type { Rows, Sql } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import {
   CLEAN,
-  RESETTABLE,
   type Residue,
   residueOf,
   residueOfFailure,
@@ -709,9 +708,11 @@ export class Lease {
         if (name === "unsafe") {
           checkStatement(args[0], Array.isArray(args[1]) ? args[1] : undefined);
           this.#sent(args[0] as string);
-        } else if (name === "file") { // a text we never see
+        } else if (name === "file") {
+          // A text we never see: it may open a block, and leave anything, also what only a new
+          // session clears (a PREPARE, DISCARD ALL): the connection is ended at check-in.
           this.#untracked = true;
-          this.#leftState(RESETTABLE);
+          this.#leftState(UNRESETTABLE);
         }
         const conn = session();
         const result = (conn.session.sql[name] as (...args: unknown[]) => unknown)(...args);

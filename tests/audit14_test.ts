@@ -2,6 +2,9 @@
 // did not cover. Each case failed before its fix.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { Pool } from "../mod.ts";
@@ -159,4 +162,25 @@ describe("session state: the drivers' own prepared statements", () => {
       assert.deepEqual(rows.map((r) => r.v), ["after", "before"]);
     });
   }
+});
+
+describe("session state: db.sql.file", () => {
+  // A file's text is not seen, and it was taken to leave only what the reset clears: a PREPARE
+  // in it outlived the checkout, and the next one's PREPARE of the same name failed (42P05).
+  it("a statement prepared by a file does not outlive its checkout", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "audit14-"));
+    try {
+      const file = join(dir, "prepare.sql");
+      writeFileSync(file, "PREPARE from_file AS SELECT 1 AS n");
+      {
+        await using db = await pool.acquire("auto");
+        await db.sql.file(file);
+      }
+      await using db = await pool.acquire("auto");
+      await db.query("PREPARE from_file AS SELECT 2 AS n");
+      assert.deepEqual([...await db.query("EXECUTE from_file")], [{ n: 2 }]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
