@@ -184,3 +184,28 @@ describe("session state: db.sql.file", () => {
     }
   });
 });
+
+describe("transaction blocks: a db.sql BEGIN still on its way at release", () => {
+  // The check-in looked at the session's last answer to tell whether a block opened through
+  // db.sql is open, also while a BEGIN sent through db.sql was still unanswered: the answer
+  // before it said "idle", no ROLLBACK was sent, and the connection went back with the block
+  // opening on it. The next checkout's autocommit writes were acknowledged inside it, never
+  // committed.
+  it("is rolled back before the next checkout writes", async () => {
+    await cluster.primary.query("TRUNCATE public.items");
+    {
+      using db = await pool.acquire("auto");
+      await db.query("SELECT 1"); // the session's last answer: idle
+      db.sql`BEGIN`.then(() => {}, () => {}); // dispatched, not awaited (a Promise.all that failed)
+    }
+    {
+      await using next = await pool.acquire("auto");
+      assert.equal(next.inTransaction, false);
+      await next.query("INSERT INTO items (v) VALUES ('acknowledged')");
+    }
+    const [{ n }] = await cluster.primary.query(
+      "SELECT count(*)::int AS n FROM public.items WHERE v = 'acknowledged'",
+    );
+    assert.equal(n, 1, "an acknowledged autocommit write is visible to other sessions");
+  });
+});

@@ -133,6 +133,7 @@ interface Handed {
   readonly active: boolean;
   /** What postgres.js calls a tick after the first then/catch, to send the query. */
   handler: (query: Handed) => void;
+  resolve(value: unknown): void;
   reject(err: unknown): void;
 }
 
@@ -279,6 +280,10 @@ export class Session {
    * rejected here, as never executed.
    */
   #handed: (HandedEntry | undefined)[] = [];
+  /** db.sql statements dispatched to the connection and not settled yet (see `#watch`). */
+  #sqlOpen = 0;
+  /** db.sql statements the connection was handed, or settled (see `#watch`). */
+  readonly #sqlSeen = new WeakSet<Handed>();
   /**
    * Entries of `#handed` in use. The array keeps its length and is compacted in place: setting
    * a shorter length made V8 shrink and regrow its store, a few hundred bytes of garbage per
@@ -399,7 +404,56 @@ export class Session {
    * of (see `#abandon`). Anything else (helpers, fragments' values) is ignored.
    */
   adopt(statement: unknown): void {
-    if (isHanded(statement)) this.#hand(new WeakRef(statement));
+    if (!isHanded(statement)) return;
+    this.#hand(new WeakRef(statement));
+    this.#watch(statement);
+  }
+
+  /**
+   * Counts `q` among the db.sql statements on their way from its dispatch until it settles:
+   * while one is, the last answer the session received is not its last word (`inBlock`).
+   */
+  #watch(q: Handed): void {
+    let open = false;
+    const close = () => {
+      this.#sqlSeen.add(q);
+      if (open) {
+        open = false;
+        this.#sqlOpen--;
+      }
+    };
+    const { handler, resolve, reject } = q;
+    q.handler = (query) => {
+      this.#sqlSeen.add(q);
+      if (!open) {
+        open = true;
+        this.#sqlOpen++;
+      }
+      handler.call(q, query);
+    };
+    q.resolve = (value) => {
+      close();
+      return resolve.call(q, value);
+    };
+    q.reject = (err) => {
+      close();
+      return reject.call(q, err);
+    };
+  }
+
+  /** Whether a db.sql statement was dispatched and is not answered yet (see `#watch`). */
+  #sqlInFlight(): boolean {
+    if (this.#sqlOpen > 0) return true;
+    // Dispatched (its then called) but not handed to the connection yet (postgres.js does that
+    // a tick later): such entries are never compacted away (see `#hand`).
+    for (let i = 0; i < this.#handedCount; i++) {
+      const entry = this.#handed[i]!;
+      // db.sql's are the weakly held ones; the pool's own are never in flight when asked.
+      if (!(entry instanceof WeakRef)) continue;
+      const q = entry.deref();
+      if (q !== undefined && q.executed && !this.#sqlSeen.has(q)) return true;
+    }
+    return false;
   }
 
   /**
@@ -496,11 +550,16 @@ export class Session {
    * The status byte of the last ReadyForQuery received, the last message of every answer
    * (postgres.js reads it and keeps it to itself): `I` outside a block, `T` inside one, `E` in a
    * failed one. Unknown over TLS (only ciphertext passes here), on workerd (postgres.js's own
-   * sockets), and when something else arrived after it (a notification).
+   * sockets), when something else arrived after it (a notification), and while a db.sql
+   * statement is on its way (its answer is still to come).
    */
   inBlock(): boolean | undefined {
     const tail = this.#tail;
     if (tail === undefined || this.#tls) return undefined;
+    // A db.sql statement still on its way (a BEGIN) will answer after the last one received: a
+    // check-in after a release that did not wait for it used to read "idle" and send no
+    // ROLLBACK, and the next checkout's writes were acknowledged inside the block it opened.
+    if (this.#sqlInFlight()) return undefined;
     const status = readyStatus(this.#beforeTail, tail);
     return status === undefined ? undefined : status !== 0x49; // 'I'
   }

@@ -70,8 +70,9 @@ export interface DriverSession {
   explain(err: unknown): unknown;
   /**
    * Whether the session is inside a transaction block (also a failed one) as its last answer
-   * said (`true` / `false`), or `undefined` when the driver cannot read that. Meaningful only
-   * while nothing is in flight on the session.
+   * said (`true` / `false`), or `undefined` when the driver cannot read that, or when a `sql`
+   * statement is still on its way (released without waiting for it: its answer is to come).
+   * The pool's own statements are never in flight when it asks.
    */
   inBlock(): boolean | undefined;
   /** What is known of a statement (`text`) that rejected with `err` on this session. */
