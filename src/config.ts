@@ -300,6 +300,12 @@ function string(path: string, value: unknown): string {
   if (typeof value !== "string" || value === "") {
     throw new ConfigError(path, `must be a non-empty string (got ${quote(value)})`);
   }
+  // The start-up message ends each name and value at a NUL: one inside a value would end it
+  // early and make the rest a start-up parameter of its own (application_name: "app\0options\0-c
+  // ..."), or garble the message.
+  if (value.includes("\0")) {
+    throw new ConfigError(path, `must not contain NUL characters (got ${quote(value)})`);
+  }
   return value;
 }
 
@@ -523,6 +529,10 @@ function resolveEndpoint(
   if (typeof pass !== "string") {
     // The value itself is never shown: it may be a mistyped secret.
     throw new ConfigError(`${path}.pass`, `must be a string (got ${typeof pass})`);
+  }
+  // The server reads a password up to its first NUL: the rest would be dropped without a word.
+  if (pass.includes("\0")) {
+    throw new ConfigError(`${path}.pass`, "must not contain NUL characters");
   }
   const queryTimeout = duration(`${path}.query_timeout`, value.query_timeout, undefined);
   return Object.freeze({

@@ -363,6 +363,22 @@ describe("config validation", () => {
     }
   });
 
+  it("refuses NUL characters in strings sent at start-up, never quoting the password", () => {
+    // Found by audit 14: they were accepted, yet the start-up message ends each value at a NUL:
+    // the rest of the value was cut off or read as start-up parameters of its own
+    // (application_name "app\0options\0-c ..."), or the message was garbled.
+    const withApp = { ...good(), application_name: "app\0options\0-c search_path=evil" };
+    configError(withApp, "application_name", "must not contain NUL characters");
+    for (const key of ["host", "name", "user"] as const) {
+      const config = good();
+      (config.db as unknown as Record<string, string>[])[0][key] = "a\0b";
+      configError(config, `db[0].${key}`, "must not contain NUL characters");
+    }
+    const pass = good();
+    (pass.db as unknown as Record<string, string>[])[0].pass = `${secret}\0rest`;
+    configError(pass, "db[0].pass", "must not contain NUL characters");
+  });
+
   it("decodes user, password and database of a URL", () => {
     const pw = "p@ss:w/rd%?#";
     const url = `postgresql://${encodeURIComponent("ü s")}:${
