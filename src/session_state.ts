@@ -107,13 +107,13 @@ export function residueOf(command: string, text: string): Residue {
 export function residueOfCommand(command: string, text: string): Residue | undefined {
   switch (command) {
     case "SET":
-      if (!TRANSACTION_SET.test(text)) return RESETTABLE;
+      if (!TRANSACTION_SET.test(text)) return atLeast(RESETTABLE, text);
       // The tag is the last statement's: after a leading SET LOCAL, a later one may be a
       // session SET.
       return text.includes(";") ? residueOfText(text) : CLEAN;
     case "RESET":
     case "LISTEN":
-      return RESETTABLE;
+      return atLeast(RESETTABLE, text);
     case "DECLARE CURSOR":
       // Only a cursor WITH HOLD outlives its transaction (one without is refused outside a
       // block): Kysely's stream() declares one per stream.
@@ -129,9 +129,18 @@ export function residueOfCommand(command: string, text: string): Residue | undef
       return UNRESETTABLE;
     case "DO":
     case "CALL":
-      return BODY.test(text) || CALLS.test(text) ? RESETTABLE : CLEAN;
+      return atLeast(BODY.test(text) || CALLS.test(text) ? RESETTABLE : CLEAN, text);
   }
   return undefined;
+}
+
+/**
+ * `residue`, read from the command tag, or more when `text` holds several statements: the tag
+ * is the last one's, and one before it may have left what only a new session clears (a
+ * PREPARE before a SET used to count as resettable and outlive the checkout).
+ */
+function atLeast(residue: Residue, text: string): Residue {
+  return text.includes(";") && LEADS_UNRESETTABLE.test(text) ? UNRESETTABLE : residue;
 }
 
 /** Texts whose residue is remembered at most: statements recur, and a lookup beats a scan. */

@@ -209,3 +209,22 @@ describe("transaction blocks: a db.sql BEGIN still on its way at release", () =>
     assert.equal(n, 1, "an acknowledged autocommit write is visible to other sessions");
   });
 });
+
+describe("session state: a text of several statements answered with a resettable tag", () => {
+  // The answer's tag is the last statement's: a SET or LISTEN last made the text count as
+  // resettable, though a statement before it prepared a name (or dropped the drivers' own
+  // statements), which only a new session clears. The next checkout's PREPARE of the same
+  // name failed (42P05).
+  for (const last of ["SET app.tenant = 'a'", "LISTEN audit14_multi", "RESET ALL"]) {
+    it(`PREPARE; ${last.split(" ")[0]}: the prepared name does not outlive the checkout`, async () => {
+      {
+        await using db = await pool.acquire("auto");
+        await db.query(`PREPARE multi AS SELECT 1 AS n; ${last}`);
+      }
+      await using db = await pool.acquire("auto");
+      await db.query("PREPARE multi AS SELECT 2 AS n");
+      assert.deepEqual([...await db.query("EXECUTE multi")], [{ n: 2 }]);
+      await db.query("DEALLOCATE multi");
+    });
+  }
+});
