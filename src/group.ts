@@ -324,13 +324,24 @@ export class Group {
   tryCheckout(): ServerConnection | null {
     if (this.#members.length === 0 || this.closing) return null;
     if (!this.#sem.tryAcquire()) {
-      if (this.context.threaded) return null;
+      if (this.context.threaded || this.#cleaningFree()) return null;
       throw new PoolExhaustedError(this.name, this.settings.size);
     }
     this.counters.checkouts++;
     const conn = this.#take();
     if (this.context.hooks !== undefined) this.#observeCheckout(conn, 0);
     return conn;
+  }
+
+  /**
+   * Non-threaded mode: a permit is held only by a check-in still cleaning its connection (the
+   * ROLLBACK or reset, one round trip bounded by `connect_timeout`) that no waiter has claimed.
+   * Waiting for it cannot deadlock: the checkout waits instead of failing with
+   * `PoolExhaustedError` (a sequential program that released with `using` and checked out again
+   * at once used to fail, with nobody else holding the connection).
+   */
+  #cleaningFree(): boolean {
+    return this.#sem.waiting < this.#rollingBack.size;
   }
 
   #observeCheckout(conn: ServerConnection, waitMs: number): void {
@@ -491,7 +502,7 @@ export class Group {
         return Promise.reject(err);
       }
     }
-    if (!this.context.threaded) {
+    if (!this.context.threaded && !this.#cleaningFree()) {
       return Promise.reject(new PoolExhaustedError(this.name, this.settings.size));
     }
     return this.#sem.wait(signal, limit, onQueued).then(() => {

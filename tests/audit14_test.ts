@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
-import { Pool } from "../mod.ts";
+import { Pool, PoolExhaustedError } from "../mod.ts";
 
 await setTestTimeout(120_000);
 
@@ -227,4 +227,36 @@ describe("session state: a text of several statements answered with a resettable
       await db.query("DEALLOCATE multi");
     });
   }
+});
+
+describe("non-threaded mode: a check-in still cleaning its connection", () => {
+  // Released with session state or a transaction left, a connection keeps its permit while the
+  // reset (or ROLLBACK) runs, one round trip. A sequential program (one request at a time, as
+  // non-threaded mode is for) that released with `using` and checked out again at once got
+  // PoolExhaustedError: nobody else held the connection.
+  it("a checkout right after such a release waits for it, not PoolExhaustedError", async () => {
+    await using p = new Pool({
+      type: "non-threaded",
+      db: cluster.endpoints(),
+      groups: { g: { connection_count: 1 } },
+      application_name: "audit14_test",
+    });
+    for (let i = 0; i < 3; i++) {
+      using db = p.handler("g");
+      await db.query("SET search_path TO tenant_a");
+    }
+    {
+      using db = p.handler("g", { autocommit: false });
+      await db.query("SELECT 1");
+    }
+    const [{ search_path }] = await p.query(
+      "g",
+      "SELECT current_setting('search_path') AS search_path",
+    );
+    assert.equal(search_path, '"$user", public');
+    // Exhausted by a checkout still held, it still fails at once.
+    using held = p.handler("g");
+    await held.query("SELECT 1");
+    assert.throws(() => p.handler("g"), (err: unknown) => err instanceof PoolExhaustedError);
+  });
 });
