@@ -17,6 +17,7 @@ import { isBareBegin, mayHideBlock } from "./transaction_block.ts";
 import { mayLeaveState } from "./session_state.ts";
 import type { QueryOptions, Row, Rows, ValueRows } from "./rows.ts";
 import { wantsArrays } from "./query_options.ts";
+import { quote } from "./quote.ts";
 import { parseLsn } from "./lsn.ts";
 import type { ServerConnection } from "./server_connection.ts";
 import { type PoolStats, statsOf } from "./stats.ts";
@@ -287,6 +288,21 @@ export class Pool extends EventTarget implements AsyncDisposable {
     fn: (db: Handler) => Promise<T>,
     options?: HandlerOptions,
   ): Promise<T> {
+    // Before anything is checked out; a spread would also have made "x" into { 0: "x" } and
+    // null into no options.
+    if (typeof fn !== "function") {
+      throw new TypeError(`pool.transaction() needs a function (got ${quote(fn)})`);
+    }
+    if (
+      options !== undefined &&
+      (typeof options !== "object" || options === null || Array.isArray(options))
+    ) {
+      throw new TypeError(
+        `Transaction options of group ${JSON.stringify(group)} must be an object (got ${
+          quote(options)
+        })`,
+      );
+    }
     const db = new Handler(group, { ...options, autocommit: false }, this);
     try {
       const result = await fn(db);

@@ -260,3 +260,24 @@ describe("non-threaded mode: a check-in still cleaning its connection", () => {
     assert.throws(() => p.handler("g"), (err: unknown) => err instanceof PoolExhaustedError);
   });
 });
+
+describe("pool.transaction: bad arguments", () => {
+  // A function that is not one failed as "fn is not a function" after a connection was checked
+  // out for it; options given as a string were spread into { 0: ... } ('Handler option "0"'),
+  // and null was taken for no options.
+  it("a callback that is no function, or options that are no object, reject naming the value", async () => {
+    const before = pool.stats().groups.tx.checkouts;
+    await assert.rejects(
+      pool.transaction("tx", 5 as never),
+      (err: unknown) => err instanceof TypeError && /needs a function \(got 5\)/.test(err.message),
+    );
+    for (const [options, shown] of [["x", '"x"'], [null, "null"]] as const) {
+      await assert.rejects(
+        pool.transaction("tx", () => Promise.resolve(1), options as never),
+        (err: unknown) =>
+          err instanceof TypeError && err.message.includes(`must be an object (got ${shown})`),
+      );
+    }
+    assert.equal(pool.stats().groups.tx.checkouts, before, "nothing was checked out");
+  });
+});
