@@ -135,6 +135,7 @@ export class Group {
       // Each one-shot that waited for a seat is a checkout that waited: its own wait counts,
       // in stats() and for the hooks (the permit the queue seeks for it records none).
       (waitedMs) => {
+        this.counters.checkouts++;
         this.waitSamples.add(waitedMs);
         this.context.hooks?.checkout(this.name, waitedMs);
       },
@@ -321,14 +322,19 @@ export class Group {
    * the caller waits) or `PoolExhaustedError` (non-threaded mode: waiting could never end).
    * With no routable endpoint it returns `null` too: the slow path probes and decides.
    */
-  tryCheckout(): ServerConnection | null {
+  tryCheckout(again = false): ServerConnection | null {
     if (this.#members.length === 0 || this.closing) return null;
     if (!this.#sem.tryAcquire()) {
       if (this.context.threaded || this.#cleaningFree()) return null;
       throw new PoolExhaustedError(this.name, this.settings.size);
     }
-    this.counters.checkouts++;
     const conn = this.#take();
+    // `again`: a one-shot moving to another connection, one request counted once (a new hold).
+    if (again) {
+      if (this.context.hooks !== undefined) conn.heldSince = performance.now();
+      return conn;
+    }
+    this.counters.checkouts++;
     if (this.context.hooks !== undefined) this.#observeCheckout(conn, 0);
     return conn;
   }
@@ -354,7 +360,7 @@ export class Group {
    * pipelined onto the least loaded connection that only one-shots hold, as postgres.js itself
    * does. Never while someone waits in the FIFO queue, so waiters cannot be starved.
    */
-  tryShare(): ServerConnection | null {
+  tryShare(again = false): ServerConnection | null {
     if (this.#sem.waiting > 0 || this.#seats.length > 0) return null;
     let best: ServerConnection | null = null;
     let now = 0;
@@ -370,12 +376,12 @@ export class Group {
         best = conn;
       }
     }
-    if (best !== null) {
-      best.users++;
+    if (best !== null && !again) {
       // A request served at once: it waited for nothing (use time is per hold).
       this.counters.checkouts++;
       this.context.hooks?.checkout(this.name, 0);
     }
+    if (best !== null) best.users++;
     return best;
   }
 
@@ -388,9 +394,9 @@ export class Group {
    * whose connection then seats as many waiters as it can pipeline. So under overload one-shots
    * keep every connection's pipeline full instead of queueing one statement per connection.
    */
-  waitShare(): Promise<ServerConnection> {
+  waitShare(again = false): Promise<ServerConnection> {
     if (this.closing) return Promise.reject(new PoolClosedError());
-    const seat = this.#seats.wait();
+    const seat = this.#seats.wait(again);
     if (!this.#seekingSeats) this.#seekSeats();
     return seat;
   }
@@ -411,15 +417,13 @@ export class Group {
           this.#return(conn);
           break;
         }
-        // A checkout for the oldest waiter (the seat queue records its wait).
-        this.counters.checkouts++;
+        // A checkout for the oldest waiter (the seat queue counts it and records its wait).
         const now = performance.now();
         if (this.context.hooks !== undefined) conn.heldSince = now;
         this.share(conn);
         this.#seats.give(conn, now);
         while (conn.users < MAX_PIPELINE && this.#seats.length > 0) {
           conn.users++;
-          this.counters.checkouts++;
           this.#seats.give(conn, now);
         }
       }
@@ -461,7 +465,6 @@ export class Group {
       return false;
     }
     conn.users++;
-    this.counters.checkouts++;
     return this.#seats.give(conn, now);
   }
 

@@ -20,14 +20,16 @@ import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement } from "./statement_input.ts";
 import { readToken, sendStatement } from "./token.ts";
 
-// A connection of its own (shared from now on), or a seat on one that one-shots share.
-function hold(group: Group): ServerConnection | Promise<ServerConnection> {
-  const own = group.tryCheckout();
+// A connection of its own (shared from now on), or a seat on one that one-shots share. `again`:
+// the statement moves to another connection (its first one was dead); still one request, so it
+// is not counted, nor its wait recorded, a second time (stats' checkouts, wait_time).
+function hold(group: Group, again: boolean): ServerConnection | Promise<ServerConnection> {
+  const own = group.tryCheckout(again);
   if (own !== null) {
     group.share(own);
     return own;
   }
-  return group.tryShare() ?? group.waitShare();
+  return group.tryShare(again) ?? group.waitShare(again);
 }
 
 /**
@@ -47,7 +49,7 @@ export function oneShot(
   try {
     // Before a connection is taken: a statement that cannot be sent waits for nothing.
     if (attempt === 1) checkStatement(text, params);
-    held = hold(group);
+    held = hold(group, attempt > 1);
   } catch (err) {
     return Promise.reject(err);
   }
@@ -149,6 +151,6 @@ async function revalidate(group: Group, conn: ServerConnection): Promise<ServerC
   // The hold is given up (a dead connection is discarded when its last user leaves) and a
   // connection is taken afresh.
   group.checkin(conn, false);
-  const next = hold(group);
+  const next = hold(group, true);
   return next instanceof Promise ? await next : next;
 }

@@ -10,6 +10,8 @@ interface Seat<T> {
   resolve: (value: T) => void;
   reject: (reason: unknown) => void;
   deadline: number;
+  /** The request was counted already (a statement moving to another connection). */
+  again: boolean;
 }
 
 /** Ring slots a queue takes when its first waiter comes. */
@@ -55,10 +57,13 @@ export class SeatQueue<T> {
     return this.#size;
   }
 
-  /** Queues a waiter; it resolves with what `give()` hands it. */
-  wait(): Promise<T> {
+  /**
+   * Queues a waiter; it resolves with what `give()` hands it. `again`: the same request waits
+   * a second time (its statement moves to another connection): `onSeated` is not told.
+   */
+  wait(again = false): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.#push({ resolve, reject, deadline: performance.now() + this.#timeoutMs });
+      this.#push({ resolve, reject, deadline: performance.now() + this.#timeoutMs, again });
       this.#timer ??= setTimeout(() => this.#expire(), this.#timeoutMs);
     });
   }
@@ -71,7 +76,7 @@ export class SeatQueue<T> {
     const seat = this.#shift();
     if (seat === undefined) return false;
     // Every wait has the same timeout, so the deadline says when the waiter came.
-    this.#onSeated(now - (seat.deadline - this.#timeoutMs));
+    if (!seat.again) this.#onSeated(now - (seat.deadline - this.#timeoutMs));
     seat.resolve(value);
     return true;
   }
