@@ -92,3 +92,58 @@ describe("otel: a one-shot that moves to another connection is one request", () 
     }
   });
 });
+
+describe("the password is not readable through db.sql", () => {
+  /**
+   * What a caller can reach from `root` by reading properties (symbols and hidden ones too):
+   * string values, and the answers of functions kept under a key that names a password.
+   */
+  function reachable(root: unknown): unknown[] {
+    const out: unknown[] = [];
+    const seen = new Set<unknown>();
+    const walk = (o: unknown, depth: number) => {
+      if (o === null || (typeof o !== "object" && typeof o !== "function")) return;
+      if (seen.has(o) || depth > 6) return;
+      seen.add(o);
+      for (const key of Reflect.ownKeys(o as object)) {
+        let value: unknown;
+        try {
+          value = (o as Record<PropertyKey, unknown>)[key];
+        } catch {
+          continue;
+        }
+        if (typeof value === "string") out.push(value);
+        else if (typeof value === "function" && /pass/i.test(String(key))) {
+          try {
+            out.push((value as () => unknown)());
+          } catch (err) {
+            out.push(err);
+          }
+        }
+        walk(value, depth + 1);
+      }
+    };
+    walk(root, 0);
+    return out;
+  }
+
+  it("neither a db.sql statement nor db.sql itself yields it, before or after the session opens", async () => {
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { g: { connection_count: 1 } },
+      application_name: "audit15-password",
+    });
+    const secret = cluster.endpoints()[0].pass;
+    await using db = await p.acquire("g");
+    // The checkout's session opens with its first statement: this one, made but not sent yet.
+    const first = db.sql`SELECT 1 AS n`;
+    const before = [...reachable(first), ...reachable(db.sql)];
+    assert.equal((await first)[0].n, 1);
+    const second = db.sql`SELECT 2 AS n`;
+    const after = [...reachable(second), ...reachable(db.sql)];
+    await second;
+    for (const answer of [...before, ...after]) {
+      assert.notEqual(answer, secret, "the password was reachable from db.sql");
+    }
+  });
+});

@@ -192,6 +192,43 @@ function template(text: string): TemplateStringsArray {
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/** A location of Bun's own built-in code (its SQL client is `internal:sql/...`, `bun:sql`). */
+const BUN_CODE = /^(?:internal:|bun:|\[native code\]|native)/;
+
+interface CallSite {
+  getFileName(): string | null | undefined;
+}
+
+type PrepareStackTrace = (error: Error, sites: CallSite[]) => unknown;
+
+/**
+ * Whether the function that called the caller of this one is Bun's own code: the password
+ * callback's caller. Read from the call sites (a `prepareStackTrace` of the caller's own is
+ * set aside meanwhile); where Bun shows none, from the text of the stack.
+ */
+function calledByBun(): boolean {
+  const E = Error as unknown as { prepareStackTrace?: PrepareStackTrace; stackTraceLimit: number };
+  const prepare = E.prepareStackTrace;
+  const limit = E.stackTraceLimit;
+  let stack: unknown;
+  try {
+    E.prepareStackTrace = (_error, sites) => sites;
+    E.stackTraceLimit = 4;
+    stack = new Error().stack;
+  } finally {
+    E.prepareStackTrace = prepare;
+    E.stackTraceLimit = limit;
+  }
+  // [this function, the password callback, its caller]
+  if (Array.isArray(stack)) {
+    const file = (stack[2] as CallSite | undefined)?.getFileName?.();
+    return typeof file === "string" && BUN_CODE.test(file);
+  }
+  const frame = typeof stack === "string" ? stack.split("\n").slice(1)[2] : undefined;
+  const at = frame?.match(/\(([^()]*)\)\s*$/)?.[1] ?? frame?.replace(/^\s*at\s+/, "");
+  return at !== undefined && BUN_CODE.test(at);
+}
+
 /** One server session on Bun's native client. Dies once; never reconnects. */
 export class BunSession implements DriverSession {
   readonly #sql: BunSqlHandle;
@@ -235,8 +272,14 @@ export class BunSession implements DriverSession {
       // Called by Bun before each dial: only the first connection of the session may log in
       // (a second dial before the start-up finished is Bun's retry with the SASLprep form of
       // the password; nothing was sent yet). A reconnect fails here, before any socket opens.
+      // Bun keeps this callback where a caller can reach it (`options.password`, and the
+      // `connectionInfo` of every statement's adapter, which `db.sql` hands out): it answers
+      // only Bun's own dialling code, never a caller, also before the session is established.
       password: () => {
         if (this.#established || this.#dead) throw new SessionEndedError();
+        if (!calledByBun()) {
+          throw new TypeError("The password of a pooled session is not given out");
+        }
         return password();
       },
       ...tlsOptions(options.ssl),
