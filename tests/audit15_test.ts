@@ -9,6 +9,7 @@ import {
 } from "@opentelemetry/sdk-metrics";
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { poolSessions, terminate } from "./harness/faults.ts";
+import { startProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { Pool } from "../mod.ts";
@@ -88,6 +89,42 @@ describe("otel: a one-shot that moves to another connection is one request", () 
         "one wait_time per request",
       );
     } finally {
+      await sdk.shutdown();
+    }
+  });
+  it("one wait_time and one checkout for a pool.query whose stale connection failed its ping", async () => {
+    const app = "audit15-oneshot-ping";
+    const sdk = metricsSdk();
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = new Pool({
+        db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port, connect_timeout: 1 }],
+        groups: { g: { connection_count: 1 } },
+        application_name: app,
+        health_check_interval_ms: 0,
+        validate_after_ms: 50,
+      });
+      using _otel = instrument(p, { meterProvider: sdk.meterProvider });
+      await p.query("g", "SELECT 1");
+      // Idle past validate_after_ms: the next one-shot pings it first.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      let pingFailed = false;
+      p.addEventListener("connectionerror", () => pingFailed = true);
+      proxy.mode = "blackhole";
+      const second = p.query<{ n: number }>("g", "SELECT 2 AS n");
+      await waitFor(() => pingFailed, { message: "the ping to fail", timeoutMs: 10_000 });
+      // The one-shot moves to a new connection, which gets through once the partition heals.
+      proxy.mode = "pass";
+      assert.equal((await second)[0].n, 2);
+      await waitFor(() => p.stats().groups.g.busy === 0, { message: "the hold given back" });
+      assert.equal(p.stats().groups.g.checkouts, 2, "two requests, two checkouts");
+      assert.equal(
+        await sdk.count("db.client.connection.wait_time"),
+        2,
+        "one wait_time per request",
+      );
+    } finally {
+      await proxy.close();
       await sdk.shutdown();
     }
   });
