@@ -219,10 +219,11 @@ function calledByBun(): boolean {
     E.prepareStackTrace = prepare;
     E.stackTraceLimit = limit;
   }
-  // [this function, the password callback, its caller]
+  // [this function, the password callback, its caller]. A frame without a file is native code
+  // (a caller's own code always has one): refusing it could lock every session out.
   if (Array.isArray(stack)) {
     const file = (stack[2] as CallSite | undefined)?.getFileName?.();
-    return typeof file === "string" && BUN_CODE.test(file);
+    return typeof file !== "string" || file === "" || BUN_CODE.test(file);
   }
   const frame = typeof stack === "string" ? stack.split("\n").slice(1)[2] : undefined;
   const at = frame?.match(/\(([^()]*)\)\s*$/)?.[1] ?? frame?.replace(/^\s*at\s+/, "");
