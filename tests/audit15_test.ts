@@ -12,7 +12,9 @@ import { poolSessions, terminate } from "./harness/faults.ts";
 import { startProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
+import { Kysely, sql } from "kysely";
 import { Pool } from "../mod.ts";
+import { PgdbpoolDialect } from "../kysely.ts";
 import { instrument } from "../otel.ts";
 
 await setTestTimeout(180_000);
@@ -182,5 +184,34 @@ describe("the password is not readable through db.sql", () => {
     for (const answer of [...before, ...after]) {
       assert.notEqual(answer, secret, "the password was reachable from db.sql");
     }
+  });
+});
+
+describe("kysely: a db.connection() kept past its callback", () => {
+  it("is refused, not run on a checkout taken anew that no one gives back", async () => {
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { w: { connection_count: 1, autocommit: false } },
+      application_name: "audit15-kysely-kept",
+    });
+    // deno-lint-ignore no-explicit-any
+    const db = new Kysely<any>({ dialect: new PgdbpoolDialect({ pool: p, group: "w" }) });
+    // deno-lint-ignore no-explicit-any
+    let kept: any;
+    await db.connection().execute(async (c) => {
+      kept = c;
+      // Session state that is reset when the connection goes back: the lock is gone after it.
+      await sql`SELECT pg_advisory_lock(4315)`.execute(c);
+    });
+    await waitFor(() => p.stats().groups.w.busy === 0, { message: "the connection back" });
+    const checkouts = p.stats().groups.w.checkouts;
+    const later = await sql<{ unlocked: boolean }>`SELECT pg_advisory_unlock(4315) AS unlocked`
+      .execute(kept).then((r) => r.rows, (err: Error) => err);
+    assert.ok(later instanceof TypeError, `ran on another checkout: ${JSON.stringify(later)}`);
+    assert.equal(p.stats().groups.w.checkouts, checkouts, "a checkout was taken");
+    assert.equal(p.stats().groups.w.busy, 0, "a checkout is held with no one to give it back");
+    // The pool is still usable through Kysely.
+    const rows = await sql<{ n: number }>`SELECT 1 AS n`.execute(db);
+    assert.equal(rows.rows[0].n, 1);
   });
 });

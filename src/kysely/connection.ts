@@ -54,6 +54,13 @@ export class PgdbpoolConnection implements DatabaseConnection {
   #transaction = false;
   /** Cursor names in use by streams open on this connection. */
   readonly #cursors = new Set<string>();
+  /**
+   * Kysely released this connection (it never hands a released one out again): anything sent
+   * on it now comes from a connection kept past its scope (`db.connection()`'s callback). It is
+   * refused, never run on a checkout taken anew, which no one would give back, in a session
+   * other than the one the connection's statements ran in.
+   */
+  #released = false;
 
   constructor(router: Router, signal: AbortSignal | undefined) {
     this.#router = router;
@@ -62,6 +69,7 @@ export class PgdbpoolConnection implements DatabaseConnection {
 
   /** Runs one statement on this connection's checkout (taken now if it has none). */
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    this.#checkHeld();
     const db = this.#db ?? this.#take(isRead(compiledQuery.query));
     const alone = !this.#transaction && this.#opensTransactions;
     let rows: Rows;
@@ -88,6 +96,7 @@ export class PgdbpoolConnection implements DatabaseConnection {
     compiledQuery: CompiledQuery,
     chunkSize: number,
   ): AsyncIterableIterator<QueryResult<R>> {
+    this.#checkHeld();
     if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) {
       throw new RangeError(
         `Kysely stream chunk size must be a positive integer (got ${quote(chunkSize)})`,
@@ -141,6 +150,7 @@ export class PgdbpoolConnection implements DatabaseConnection {
    * connection that already has a checkout (`db.connection()`), BEGIN runs on that session.
    */
   async begin(settings: TransactionSettings): Promise<void> {
+    this.#checkHeld();
     const set = setTransactionSql(settings, "Kysely transaction");
     if (this.#db === undefined) {
       this.#db = this.#router.transactionHandler(this.#signal);
@@ -206,6 +216,7 @@ export class PgdbpoolConnection implements DatabaseConnection {
 
   /** Gives the checkout back (rolling back whatever is still open). */
   async release(): Promise<void> {
+    this.#released = true;
     const db = this.#db;
     this.#db = undefined;
     this.#transaction = false;
@@ -213,6 +224,16 @@ export class PgdbpoolConnection implements DatabaseConnection {
     this.#lost = false;
     if (db === undefined) return;
     await db[Symbol.asyncDispose]();
+  }
+
+  #checkHeld(): void {
+    if (this.#released) {
+      throw new TypeError(
+        `Kysely connection of group ${
+          JSON.stringify(this.#router.group)
+        } was used after Kysely released it (a db.connection() connection kept past its callback)`,
+      );
+    }
   }
 
   #take(read: boolean): Handler {
