@@ -53,6 +53,20 @@ function metricsSdk() {
   };
 }
 
+/** Two requests were made, one of which moved: each counted once, in stats and in metrics. */
+async function countedOnce(
+  p: Pool,
+  sdk: { count(name: string): Promise<number> },
+): Promise<void> {
+  await waitFor(() => p.stats().groups.g.busy === 0, { message: "the hold given back" });
+  assert.equal(p.stats().groups.g.checkouts, 2, "two requests, two checkouts");
+  assert.equal(
+    await sdk.count("db.client.connection.wait_time"),
+    2,
+    "one wait_time per request",
+  );
+}
+
 describe("otel: a one-shot that moves to another connection is one request", () => {
   it("one wait_time and one checkout for a pipelined pool.query re-sent after a termination", {
     // Bun's SQL does not say which statement was running: none is re-sent.
@@ -83,13 +97,7 @@ describe("otel: a one-shot that moves to another connection is one request", () 
       // The one running is unknown; the one behind it provably never ran and moves.
       assert.equal((await slow as Error).name, "SessionLostError");
       assert.equal((await behind)[0].n, 2);
-      await waitFor(() => p.stats().groups.g.busy === 0, { message: "the hold given back" });
-      assert.equal(p.stats().groups.g.checkouts, 2, "two requests, two checkouts");
-      assert.equal(
-        await sdk.count("db.client.connection.wait_time"),
-        2,
-        "one wait_time per request",
-      );
+      await countedOnce(p, sdk);
     } finally {
       await sdk.shutdown();
     }
@@ -118,13 +126,7 @@ describe("otel: a one-shot that moves to another connection is one request", () 
       // The one-shot moves to a new connection, which gets through once the partition heals.
       proxy.mode = "pass";
       assert.equal((await second)[0].n, 2);
-      await waitFor(() => p.stats().groups.g.busy === 0, { message: "the hold given back" });
-      assert.equal(p.stats().groups.g.checkouts, 2, "two requests, two checkouts");
-      assert.equal(
-        await sdk.count("db.client.connection.wait_time"),
-        2,
-        "one wait_time per request",
-      );
+      await countedOnce(p, sdk);
     } finally {
       await proxy.close();
       await sdk.shutdown();
