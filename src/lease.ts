@@ -322,9 +322,15 @@ export class Lease {
   }
 
   #ran(conn: ServerConnection, rows: Rows, text: string, done: Done | undefined): Rows {
-    done?.(undefined);
     conn.lastUsed = performance.now();
-    this.#trackTransaction(rows.command, text);
+    try {
+      this.#trackTransaction(rows.command, text);
+    } catch (err) {
+      // A COMMIT answered ROLLBACK: it fails for the observer as it fails for the caller.
+      done?.(err);
+      throw err;
+    }
+    done?.(undefined);
     if (this.#residue !== UNRESETTABLE) this.#leftState(residueOf(rows.command, text));
     return rows;
   }
@@ -422,7 +428,16 @@ export class Lease {
     const hooks = context.hooks;
     if (hooks !== undefined) {
       const done = observe(hooks, this.group.name, "COMMIT", conn);
-      commit.then(() => done(undefined), done);
+      // A COMMIT answered ROLLBACK fails for the observer as it fails for the caller.
+      commit.then(
+        (rows) =>
+          done(
+            (rows as Rows).command === "ROLLBACK"
+              ? new TransactionAbortedError(this.group.name)
+              : undefined,
+          ),
+        done,
+      );
     }
     let lsn: Promise<Rows> | undefined;
     if (conn.endpoint.role !== "replica") {

@@ -37,7 +37,7 @@ import { countPoolSessions, poolSessions, terminate } from "./harness/faults.ts"
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { denoBin, ROOT, runCommand } from "./tools.ts";
-import { AcquireTimeoutError, Pool, type PoolConfig } from "../mod.ts";
+import { AcquireTimeoutError, type Handler, Pool, type PoolConfig } from "../mod.ts";
 import { instrument } from "../otel.ts";
 import { poolHooks } from "../src/hooks.ts";
 import { failureOf } from "../src/otel/attributes.ts";
@@ -443,6 +443,32 @@ describe("@x/pgdbpool/otel", () => {
         "error.type": "22012",
       });
       assert.equal(failed?.count, 1);
+    } finally {
+      await sdk.shutdown();
+    }
+  });
+
+  it("a COMMIT answered ROLLBACK fails its span as it fails the caller (db.commit() and db.query)", async () => {
+    const sdk = new Sdk();
+    try {
+      await using p = new Pool(config("otel-aborted-commit"));
+      using _otel = instrument(p, { tracerProvider: sdk.tracerProvider });
+      for (const commit of [(db: Handler) => db.commit(), (db: Handler) => db.query("COMMIT")]) {
+        sdk.spanExporter.reset();
+        {
+          await using db = p.handler("tx");
+          await assert.rejects(db.query("SELECT 1/0"), { code: "22012" });
+          // PostgreSQL rolls back instead: nothing was committed, and the caller is told so.
+          await assert.rejects(commit(db), { name: "TransactionAbortedError" });
+        }
+        const span = sdk.spans.find((s) => s.attributes["db.operation.name"] === "COMMIT");
+        assert.ok(span, "a COMMIT span");
+        assert.deepEqual(span.status, {
+          code: SpanStatusCode.ERROR,
+          message: "TransactionAbortedError",
+        });
+        assert.equal(span.attributes["error.type"], "TransactionAbortedError");
+      }
     } finally {
       await sdk.shutdown();
     }
