@@ -415,8 +415,8 @@ function parseUrl(path: string, url: string): Record<string, unknown> {
   for (const [key, value] of parsed.searchParams) {
     if (key === "sslmode") out.ssl = value;
     else if (key === "connect_timeout" || key === "query_timeout" || key === "session_tmp_buffer") {
-      out[key] = Number(value);
-    } else if (key === "prepare") out.prepare = value !== "false";
+      out[key] = urlNumber(`${path}?${key}`, value);
+    } else if (key === "prepare") out.prepare = urlBoolean(`${path}?${key}`, value);
     else {
       throw new ConfigError(
         `${path}?${key}`,
@@ -425,6 +425,23 @@ function parseUrl(path: string, url: string): Record<string, unknown> {
     }
   }
   return out;
+}
+
+// A URL parameter's number in plain decimal. `Number()` alone read an empty value as 0 (an empty
+// `query_timeout=` turned the statement timeout off), `0x10` as 16, and hid the text behind NaN.
+function urlNumber(path: string, value: string): number {
+  if (!/^(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$/.test(value)) {
+    throw new ConfigError(path, `must be a decimal number (got ${quote(value)})`);
+  }
+  return Number(value);
+}
+
+// A URL parameter's boolean: anything but "false" used to mean true, so `prepare=0` prepared
+// (behind PgBouncer in transaction mode, named statements break).
+function urlBoolean(path: string, value: string): boolean {
+  if (value === "true") return true;
+  if (value === "false") return false;
+  throw new ConfigError(path, `must be true or false (got ${quote(value)})`);
 }
 
 /**
@@ -542,9 +559,7 @@ function resolveEndpoint(
     database: string(`${path}.name`, value.name),
     user: string(`${path}.user`, value.user),
     ssl: sslMode(`${path}.ssl`, value.ssl),
-    sslRootCert: value.ssl_root_cert === undefined
-      ? undefined
-      : string(`${path}.ssl_root_cert`, value.ssl_root_cert),
+    sslRootCert: rootCert(path, value.ssl_root_cert, value.ssl),
     connectTimeoutS: value.connect_timeout === undefined
       ? 10
       : seconds(`${path}.connect_timeout`, value.connect_timeout),
@@ -556,6 +571,32 @@ function resolveEndpoint(
     driver: driver(`${path}.driver`, value.driver, poolDriver),
     password: () => pass,
   });
+}
+
+// The certificate(s) to trust, only where they are used. Under libpq a root certificate makes
+// `require` verify the chain (as verify-ca), so a config carried over from it with `require` would
+// silently lose that check here; and libpq's `sslrootcert` is a file name, which taken as PEM
+// would fail every connect with a TLS error that never names this key.
+function rootCert(path: string, value: unknown, ssl: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  const text = string(`${path}.ssl_root_cert`, value);
+  if (ssl !== "verify-full") {
+    throw new ConfigError(
+      `${path}.ssl_root_cert`,
+      `is used only with ssl "verify-full" (got ssl ${
+        quote(ssl)
+      }): set ssl to "verify-full" to verify the server with it`,
+    );
+  }
+  if (!/-----BEGIN [A-Z0-9 ]*CERTIFICATE-----/.test(text)) {
+    throw new ConfigError(
+      `${path}.ssl_root_cert`,
+      `must be PEM text (-----BEGIN CERTIFICATE-----...), not a file name: read the file first (got ${
+        quote(text)
+      })`,
+    );
+  }
+  return text;
 }
 
 function seconds(path: string, value: unknown): number {
