@@ -339,6 +339,22 @@ function positiveDuration(path: string, value: unknown, fallback: number): numbe
   return ms;
 }
 
+// A limit that is off when left out. 0 would not mean off (as it does for
+// health_check_interval_ms): it would retire every connection at its first check-in
+// (max_lifetime_ms, idle_timeout_ms: no connection ever reused, a new session per checkout) or
+// report every checkout as a leak at once (leak_detection_ms). Pools elsewhere (HikariCP's
+// maxLifetime, idleTimeout, leakDetectionThreshold) read 0 as off, so it is refused, not obeyed.
+function optionalLimit(path: string, value: unknown): number | undefined {
+  const ms = duration(path, value, undefined);
+  if (ms === 0) {
+    throw new ConfigError(
+      path,
+      "must be more than 0 milliseconds; leave it out to turn it off (got 0)",
+    );
+  }
+  return ms;
+}
+
 function boolean(path: string, value: unknown, fallback: boolean): boolean {
   if (value === undefined) return fallback;
   if (typeof value !== "boolean") {
@@ -653,14 +669,14 @@ function resolveGroup(
     acquireTimeoutMs: duration(`${path}.acquire_timeout_ms`, raw.acquire_timeout_ms, 10_000),
     role: role as GroupRole,
     maxReplicaLagMs: duration(`${path}.max_replica_lag_ms`, raw.max_replica_lag_ms, undefined),
-    maxLifetimeMs: duration(`${path}.max_lifetime_ms`, raw.max_lifetime_ms, undefined),
-    idleTimeoutMs: duration(`${path}.idle_timeout_ms`, raw.idle_timeout_ms, undefined),
+    maxLifetimeMs: optionalLimit(`${path}.max_lifetime_ms`, raw.max_lifetime_ms),
+    idleTimeoutMs: optionalLimit(`${path}.idle_timeout_ms`, raw.idle_timeout_ms),
     readYourWritesTimeoutMs: duration(
       `${path}.read_your_writes_timeout_ms`,
       raw.read_your_writes_timeout_ms,
       1000,
     ),
-    leakDetectionMs: duration(`${path}.leak_detection_ms`, raw.leak_detection_ms, undefined),
+    leakDetectionMs: optionalLimit(`${path}.leak_detection_ms`, raw.leak_detection_ms),
   });
 }
 
