@@ -71,11 +71,13 @@ export function quoteChannel(channel: string): string {
 
 function checkChannel(channel: unknown): string {
   if (typeof channel !== "string" || channel.length === 0) {
-    throw new TypeError(`Channel must be a non-empty string (got ${JSON.stringify(channel)})`);
+    // quote(): an object is named by its type only (it may hold a secret), and JSON.stringify
+    // threw its own error for a BigInt.
+    throw new TypeError(`Channel must be a non-empty string (got ${quote(channel)})`);
   }
   if (new TextEncoder().encode(channel).length > MAX_CHANNEL_BYTES) {
     throw new RangeError(
-      `Channel must be at most ${MAX_CHANNEL_BYTES} bytes (got ${JSON.stringify(channel)})`,
+      `Channel must be at most ${MAX_CHANNEL_BYTES} bytes (got ${quote(channel)})`,
     );
   }
   if (channel.includes("\0")) throw new TypeError("Channel must not contain NUL characters");

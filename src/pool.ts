@@ -159,6 +159,12 @@ export class Pool extends EventTarget implements AsyncDisposable {
     const group = this.#groups.get(name);
     if (group === undefined || group.closing) {
       if (this.#closing !== undefined) throw new PoolClosedError();
+      // Checked only here, off the hot path. A name that is not a string (the config or a URL
+      // object passed by mistake) used to be printed whole by JSON.stringify, password
+      // included, or to throw JSON's own BigInt error.
+      if (typeof name !== "string") {
+        throw new TypeError(`A group name must be a string (got ${quote(name)})`);
+      }
       throw new UnconfiguredGroupError(name, [...this.#groups.keys()]);
     }
     return group;

@@ -1,21 +1,23 @@
 // Defects found by audit 17 (Bun driver under faults, routing faults, config errors), each proven
 // against real servers where a server is involved.
-import { after, before, describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
+import { countPoolSessions, poolSessions, terminate } from "./harness/faults.ts";
+import { startProxy } from "./harness/proxy.ts";
+import { waitFor } from "./harness/wait.ts";
 import { ConfigError, Pool } from "../mod.ts";
 
 await setTestTimeout(180_000);
 
+// Started by the first test that needs servers (config tests run without any).
 let cluster: PgCluster;
-
-before(async () => {
-  cluster = await startCluster({ replicas: 1 });
-}, { timeout: 120_000 });
+let starting: Promise<PgCluster> | undefined;
+const servers = () => starting ??= startCluster({ replicas: 1 }).then((c) => cluster = c);
 
 after(async () => {
-  await cluster?.close();
+  await (await starting)?.close();
 }, { timeout: 60_000 });
 
 const SECRET = "s3cr3t-audit17";
@@ -67,6 +69,60 @@ describe("config: URL parameters are read as written, or refused", () => {
   });
 });
 
+describe("config: limits that are off when left out", () => {
+  it("refuse 0, which retired every connection at once or reported every checkout as a leak", () => {
+    for (const key of ["max_lifetime_ms", "idle_timeout_ms", "leak_detection_ms"]) {
+      const err = configError({
+        db: { host: "db.example", name: "app", user: "app", pass: SECRET },
+        groups: { g: { connection_count: 1, [key]: 0 } },
+      });
+      assert.match(err.message, new RegExp(`groups\\.g\\.${key}`));
+      assert.match(err.message, /leave it out/);
+      assert.match(err.message, /\(got 0\)/);
+    }
+  });
+});
+
+describe("bad input outside the config never shows a password", () => {
+  const config = {
+    db: `postgres://app:${SECRET}@db.example/app`,
+    groups: { g: { connection_count: 1 } },
+    health_check_interval_ms: 0,
+  };
+  it("a group name that is not a string: a TypeError naming its type, never its contents", async () => {
+    await using p = new Pool(config);
+    const asGroup = config as unknown as string;
+    const check = (err: unknown) => {
+      assert.ok(err instanceof TypeError, `a TypeError, got ${err}`);
+      assert.ok(!err.message.includes(SECRET), err.message);
+      assert.match(err.message, /group name must be a string \(got an object\)/);
+      return true;
+    };
+    assert.throws(() => p.handler(asGroup), check);
+    await assert.rejects(p.query(asGroup, "SELECT 1"), check);
+    await assert.rejects(p.acquire(asGroup), check);
+    await assert.rejects(p.transaction(asGroup, async () => {}), check);
+    // A BigInt used to fail with JSON.stringify's own error.
+    await assert.rejects(
+      p.query(10n as unknown as string, "SELECT 1"),
+      /group name must be a string \(got 10\)/,
+    );
+  });
+  it("a channel that is not a string: a TypeError naming its type, never its contents", async () => {
+    await using p = new Pool(config);
+    await assert.rejects(
+      p.listen({ url: config.db } as unknown as string, () => {}),
+      (err: Error) => {
+        assert.ok(err instanceof TypeError);
+        assert.ok(!err.message.includes(SECRET), err.message);
+        assert.match(err.message, /got an object/);
+        return true;
+      },
+    );
+    await assert.rejects(p.listen(10n as unknown as string, () => {}), /Channel .*got 10\)/);
+  });
+});
+
 describe("config: ssl_root_cert", () => {
   const endpoint = { host: "db.example", name: "app", user: "app", pass: SECRET };
   const pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
@@ -91,5 +147,172 @@ describe("config: ssl_root_cert", () => {
       db: { ...endpoint, ssl: "verify-full", ssl_root_cert: pem },
       groups,
     });
+  });
+});
+
+describe("faults on either driver", () => {
+  it("a statement that fails in a pipeline of one-shots fails alone", async () => {
+    await servers();
+    await using p = new Pool({
+      db: cluster.endpoints().slice(0, 1),
+      groups: { g: { connection_count: 1 } },
+      application_name: "audit17-pipeline-error",
+      health_check_interval_ms: 0,
+    });
+    await p.query("g", "SELECT 1");
+    const results = await Promise.allSettled(
+      Array.from(
+        { length: 12 },
+        (_, i) => p.query<{ v: number }>("g", "SELECT 10 / $1::int AS v", [i === 5 ? 0 : 1]),
+      ),
+    );
+    results.forEach((r, i) => {
+      if (i === 5) {
+        assert.equal(r.status, "rejected");
+        assert.equal((r as PromiseRejectedResult).reason.code, "22012");
+      } else {
+        assert.equal(
+          r.status,
+          "fulfilled",
+          `statement ${i}: ${(r as PromiseRejectedResult).reason}`,
+        );
+        assert.equal((r as PromiseFulfilledResult<{ v: number }[]>).value[0].v, 10);
+      }
+    });
+  });
+  it("a query_timeout cancels its statement alone; the pipeline behind it runs", async () => {
+    await servers();
+    await using p = new Pool({
+      db: cluster.endpoints().slice(0, 1).map((e) => ({ ...e, query_timeout: 300 })),
+      groups: { g: { connection_count: 1 } },
+      application_name: "audit17-query-timeout",
+      health_check_interval_ms: 0,
+    });
+    await p.query("g", "SELECT 1");
+    const slow = p.query("g", "SELECT pg_sleep($1::float8)", [3]);
+    const behind = Array.from(
+      { length: 5 },
+      (_, i) => p.query<{ v: number }>("g", "SELECT $1::int AS v", [i]),
+    );
+    await assert.rejects(slow, (err: Error & { code?: string }) => err.code === "57014");
+    assert.deepEqual((await Promise.all(behind)).map((r) => r[0].v), [0, 1, 2, 3, 4]);
+    assert.equal((await p.query<{ v: number }>("g", "SELECT 7 AS v"))[0].v, 7);
+  });
+});
+
+describe("prepared statements dropped by the caller", () => {
+  it("a commit after DEALLOCATE ALL in the transaction is acknowledged only if it committed", async () => {
+    await servers();
+    await cluster.primary.query("CREATE TABLE IF NOT EXISTS a17_dealloc (v int)");
+    await using p = new Pool({
+      db: cluster.endpoints().slice(0, 1),
+      groups: { g: { connection_count: 1, autocommit: false } },
+      application_name: "audit17-dealloc",
+      health_check_interval_ms: 0,
+    });
+    for (const drop of ["DEALLOCATE ALL", "DEALLOCATE PREPARE ALL"]) {
+      // The pool's own BEGIN/COMMIT are prepared once the session has used them.
+      {
+        await using db = p.handler("g");
+        await db.query("SELECT 1");
+        await db.commit();
+      }
+      {
+        await using db = p.handler("g");
+        await db.query("SELECT 1");
+        await db.commit();
+        await db.query("INSERT INTO a17_dealloc VALUES ($1)", [1]);
+        await db.query(drop);
+        let committed: boolean;
+        try {
+          await db.commit();
+          committed = true;
+        } catch (err) {
+          committed = false;
+        }
+        const [{ n }] = await cluster.primary.query("SELECT count(*)::int AS n FROM a17_dealloc");
+        assert.equal(
+          n === 1,
+          committed,
+          `commit ${committed ? "acknowledged" : "failed"}, rows ${n}`,
+        );
+        await cluster.primary.query("DELETE FROM a17_dealloc");
+      }
+    }
+  });
+});
+
+describe("silent hosts", () => {
+  it("close() on a silent host ends busy and idle connections within close_timeout_ms", async () => {
+    await servers();
+    const app = "audit17-close-silent";
+    const proxy = await startProxy(cluster.primary);
+    try {
+      const p = new Pool({
+        db: [{ ...cluster.endpoints()[0], host: proxy.host, port: proxy.port, connect_timeout: 2 }],
+        groups: { g: { connection_count: 3 } },
+        application_name: app,
+        health_check_interval_ms: 0,
+        close_timeout_ms: 300,
+      });
+      await Promise.all([1, 2, 3].map(() => p.query("g", "SELECT pg_sleep(0.05)")));
+      const busy = p.query("g", "SELECT pg_sleep(2)").then(() => "answered", (e: Error) => e.name);
+      const held = p.handler("g");
+      const inTx = held.query("SELECT 1").then(() => "answered", (e: Error) => e.name);
+      await inTx;
+      proxy.mode = "blackhole";
+      const started = performance.now();
+      await p.close();
+      const ms = performance.now() - started;
+      assert.ok(ms < 2000, `close() took ${Math.round(ms)} ms`);
+      assert.equal(await busy, "SessionLostError");
+      held.release();
+      proxy.mode = "pass";
+      await waitFor(async () => (await countPoolSessions(cluster, app)) === 0, {
+        timeoutMs: 10_000,
+        message: "no session left on the server",
+      });
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+});
+
+describe("TLS modes against a server without TLS", () => {
+  it('"prefer" connects without TLS; "require" fails fast with the refusal, nothing hangs', async () => {
+    await servers();
+    {
+      await using p = new Pool({
+        db: [{ ...cluster.endpoints()[0], ssl: "prefer" }],
+        groups: { g: { connection_count: 1 } },
+        health_check_interval_ms: 0,
+      });
+      const [{ ssl }] = await p.query<{ ssl: boolean }>(
+        "g",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+      );
+      assert.equal(ssl, false);
+    }
+    {
+      await using p = new Pool({
+        db: [{ ...cluster.endpoints()[0], ssl: "require", pass: SECRET, connect_timeout: 5 }],
+        groups: { g: { connection_count: 1, acquire_timeout_ms: 8000 } },
+        health_check_interval_ms: 0,
+      });
+      const started = performance.now();
+      const err = await p.query("g", "SELECT 1").then(
+        () => assert.fail("connected"),
+        (e: Error) => e,
+      );
+      const ms = performance.now() - started;
+      console.log(
+        `require against a server without TLS: ${err.name} ${
+          (err as Error & { code?: string }).code
+        } ${err.message} (cause: ${(err.cause as Error)?.message}) after ${Math.round(ms)} ms`,
+      );
+      assert.ok(ms < 3000, `${Math.round(ms)} ms`);
+      assert.ok(!String(err.message).includes(SECRET));
+    }
   });
 });
