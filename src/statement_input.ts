@@ -11,19 +11,21 @@
  * @module
  */
 
+import { quote } from "./quote.ts";
+
 /** The protocol counts parameters in 16 bits; postgres.js refuses from here on. */
 const MAX_PARAMETERS = 65534;
 
 /** A value as an error message may quote it: short, never throwing. */
 function quoted(value: unknown): string {
-  let text: string | undefined;
-  try {
-    text = JSON.stringify(value);
-  } catch {
-    // Circular, or a BigInt inside: the type says enough.
+  // An object is named by its type and keys, never its values: the caller's config or a
+  // credentials object passed in the wrong place used to be JSON-printed, password included.
+  if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+    const keys = Object.keys(value).join(", ");
+    const text = keys === "" ? "an object" : `an object with keys ${keys}`;
+    return text.length > 80 ? `${text.slice(0, 77)}...` : text;
   }
-  text ??= Object.prototype.toString.call(value);
-  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+  return quote(value);
 }
 
 /** Throws a `TypeError` or `RangeError` unless `text` and `params` can be sent. */

@@ -108,6 +108,26 @@ describe("bad input outside the config never shows a password", () => {
       /group name must be a string \(got 10\)/,
     );
   });
+  it("statement text or parameters that are not what they should be: named by type and keys", async () => {
+    await using p = new Pool(config);
+    const check = (what: RegExp) => (err: unknown) => {
+      assert.ok(err instanceof TypeError, `a TypeError, got ${err}`);
+      assert.ok(!err.message.includes(SECRET), err.message);
+      assert.match(err.message, what);
+      return true;
+    };
+    await assert.rejects(
+      p.query("g", config as unknown as string),
+      check(/text must be a string \(got an object with keys db, groups/),
+    );
+    await assert.rejects(
+      p.query("g", "SELECT $1", { pass: SECRET } as unknown as unknown[]),
+      check(/parameters must be an array \(got an object with keys pass\)/),
+    );
+    const db = p.handler("g");
+    await assert.rejects(db.query(config as unknown as string), check(/text must be a string/));
+    db.release();
+  });
   it("a channel that is not a string: a TypeError naming its type, never its contents", async () => {
     await using p = new Pool(config);
     await assert.rejects(
