@@ -4,7 +4,7 @@ import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
-import { countPoolSessions, poolSessions, terminate } from "./harness/faults.ts";
+import { countPoolSessions, pauseReplay, poolSessions, terminate } from "./harness/faults.ts";
 import { startProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
 import { ConfigError, Pool } from "../mod.ts";
@@ -334,5 +334,85 @@ describe("TLS modes against a server without TLS", () => {
       assert.ok(ms < 3000, `${Math.round(ms)} ms`);
       assert.ok(!String(err.message).includes(SECRET));
     }
+  });
+});
+
+describe("routing faults", () => {
+  it("prefer-replica falls back to the primary while the replica is down, and comes back to it", async () => {
+    await servers();
+    const [replica] = cluster.replicas;
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: {
+        r: { connection_count: 2, role: "prefer-replica" },
+        w: { connection_count: 1, role: "primary" },
+      },
+      application_name: "audit17-prefer",
+      health_check_interval_ms: 100,
+      retry_backoff_max_ms: 300,
+    });
+    const port = async () =>
+      (await p.query<{ port: number }>("r", "SELECT inet_server_port() AS port"))[0].port;
+    await waitFor(async () => (await port()) === replica.port, { message: "reads on the replica" });
+    await replica.stop("fast");
+    try {
+      // Every read goes on, on the primary.
+      for (let i = 0; i < 20; i++) assert.equal(await port(), cluster.primary.port);
+      await p.query("w", "CREATE TABLE IF NOT EXISTS a17_prefer (v int)");
+      await p.query("w", "INSERT INTO a17_prefer VALUES (1)");
+      const token = p.token;
+      assert.ok(token !== undefined);
+      {
+        await using db = p.handler("r", { after: token });
+        const rows = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM a17_prefer");
+        assert.equal(rows[0].n, 1);
+      }
+    } finally {
+      await replica.start();
+    }
+    await waitFor(async () => (await port()) === replica.port, {
+      timeoutMs: 10_000,
+      message: "reads back on the replica once it returned",
+    });
+    const ports = [];
+    for (let i = 0; i < 10; i++) ports.push(await port());
+    assert.deepEqual(ports, ports.map(() => replica.port), "every read on the replica again");
+  });
+});
+
+describe("routing faults: promotion", () => {
+  it("a read-your-writes checkout waiting on a paused replica that is promoted reads the write", async () => {
+    await servers();
+    const [replica] = cluster.replicas;
+    await cluster.primary.query("CREATE TABLE IF NOT EXISTS a17_promote (v int)");
+    await cluster.waitForReplication();
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: {
+        r: { connection_count: 2, role: "prefer-replica", read_your_writes_timeout_ms: 8000 },
+        w: { connection_count: 1, role: "primary" },
+      },
+      application_name: "audit17-promote",
+      health_check_interval_ms: 100,
+    });
+    await p.query("r", "SELECT 1");
+    await pauseReplay(replica);
+    await p.query("w", "INSERT INTO a17_promote VALUES (42)");
+    const token = p.token;
+    assert.ok(token !== undefined);
+    const read = (async () => {
+      await using db = p.handler("r", { after: token });
+      const rows = await db.query<{ n: number; port: number }>(
+        "SELECT count(*)::int AS n, inet_server_port() AS port FROM a17_promote WHERE v = 42",
+      );
+      return rows[0];
+    })();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await replica.promote();
+    const got = await read;
+    console.log(
+      `read after promotion on port ${got.port} (replica ${replica.port}): ${got.n} row(s)`,
+    );
+    assert.equal(got.n, 1, "the write is read back");
   });
 });
