@@ -4,7 +4,7 @@ import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
-import { countPoolSessions, pauseReplay, poolSessions, terminate } from "./harness/faults.ts";
+import { countPoolSessions, pauseReplay } from "./harness/faults.ts";
 import { startProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
 import { ConfigError, Pool } from "../mod.ts";
@@ -247,7 +247,7 @@ describe("prepared statements dropped by the caller", () => {
         try {
           await db.commit();
           committed = true;
-        } catch (err) {
+        } catch {
           committed = false;
         }
         const [{ n }] = await cluster.primary.query("SELECT count(*)::int AS n FROM a17_dealloc");
