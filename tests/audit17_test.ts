@@ -4,7 +4,7 @@ import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
-import { countPoolSessions, pauseReplay } from "./harness/faults.ts";
+import { countPoolSessions, pauseReplay, poolSessions, terminate } from "./harness/faults.ts";
 import { startProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
 import { ConfigError, Pool } from "../mod.ts";
@@ -218,6 +218,73 @@ describe("faults on either driver", () => {
     assert.deepEqual((await Promise.all(behind)).map((r) => r[0].v), [0, 1, 2, 3, 4]);
     assert.equal((await p.query<{ v: number }>("g", "SELECT 7 AS v"))[0].v, 7);
   });
+});
+
+describe("a backend killed under a pipeline of one-shots", () => {
+  for (const how of ["terminated", "server stopped"] as const) {
+    it(`${how}: each write is in the table at most once, and as its outcome says`, async () => {
+      await servers();
+      const app = `audit17-kill-${how.replace(" ", "-")}`;
+      await cluster.primary.query("CREATE TABLE IF NOT EXISTS a17_kill (v int, how text)");
+      await using p = new Pool({
+        db: cluster.endpoints().slice(0, 1),
+        groups: { g: { connection_count: 1 } },
+        application_name: app,
+        health_check_interval_ms: 100,
+      });
+      await p.query("g", "SELECT 1");
+      const first = p.query("g", "INSERT INTO a17_kill SELECT $1, $2 FROM pg_sleep(2)", [0, how]);
+      const rest = Array.from(
+        { length: 6 },
+        (_, i) => p.query("g", "INSERT INTO a17_kill VALUES ($1, $2)", [i + 1, how]),
+      );
+      // Settled as they come: a rejection must not wait for a handler.
+      const settled = Promise.allSettled([first, ...rest]);
+      await waitFor(
+        async () =>
+          (await poolSessions(cluster, app)).some((s) =>
+            s.state === "active" && s.query.includes("pg_sleep")
+          ),
+        { message: "the first INSERT running" },
+      );
+      if (how === "terminated") {
+        await terminate(
+          (await poolSessions(cluster, app)).filter((s) => s.query.includes("pg_sleep")),
+        );
+      } else {
+        await cluster.primary.stop("fast");
+        await cluster.primary.start();
+      }
+      const outcomes = await settled;
+      const rows = await cluster.primary.query(
+        "SELECT v, count(*)::int AS n FROM a17_kill WHERE how = $1 GROUP BY v",
+        [how],
+      );
+      const count = new Map(rows.map((r) => [r.v as number, r.n as number]));
+      outcomes.forEach((o, v) => {
+        const n = count.get(v) ?? 0;
+        assert.ok(n <= 1, `write ${v} ran ${n} times`);
+        if (o.status === "fulfilled") {
+          assert.equal(n, 1, `write ${v} acknowledged, not in the table`);
+        } else {
+          const err = o.reason as Error & { outcome?: string };
+          // Moved off the dying session, a write that never ran may find no server to take it.
+          if (err.name === "NoEndpointAvailableError") assert.equal(n, 0, `write ${v}: ${err}`);
+          else assert.equal(err.name, "SessionLostError", `write ${v}: ${err}`);
+          if (err.outcome === "not-executed") assert.equal(n, 0, `write ${v} said never ran`);
+        }
+      });
+      console.log(
+        `${how}: ${
+          outcomes.map((o) =>
+            o.status === "fulfilled"
+              ? "ok"
+              : (o.reason as { outcome?: string }).outcome ?? (o.reason as Error).name
+          ).join(" ")
+        }`,
+      );
+    });
+  }
 });
 
 describe("prepared statements dropped by the caller", () => {
