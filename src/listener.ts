@@ -69,10 +69,13 @@ export function quoteChannel(channel: string): string {
   return `"${channel.replaceAll('"', '""')}"`;
 }
 
+/** A UTF-16 code unit of a surrogate pair standing alone (`u` mode matches whole pairs only). */
+const LONE_SURROGATE = /\p{Cs}/u;
+
 function checkChannel(channel: unknown): string {
   if (typeof channel !== "string" || channel.length === 0) {
-    // quote(): an object is named by its type only (it may hold a secret), and JSON.stringify
-    // threw its own error for a BigInt.
+    // quote(): an object is named by its type only (it may hold a secret); JSON.stringify
+    // threw its own error for a BigInt and said "undefined" for a symbol or a function.
     throw new TypeError(`Channel must be a non-empty string (got ${quote(channel)})`);
   }
   if (new TextEncoder().encode(channel).length > MAX_CHANNEL_BYTES) {
@@ -81,6 +84,15 @@ function checkChannel(channel: unknown): string {
     );
   }
   if (channel.includes("\0")) throw new TypeError("Channel must not contain NUL characters");
+  // Sent as UTF-8, a lone surrogate becomes U+FFFD: the server listened on another name, and
+  // its notifications never reached the subscription (nor did pg_notify with the name given).
+  if (LONE_SURROGATE.test(channel)) {
+    throw new TypeError(
+      `Channel must be well-formed text: a lone surrogate has no UTF-8 form (got ${
+        quote(channel)
+      })`,
+    );
+  }
   return channel;
 }
 

@@ -1,0 +1,117 @@
+// Defects found by audit 16 (LISTEN, leak detection, abort signals and deadlines, close()
+// races), each proven against real servers.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { poolSessions } from "./harness/faults.ts";
+import { startProxy, type TcpProxy } from "./harness/proxy.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { waitFor } from "./harness/wait.ts";
+import { Pool, type PoolConfig } from "../mod.ts";
+
+await setTestTimeout(180_000);
+
+let cluster: PgCluster;
+
+before(async () => {
+  cluster = await startCluster({ replicas: 0 });
+}, { timeout: 120_000 });
+
+after(async () => {
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+function pool(app: string, extra: Partial<PoolConfig> = {}): Pool {
+  return new Pool({
+    db: cluster.endpoints(),
+    groups: { g: { connection_count: 1 } },
+    application_name: app,
+    ...extra,
+  });
+}
+
+/** The primary's endpoint, reached through `proxy`. */
+const behind = (proxy: TcpProxy) => ({
+  ...cluster.endpoints()[0],
+  host: proxy.host,
+  port: proxy.port,
+});
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe("pool.listen channel names", () => {
+  // Sent as UTF-8, a lone surrogate became U+FFFD: the server listened on another name than the
+  // one subscribed, and no notification ever reached the subscription (pg_notify with the name
+  // given lands on the same U+FFFD name): listen() resolved and stayed deaf without a word.
+  it("refuses a channel with a lone surrogate, and delivers one with a surrogate pair", async () => {
+    await using p = pool("a16-surrogate");
+    await assert.rejects(
+      p.listen("jobs\uD800", () => {}),
+      (e: unknown) =>
+        e instanceof TypeError && /lone surrogate/.test(e.message) &&
+        e.message.includes('"jobs\\ud800"'),
+    );
+    const got: string[] = [];
+    const sub = await p.listen("jobs \u{1F600}", (payload) => got.push(payload));
+    await p.query("g", "SELECT pg_notify($1, 'pair')", [sub.channel]);
+    await waitFor(() => got.length === 1, { message: "delivery on a channel with a pair" });
+    await sub.unlisten();
+  });
+
+  // JSON.stringify threw its own "Do not know how to serialize a BigInt" for a BigInt channel,
+  // and named a symbol or a function "undefined".
+  it("a channel that is no string is named in the TypeError", async () => {
+    await using p = pool("a16-badchannel");
+    for (
+      const [value, shown] of [[10n, "10"], [Symbol("s"), "symbol"], [() => 1, "function"]] as const
+    ) {
+      await assert.rejects(
+        p.listen(value as unknown as string, () => {}),
+        (e: unknown) =>
+          e instanceof TypeError && e.message === `Channel must be a non-empty string (got ${shown})`,
+      );
+    }
+  });
+});
+
+describe("pool.acquire while the connection it took is being proven", () => {
+  // A connection idle past validate_after_ms is pinged before acquire() resolves. On a host gone
+  // silent the ping waits out connect_timeout, and the move that follows waits for routing: the
+  // caller's abort was ignored for all of it (4.9 s here, then NoEndpointAvailableError instead
+  // of the signal's reason).
+  it("rejects with its signal's reason at once; the permit comes back when the ping settles", async () => {
+    const proxy = await startProxy(cluster.primary);
+    try {
+      const p = pool("a16-abortping", {
+        db: [{ ...behind(proxy), connect_timeout: 3 }],
+        validate_after_ms: 50,
+      });
+      await p.query("g", "SELECT 1");
+      await sleep(100);
+      proxy.mode = "blackhole";
+      const ctl = new AbortController();
+      const reason = new Error("client went away");
+      const acquiring = p.acquire("g", { signal: ctl.signal });
+      await sleep(100);
+      const aborted = performance.now();
+      ctl.abort(reason);
+      await assert.rejects(acquiring, (e: unknown) => e === reason);
+      const ms = performance.now() - aborted;
+      assert.ok(ms < 500, `rejected ${Math.round(ms)} ms after the abort`);
+      // The ping is still out on the connection: the checkout holds it until that settles.
+      assert.equal(p.stats().groups.g.busy, 1);
+      proxy.mode = "pass";
+      await waitFor(() => p.stats().groups.g.busy === 0, {
+        timeoutMs: 10_000,
+        message: "the permit back once the ping settled",
+      });
+      await using db = await p.acquire("g", { timeout_ms: 5_000 });
+      assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
+      await db.release();
+      await p.close();
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+});
