@@ -130,6 +130,12 @@ export class Lease {
    * for the connection): release waits for them before check-in, a reclaim until they settle.
    */
   #inflight = 0;
+  /**
+   * Of `#inflight`, the pool's own proofs of the connection (`#prove`, `#proving`): a release
+   * does not wait for them (a caller whose signal ended its wait must not wait for the ping it
+   * gave up on), though the check-in still does.
+   */
+  #proofs = 0;
   /** `#leave()` as settle callbacks, made once per lease on its first statement. */
   #leaveWith: ((rows: Rows) => Rows) | undefined;
   #leaveThrowing: ((err: unknown) => never) | undefined;
@@ -141,9 +147,12 @@ export class Lease {
    * taken before a promotion on the superseded server.
    */
   readonly #pinned: boolean;
+  /** The checkout's signal: it also ends `pool.acquire()`'s wait for the connection's proof. */
+  readonly #signal: AbortSignal | undefined;
 
   constructor(group: Group, options: ResolvedHandlerOptions) {
     this.group = group;
+    this.#signal = options.signal;
     this.autocommit = options.autocommit ?? group.settings.autocommit;
     this.#pinned = options.after !== undefined && group.settings.role !== "primary";
     const conn = options.after === undefined ? group.tryCheckout() : null;
@@ -200,7 +209,11 @@ export class Lease {
     };
     const ready = (held: ServerConnection): T | Promise<T> => {
       const proof = this.#readyOn(held);
-      return proof === undefined ? value : proof.then(() => value, fail);
+      if (proof === undefined) return value;
+      return (this.#signal === undefined ? proof : untilAborted(proof, this.#signal)).then(
+        () => value,
+        fail,
+      );
     };
     const conn = this.#conn;
     if (conn !== null) return ready(conn);
@@ -218,12 +231,29 @@ export class Lease {
 
   async #prove(conn: ServerConnection): Promise<void> {
     this.#inflight++;
+    this.#proofs++;
     try {
       await this.#validate(conn);
       this.#validated = true;
     } finally {
+      this.#proofs--;
       this.#leave();
     }
+  }
+
+  /**
+   * `#validate` for the first statements, counted in flight by itself: a statement that stops
+   * waiting for it (its signal aborted) must not let a release check the connection in while
+   * its ping is out, or let the move that may follow swap a connection already given back.
+   */
+  #proving(conn: ServerConnection): Promise<ServerConnection> {
+    this.#inflight++;
+    this.#proofs++;
+    return this.#validate(conn).finally(() => {
+      this.#validating = null;
+      this.#proofs--;
+      this.#leave();
+    });
   }
 
   /** A connection to check before the checkout's first statement: dead, or idle too long. */
@@ -275,10 +305,12 @@ export class Lease {
     try {
       let conn = this.#conn ?? await this.#connection();
       if (!this.#used && !this.#validated && this.#stale(conn)) {
-        // Concurrent first statements share one validation: one swap at most.
-        conn = await (this.#validating ??= this.#validate(conn).finally(() => {
-          this.#validating = null;
-        }));
+        // Concurrent first statements share one validation: one swap at most. The checkout's
+        // signal ends the wait for it, as it ends the wait for the connection (the statement
+        // is not sent); the validation itself runs on, counted in flight on its own.
+        const validating = this.#validating ??= this.#proving(conn);
+        conn =
+          await (this.#signal === undefined ? validating : untilAborted(validating, this.#signal));
       }
       return await this.#send(conn, text, params, arrays, 1);
     } finally {
@@ -558,8 +590,10 @@ export class Lease {
     // A db.sql statement made here but first awaited after this point would be sent on
     // whichever checkout holds the session by then: it is refused instead, unsent.
     if (this.#sqlMade) this.#conn.session.refuseUnsent(() => this.#afterRelease());
-    // A statement still in flight keeps the connection: it is checked in once it settles.
-    if (this.#inflight > 0) return new Promise((resolve) => this.#drained = resolve);
+    // A statement still in flight keeps the connection: it is checked in once it settles. The
+    // pool's own proof of it (a ping) also keeps it, but is no one's to wait for.
+    if (this.#inflight > this.#proofs) return new Promise((resolve) => this.#drained = resolve);
+    if (this.#inflight > 0) return;
     return this.#checkin();
   }
 
@@ -807,6 +841,8 @@ export class Lease {
   async #validate(conn: ServerConnection): Promise<ServerConnection> {
     for (let attempt = 1;; attempt++) {
       if (this.group.ended) throw new PoolClosedError();
+      // Released meanwhile (an aborted acquire() is): no move, no new connection for nobody.
+      if (this.#state === RELEASED) throw this.#afterRelease();
       if (conn.dead) {
         conn = await this.#move(conn);
         continue;
@@ -881,4 +917,24 @@ export class Lease {
       `Handler of group ${JSON.stringify(this.group.name)} was used after release`,
     );
   }
+}
+
+/**
+ * `proof` (the ping, and the move off a dead connection, that `pool.acquire()` or a checkout's
+ * first statement waits for), or the signal's reason as soon as it aborts: the caller was still
+ * waiting for its checkout, and a ping on a host gone silent takes `connect_timeout`, then the
+ * move waits for routing (the abort used to be heard only after both). The proof runs on under
+ * its own count of statements in flight (`#prove`, `#proving`), so a release that follows the
+ * rejection checks the connection in once it has settled, never while the ping is out.
+ */
+function untilAborted<T>(proof: Promise<T>, signal: AbortSignal): Promise<T> {
+  // Aborted before the proof began: a checkout that waited for nothing ignores its signal (a
+  // free connection is taken synchronously), and one whose connection needs a proof must not
+  // fail where one that needs none would go on.
+  if (signal.aborted) return proof;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    proof.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }

@@ -3,7 +3,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
-import { poolSessions } from "./harness/faults.ts";
 import { startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
@@ -68,7 +67,8 @@ describe("pool.listen channel names", () => {
       await assert.rejects(
         p.listen(value as unknown as string, () => {}),
         (e: unknown) =>
-          e instanceof TypeError && e.message === `Channel must be a non-empty string (got ${shown})`,
+          e instanceof TypeError &&
+          e.message === `Channel must be a non-empty string (got ${shown})`,
       );
     }
   });
@@ -108,6 +108,49 @@ describe("pool.acquire while the connection it took is being proven", () => {
       await using db = await p.acquire("g", { timeout_ms: 5_000 });
       assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
       await db.release();
+      await p.close();
+    } finally {
+      proxy.mode = "pass";
+      await proxy.close();
+    }
+  });
+});
+
+describe("a checkout's first statement while its connection is being proven", () => {
+  // The same wait, through pool.transaction(): its signal ended only a wait for a permit. The
+  // first statement waited out the ping of a silent host and the move after it.
+  it("pool.transaction rejects with its signal's reason at once; the permit comes back", async () => {
+    const proxy = await startProxy(cluster.primary);
+    try {
+      const p = pool("a16-abortping-tx", {
+        db: [{ ...behind(proxy), connect_timeout: 3 }],
+        validate_after_ms: 50,
+      });
+      await p.query("g", "SELECT 1");
+      await sleep(100);
+      proxy.mode = "blackhole";
+      const ctl = new AbortController();
+      const reason = new Error("client went away");
+      let ran = 0;
+      const tx = p.transaction("g", async (db) => {
+        await db.query("SELECT 1");
+        ran++;
+      }, { signal: ctl.signal });
+      await sleep(100);
+      const aborted = performance.now();
+      ctl.abort(reason);
+      await assert.rejects(tx, (e: unknown) => e === reason);
+      const ms = performance.now() - aborted;
+      assert.ok(ms < 500, `rejected ${Math.round(ms)} ms after the abort`);
+      assert.equal(ran, 0);
+      proxy.mode = "pass";
+      await waitFor(() => p.stats().groups.g.busy === 0, {
+        timeoutMs: 10_000,
+        message: "the permit back once the ping settled",
+      });
+      await p.transaction("g", async (db) => {
+        assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
+      }, { timeout_ms: 5_000 });
       await p.close();
     } finally {
       proxy.mode = "pass";
