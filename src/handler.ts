@@ -30,7 +30,11 @@ export const leaseReady: unique symbol = Symbol("pgdbpool.leaseReady");
  * ```
  */
 export interface HandlerOptions {
-  /** Aborting cancels a checkout that is still waiting. */
+  /**
+   * Aborting cancels a checkout that is still waiting: for a connection, for a server, or for
+   * the ping that proves a connection idle past `validate_after_ms` (which runs on; the
+   * connection is checked in once it settles).
+   */
   signal?: AbortSignal;
   /** Overrides the group's `acquire_timeout_ms` for this checkout. */
   timeout_ms?: number;
