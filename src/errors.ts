@@ -5,6 +5,8 @@
  * @module
  */
 
+import { quote } from "./quote.ts";
+
 /**
  * Base class of every error the pool raises, so callers can tell pool conditions from
  * PostgreSQL errors with one `instanceof`.
@@ -67,8 +69,10 @@ export class UnconfiguredGroupError extends PoolError {
   readonly group: string;
   /** Creates the error for `group`; `known` lists the configured names. */
   constructor(group: string, known: readonly string[]) {
+    // quote(): a group that is no string (a config object passed by mistake) is named by its
+    // type; JSON.stringify printed its contents, password included, and threw for a BigInt.
     super(
-      `Group ${JSON.stringify(group)} is not configured (configured: ${
+      `Group ${quote(group)} is not configured (configured: ${
         known.map((g) => JSON.stringify(g)).join(", ")
       })`,
     );

@@ -304,9 +304,7 @@ export class Pool extends EventTarget implements AsyncDisposable {
       (typeof options !== "object" || options === null || Array.isArray(options))
     ) {
       throw new TypeError(
-        `Transaction options of group ${JSON.stringify(group)} must be an object (got ${
-          quote(options)
-        })`,
+        `Transaction options of group ${quote(group)} must be an object (got ${quote(options)})`,
       );
     }
     const db = new Handler(group, { ...options, autocommit: false }, this);

@@ -6,7 +6,7 @@ import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
-import { Pool, type PoolConfig } from "../mod.ts";
+import { Pool, type PoolConfig, type PoolEventDetailMap } from "../mod.ts";
 
 await setTestTimeout(180_000);
 
@@ -156,5 +156,60 @@ describe("a checkout's first statement while its connection is being proven", ()
       proxy.mode = "pass";
       await proxy.close();
     }
+  });
+});
+
+describe("leak detection of a checkout that waits", () => {
+  // The leak clock started when the handler was made, not when it got its connection: under
+  // load every checkout that waited longer than leak_detection_ms for a permit was reported as
+  // a leak while it held nothing (and held_ms counted its wait).
+  it("counts from the connection, not from the wait: a waiter is no leak", async () => {
+    await using p = pool("a16-leakwait", {
+      groups: { g: { connection_count: 1, leak_detection_ms: 300 } },
+    });
+    const leaks: PoolEventDetailMap["leak"][] = [];
+    p.addEventListener("leak", (e) => leaks.push(e.detail));
+    const holder = await p.acquire("g");
+    await holder.query("SELECT 1");
+    const waiting = p.acquire("g", { timeout_ms: 5_000 });
+    await sleep(800);
+    holder.release();
+    const waiter = await waiting;
+    await waiter.query("SELECT 1");
+    waiter.release();
+    await sleep(500);
+    assert.equal(leaks.length, 1, JSON.stringify(leaks.map((l) => l.held_ms)));
+    assert.equal(leaks[0].reclaimed, false);
+    assert.ok(leaks[0].held_ms >= 300 && leaks[0].held_ms < 800, `held ${leaks[0].held_ms} ms`);
+  });
+});
+
+describe("a group that is no string", () => {
+  // JSON.stringify named the group: a config object passed where the group name goes (an easy
+  // slip: pool.handler(config)) put its password in UnconfiguredGroupError's message, and a
+  // BigInt failed with JSON.stringify's own TypeError.
+  it("is named by its type, never by its contents", async () => {
+    await using p = pool("a16-badgroup");
+    const secret = { user: "app", pass: "hunter2" } as unknown as string;
+    const errors: unknown[] = [];
+    try {
+      p.handler(secret);
+    } catch (err) {
+      errors.push(err);
+    }
+    await p.acquire(secret).catch((err) => errors.push(err));
+    await p.query(secret, "SELECT 1").catch((err) => errors.push(err));
+    await p.transaction(secret, async () => {}).catch((err) => errors.push(err));
+    await p.transaction(secret, async () => {}, "x" as never).catch((err) => errors.push(err));
+    assert.equal(errors.length, 5);
+    for (const err of errors) {
+      const message = (err as Error).message;
+      assert.doesNotMatch(message, /hunter2/);
+      assert.match(message, /group an object|Group an object/);
+    }
+    await assert.rejects(
+      p.query(10n as unknown as string, "SELECT 1"),
+      { name: "UnconfiguredGroupError", message: 'Group 10 is not configured (configured: "g")' },
+    );
   });
 });
