@@ -123,7 +123,7 @@ export interface PoolEventDetail {
   readonly reason?: string;
   /** Replica lag that moved it out of or back into a group (`replicalagging`, `replicacaughtup`). */
   readonly lag_ms?: number;
-  /** How long the handler had been held (`leak`). */
+  /** How long the handler had held its connection (`leak`; 0 if it was still waiting). */
   readonly held_ms?: number;
   /** Where the handler was checked out (`leak`). */
   readonly stack?: string;

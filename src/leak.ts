@@ -73,34 +73,54 @@ function unref(timer: ReturnType<typeof setTimeout>): void {
 export class LeakWatch {
   /** Where the checkout was taken (the caller's frames only). */
   readonly stack: string;
-  /** `performance.now()` at checkout. */
-  readonly since: number;
-  readonly #timer: ReturnType<typeof setTimeout>;
+  /** `performance.now()` when the checkout got its connection; 0 while it waits for one. */
+  #since = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #stopped = false;
   readonly #lease: Reclaimable;
+  readonly #ms: number;
+  readonly #onLeak: (watch: LeakWatch) => void;
 
+  /**
+   * Watches `handler` for collection from now (a waiting one dropped is reclaimed too: its
+   * wait is cancelled); the leak clock starts with `start()`, once the connection is held.
+   */
   constructor(handler: object, lease: Reclaimable, ms: number, onLeak: (watch: LeakWatch) => void) {
     // The pool's own frames (this constructor, the lease, the handler, pool.handler or
     // pool.acquire, in any number) are left out: the stack starts in the caller's code.
     this.stack = callerStack(new Error());
-    this.since = performance.now();
     this.#lease = lease;
-    this.#timer = setTimeout(() => {
-      // The pool closed meanwhile: its checkouts are over, whatever the caller still holds.
-      if (lease.group.ended) this.stop();
-      else onLeak(this);
-    }, ms);
-    unref(this.#timer);
+    this.#ms = ms;
+    this.#onLeak = onLeak;
     finalizers.register(handler, lease, lease);
   }
 
-  /** Milliseconds since the checkout. */
+  /**
+   * The checkout holds its connection from now. Only holding counts: a checkout that waited
+   * longer than `leak_detection_ms` for a permit (any checkout under load) was reported as a
+   * leak while it held nothing, its wait counted in `held_ms`.
+   */
+  start(): void {
+    if (this.#stopped || this.#timer !== undefined) return;
+    this.#since = performance.now();
+    const lease = this.#lease;
+    this.#timer = setTimeout(() => {
+      // The pool closed meanwhile: its checkouts are over, whatever the caller still holds.
+      if (lease.group.ended) this.stop();
+      else this.#onLeak(this);
+    }, this.#ms);
+    unref(this.#timer);
+  }
+
+  /** Milliseconds the connection has been held (0 if it never was). */
   get heldMs(): number {
-    return Math.round(performance.now() - this.since);
+    return this.#since === 0 ? 0 : Math.round(performance.now() - this.#since);
   }
 
   /** The checkout ended (released or reclaimed): nothing more to watch. */
   stop(): void {
-    clearTimeout(this.#timer);
+    this.#stopped = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
     finalizers.unregister(this.#lease);
   }
 }

@@ -175,6 +175,7 @@ export class Lease {
       }
       this.#state = HELD;
       this.#conn = conn;
+      this.#leak?.start();
       return conn;
     });
     pending.catch(noop);
@@ -603,6 +604,8 @@ export class Lease {
    */
   watchLeaks(handler: object, ms: number): void {
     this.#leak = new LeakWatch(handler, this, ms, (watch) => this.#reportLeak(watch, false));
+    // Held already (a free connection): the leak clock starts now; else once one comes.
+    if (this.#state === HELD) this.#leak.start();
   }
 
   /**
