@@ -290,6 +290,8 @@ export class Session {
    * statement under load.
    */
   #handedCount = 0;
+  /** `#handedCount` at which `#hand` compacts next (see `#compact`). */
+  #compactAt = HANDED_COMPACT_AT;
   /** The first statement's success proves the array types were learnt: report them once. */
   #learnTypes: boolean;
   /**
@@ -379,9 +381,22 @@ export class Session {
       params as postgres.ParameterOrJSON<never>[] | undefined,
       options,
     );
+    this.#hand(query as unknown as Handed);
+    // The rare cases out of line: V8 inlines a caller's chain down to postgres.js's Query
+    // constructor only within a bytecode budget, and a Query built out of line left the
+    // statement's objects to survive young-generation collections (3x the GC time of a
+    // /queries-shaped load on Deno; bench/README.md).
+    if (options.arrays === true || this.#learnTypes) this.#unusual(query, text, options);
+    return query;
+  }
+
+  #unusual(
+    query: ReturnType<postgres.Sql["unsafe"]>,
+    text: string,
+    options: StatementOptions,
+  ): void {
     // Rows as arrays of values (query builders that map columns by position need them).
     if (options.arrays === true) query.values();
-    this.#hand(query as unknown as Handed);
     if (this.#learnTypes) {
       this.#learnTypes = false;
       // Sends it now, which is the order every caller sends in anyway.
@@ -395,7 +410,6 @@ export class Session {
         if (this.outcomeOf(err, text) === "failed") this.#fetchingTypes = false;
       });
     }
-    return query;
   }
 
   /**
@@ -500,28 +514,36 @@ export class Session {
   }
 
   #hand(query: HandedEntry): void {
-    const handed = this.#handed;
-    let count = this.#handedCount;
-    // Taken statements (a `state` set by the connection) are postgres.js's to settle: drop
-    // them now and then, in place. Statements nobody dispatched yet stay (weakly) until the
-    // checkout that made them ends (see `refuseUnsent`).
-    if (count >= HANDED_COMPACT_AT) {
-      let kept = 0;
-      for (let i = 0; i < count; i++) {
-        const entry = handed[i]!;
-        const q = deref(entry);
-        if (q === undefined) continue;
-        if (q.state !== null) {
-          this.#fetchingTypes = false;
-          // The one the server is answering stays, for #rejectRunning.
-          if (q.active) handed[kept++] = entry;
-        } else handed[kept++] = entry;
-      }
-      for (let i = kept; i < count; i++) handed[i] = undefined;
-      count = kept;
-    }
-    handed[count] = query;
+    // Small on purpose (see `query`): the compaction is out of line.
+    const count = this.#handedCount < this.#compactAt ? this.#handedCount : this.#compact();
+    this.#handed[count] = query;
     this.#handedCount = count + 1;
+  }
+
+  /**
+   * Taken statements (a `state` set by the connection) are postgres.js's to settle: they are
+   * dropped now and then, in place. Statements nobody dispatched yet stay (weakly) until the
+   * checkout that made them ends (see `refuseUnsent`). Returns the entries kept.
+   */
+  #compact(): number {
+    const handed = this.#handed;
+    const count = this.#handedCount;
+    let kept = 0;
+    for (let i = 0; i < count; i++) {
+      const entry = handed[i]!;
+      const q = deref(entry);
+      if (q === undefined) continue;
+      if (q.state !== null) {
+        this.#fetchingTypes = false;
+        // The one the server is answering stays, for #rejectRunning.
+        if (q.active) handed[kept++] = entry;
+      } else handed[kept++] = entry;
+    }
+    for (let i = kept; i < count; i++) handed[i] = undefined;
+    // With a deep pipeline most entries are still in flight: compacting again at the next
+    // statement would scan them all once per statement.
+    this.#compactAt = Math.max(HANDED_COMPACT_AT, 2 * kept);
+    return kept;
   }
 
   /**
