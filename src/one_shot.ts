@@ -18,7 +18,7 @@ import type { ServerConnection } from "./server_connection.ts";
 import { residueOfCommand, residueOfFailure } from "./session_state.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement } from "./statement_input.ts";
-import { readToken, sendStatement } from "./token.ts";
+import { mayWrite, readToken, sendWrite } from "./token.ts";
 
 // A connection of its own (shared from now on), or a seat on one that one-shots share. `again`:
 // the statement moves to another connection (its first one was dead); still one request, so it
@@ -78,7 +78,24 @@ function send(
   const done = context.hooks === undefined
     ? undefined
     : observe(context.hooks, group.name, text, conn);
-  const { sent, lsn } = sendStatement(conn, text, params, arrays, true);
+  // sendStatement's steps written out here: V8 inlines postgres.js's Query constructor into this
+  // function only while the functions it inlines stay under its bytecode budget, and a Query
+  // built out of line let each statement's objects outlive young-generation collections (twice
+  // the GC time of a /queries-shaped load on Deno; bench/README.md).
+  let sent: Promise<Rows>;
+  let lsn: Promise<Rows> | undefined;
+  try {
+    const endpoint = conn.endpoint;
+    const options = endpoint.statementOptions(text, params, arrays);
+    // An unknown role (no session has reached the server yet) may be the primary's.
+    if (endpoint.role !== "replica" && mayWrite(text)) {
+      ({ sent, lsn } = sendWrite(conn, text, params, options));
+    } else {
+      sent = conn.session.query(text, params, options) as Promise<Rows>;
+    }
+  } catch (err) {
+    sent = Promise.reject(err);
+  }
   return sent.then((rows) => {
     done?.(undefined);
     // Staleness is judged when a one-shot is a connection's first user: only the last one to

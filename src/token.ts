@@ -27,8 +27,19 @@ const DML = /\b(?:insert|update|delete|merge)\b/i;
  * A SELECT that writes through a function is not seen: use a transaction for those.
  */
 export function mayWrite(text: string): boolean {
-  if (READ_ONLY.test(text)) return false;
-  return !WITH.test(text) || DML.test(text);
+  // Small, and its regular expressions run once per text (see one_shot.ts `send`).
+  const known = writes.get(text);
+  return known !== undefined ? known : learnWrites(text);
+}
+
+/** Texts already judged by `mayWrite`; bounded (texts built per call would grow it for good). */
+const writes = new Map<string, boolean>();
+const MAX_WRITES = 1024;
+
+function learnWrites(text: string): boolean {
+  const write = !READ_ONLY.test(text) && (!WITH.test(text) || DML.test(text));
+  if (writes.size < MAX_WRITES) writes.set(text, write);
+  return write;
 }
 
 /** The token from a pipelined `LSN_SQL`, or `undefined` when it failed or ran on a replica. */
@@ -55,7 +66,8 @@ export function sendTokenQuery(conn: ServerConnection): Promise<Rows> {
  * Sends a write with the token query pipelined right behind it (one round trip): `sent` is the
  * write's result, `lsn` the position read after it committed.
  */
-function sendWrite(
+/** An autocommit write with the token query pipelined behind it. */
+export function sendWrite(
   conn: ServerConnection,
   text: string,
   params: readonly unknown[] | undefined,

@@ -152,6 +152,11 @@ function isHanded(value: unknown): value is Handed {
   return value instanceof Promise && "state" in value && "executed" in value;
 }
 
+/** A statement on a session that has ended, refused unsent. */
+function ended(): Promise<never> {
+  return Promise.reject(new SessionEndedError());
+}
+
 /** Statements handed at which the written ones are dropped from a session's list. */
 const HANDED_COMPACT_AT = 32;
 
@@ -375,7 +380,7 @@ export class Session {
     params: readonly unknown[] | undefined,
     options: StatementOptions,
   ): Promise<postgres.RowList<postgres.Row[]>> {
-    if (this.#dead) return Promise.reject(new SessionEndedError()) as Promise<never>;
+    if (this.#dead) return ended();
     const query = this.sql.unsafe(
       text,
       params as postgres.ParameterOrJSON<never>[] | undefined,
@@ -515,17 +520,16 @@ export class Session {
 
   #hand(query: HandedEntry): void {
     // Small on purpose (see `query`): the compaction is out of line.
-    const count = this.#handedCount < this.#compactAt ? this.#handedCount : this.#compact();
-    this.#handed[count] = query;
-    this.#handedCount = count + 1;
+    if (this.#handedCount >= this.#compactAt) this.#compact();
+    this.#handed[this.#handedCount++] = query;
   }
 
   /**
    * Taken statements (a `state` set by the connection) are postgres.js's to settle: they are
    * dropped now and then, in place. Statements nobody dispatched yet stay (weakly) until the
-   * checkout that made them ends (see `refuseUnsent`). Returns the entries kept.
+   * checkout that made them ends (see `refuseUnsent`).
    */
-  #compact(): number {
+  #compact(): void {
     const handed = this.#handed;
     const count = this.#handedCount;
     let kept = 0;
@@ -543,7 +547,7 @@ export class Session {
     // With a deep pipeline most entries are still in flight: compacting again at the next
     // statement would scan them all once per statement.
     this.#compactAt = Math.max(HANDED_COMPACT_AT, 2 * kept);
-    return kept;
+    this.#handedCount = kept;
   }
 
   /**
