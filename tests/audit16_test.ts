@@ -3,7 +3,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
-import { startProxy, type TcpProxy } from "./harness/proxy.ts";
+import { behind, startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { Pool, type PoolConfig, type PoolEventDetailMap } from "../mod.ts";
@@ -30,11 +30,7 @@ function pool(app: string, extra: Partial<PoolConfig> = {}): Pool {
 }
 
 /** The primary's endpoint, reached through `proxy`. */
-const behind = (proxy: TcpProxy) => ({
-  ...cluster.endpoints()[0],
-  host: proxy.host,
-  port: proxy.port,
-});
+const viaProxy = (proxy: TcpProxy) => behind(proxy, cluster.endpoints()[0]);
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -74,45 +70,60 @@ describe("pool.listen channel names", () => {
   });
 });
 
+/**
+ * A pool whose one connection sat idle past validate_after_ms on a host that then went silent:
+ * `start(signal)` begins a checkout that waits on the connection's ping; it is aborted 100 ms
+ * later and must reject with the signal's reason at once. Then the host answers again, the
+ * permit must come back once the ping settles, and `afterwards(p)` must get a working checkout.
+ */
+async function abortDuringPing(
+  app: string,
+  start: (p: Pool, signal: AbortSignal) => Promise<unknown>,
+  afterwards: (p: Pool) => Promise<void>,
+): Promise<void> {
+  const proxy = await startProxy(cluster.primary);
+  try {
+    const p = pool(app, {
+      db: [{ ...viaProxy(proxy), connect_timeout: 3 }],
+      validate_after_ms: 50,
+    });
+    await p.query("g", "SELECT 1");
+    await sleep(100);
+    proxy.mode = "blackhole";
+    const ctl = new AbortController();
+    const reason = new Error("client went away");
+    const checkout = start(p, ctl.signal);
+    await sleep(100);
+    const aborted = performance.now();
+    ctl.abort(reason);
+    await assert.rejects(checkout, (e: unknown) => e === reason);
+    const ms = performance.now() - aborted;
+    assert.ok(ms < 500, `rejected ${Math.round(ms)} ms after the abort`);
+    // The ping is still out on the connection: the checkout holds it until that settles.
+    assert.equal(p.stats().groups.g.busy, 1);
+    proxy.mode = "pass";
+    await waitFor(() => p.stats().groups.g.busy === 0, {
+      timeoutMs: 10_000,
+      message: "the permit back once the ping settled",
+    });
+    await afterwards(p);
+    await p.close();
+  } finally {
+    proxy.mode = "pass";
+    await proxy.close();
+  }
+}
+
 describe("pool.acquire while the connection it took is being proven", () => {
   // A connection idle past validate_after_ms is pinged before acquire() resolves. On a host gone
   // silent the ping waits out connect_timeout, and the move that follows waits for routing: the
   // caller's abort was ignored for all of it (4.9 s here, then NoEndpointAvailableError instead
   // of the signal's reason).
   it("rejects with its signal's reason at once; the permit comes back when the ping settles", async () => {
-    const proxy = await startProxy(cluster.primary);
-    try {
-      const p = pool("a16-abortping", {
-        db: [{ ...behind(proxy), connect_timeout: 3 }],
-        validate_after_ms: 50,
-      });
-      await p.query("g", "SELECT 1");
-      await sleep(100);
-      proxy.mode = "blackhole";
-      const ctl = new AbortController();
-      const reason = new Error("client went away");
-      const acquiring = p.acquire("g", { signal: ctl.signal });
-      await sleep(100);
-      const aborted = performance.now();
-      ctl.abort(reason);
-      await assert.rejects(acquiring, (e: unknown) => e === reason);
-      const ms = performance.now() - aborted;
-      assert.ok(ms < 500, `rejected ${Math.round(ms)} ms after the abort`);
-      // The ping is still out on the connection: the checkout holds it until that settles.
-      assert.equal(p.stats().groups.g.busy, 1);
-      proxy.mode = "pass";
-      await waitFor(() => p.stats().groups.g.busy === 0, {
-        timeoutMs: 10_000,
-        message: "the permit back once the ping settled",
-      });
+    await abortDuringPing("a16-abortping", (p, signal) => p.acquire("g", { signal }), async (p) => {
       await using db = await p.acquire("g", { timeout_ms: 5_000 });
       assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
-      await db.release();
-      await p.close();
-    } finally {
-      proxy.mode = "pass";
-      await proxy.close();
-    }
+    });
   });
 });
 
@@ -120,42 +131,21 @@ describe("a checkout's first statement while its connection is being proven", ()
   // The same wait, through pool.transaction(): its signal ended only a wait for a permit. The
   // first statement waited out the ping of a silent host and the move after it.
   it("pool.transaction rejects with its signal's reason at once; the permit comes back", async () => {
-    const proxy = await startProxy(cluster.primary);
-    try {
-      const p = pool("a16-abortping-tx", {
-        db: [{ ...behind(proxy), connect_timeout: 3 }],
-        validate_after_ms: 50,
-      });
-      await p.query("g", "SELECT 1");
-      await sleep(100);
-      proxy.mode = "blackhole";
-      const ctl = new AbortController();
-      const reason = new Error("client went away");
-      let ran = 0;
-      const tx = p.transaction("g", async (db) => {
-        await db.query("SELECT 1");
-        ran++;
-      }, { signal: ctl.signal });
-      await sleep(100);
-      const aborted = performance.now();
-      ctl.abort(reason);
-      await assert.rejects(tx, (e: unknown) => e === reason);
-      const ms = performance.now() - aborted;
-      assert.ok(ms < 500, `rejected ${Math.round(ms)} ms after the abort`);
-      assert.equal(ran, 0);
-      proxy.mode = "pass";
-      await waitFor(() => p.stats().groups.g.busy === 0, {
-        timeoutMs: 10_000,
-        message: "the permit back once the ping settled",
-      });
-      await p.transaction("g", async (db) => {
-        assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
-      }, { timeout_ms: 5_000 });
-      await p.close();
-    } finally {
-      proxy.mode = "pass";
-      await proxy.close();
-    }
+    let ran = 0;
+    await abortDuringPing(
+      "a16-abortping-tx",
+      (p, signal) =>
+        p.transaction("g", async (db) => {
+          await db.query("SELECT 1");
+          ran++;
+        }, { signal }),
+      async (p) => {
+        assert.equal(ran, 0);
+        await p.transaction("g", async (db) => {
+          assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
+        }, { timeout_ms: 5_000 });
+      },
+    );
   });
 });
 

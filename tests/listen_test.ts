@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { poolSessions } from "./harness/faults.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
-import { startProxy, type TcpProxy } from "./harness/proxy.ts";
+import { behind, startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
 import { NoEndpointAvailableError, Pool, type PoolConfig } from "../mod.ts";
 
@@ -33,11 +33,7 @@ function pool(app: string, extra: Partial<PoolConfig> = {}): Pool {
 }
 
 /** The primary's endpoint, reached through `proxy`. */
-const behind = (proxy: TcpProxy) => ({
-  ...cluster.endpoints()[0],
-  host: proxy.host,
-  port: proxy.port,
-});
+const viaProxy = (proxy: TcpProxy) => behind(proxy, cluster.endpoints()[0]);
 
 const listenSessions = async (app: string) =>
   (await poolSessions(cluster, app)).filter((s) => s.applicationName === `${app}/listen`);
@@ -131,7 +127,7 @@ describe("pool.listen", () => {
     // when no server can serve it (not a driver's internal one), within the probe deadline.
     const proxy = await startProxy(cluster.primary);
     try {
-      await using p = pool("l2b", { db: [behind(proxy)] });
+      await using p = pool("l2b", { db: [viaProxy(proxy)] });
       await p.query("write", "SELECT 1");
       let lost = 0;
       p.addEventListener("listenlost", () => lost++);
@@ -221,7 +217,7 @@ describe("pool.listen", () => {
     const proxy = await startProxy(cluster.primary);
     try {
       await using p = pool("l3p", {
-        db: [behind(proxy)],
+        db: [viaProxy(proxy)],
         health_check_interval_ms: 0,
         listen_heartbeat_ms: 300,
         probe_timeout_ms: 500,
@@ -255,7 +251,7 @@ describe("pool.listen", () => {
     // everything else (probes included): only a deadline on the LISTEN itself ends the wait.
     const proxy = await startProxy(cluster.primary);
     try {
-      await using p = pool("l7", { db: [behind(proxy)], probe_timeout_ms: 1000 });
+      await using p = pool("l7", { db: [viaProxy(proxy)], probe_timeout_ms: 1000 });
       await p.query("write", "SELECT 1");
       let lost = 0;
       p.addEventListener("listenlost", () => lost++);
@@ -286,7 +282,7 @@ describe("pool.listen", () => {
   it("a re-subscription whose LISTEN gets no answer is retried until restored", async () => {
     const proxy = await startProxy(cluster.primary);
     try {
-      await using p = pool("l8", { db: [behind(proxy)], probe_timeout_ms: 1000 });
+      await using p = pool("l8", { db: [viaProxy(proxy)], probe_timeout_ms: 1000 });
       const events: string[] = [];
       p.addEventListener("listenlost", (e) => events.push(`lost ${e.detail.reason}`));
       p.addEventListener("listenrestored", () => events.push("restored"));
@@ -319,7 +315,7 @@ describe("pool.listen", () => {
     const proxy = await startProxy(cluster.primary);
     try {
       await using p = pool("l9", {
-        db: [{ ...behind(proxy), connect_timeout: 30 }],
+        db: [{ ...viaProxy(proxy), connect_timeout: 30 }],
         probe_timeout_ms: 30_000,
       });
       await p.query("write", "SELECT 1");
@@ -342,7 +338,7 @@ describe("pool.listen", () => {
     const proxy = await startProxy(cluster.primary);
     try {
       await using p = pool("l10", {
-        db: [behind(proxy)],
+        db: [viaProxy(proxy)],
         health_check_interval_ms: 0,
         listen_heartbeat_ms: 0,
       });
@@ -370,7 +366,7 @@ describe("pool.listen", () => {
     const proxy = await startProxy(cluster.primary);
     try {
       await using p = pool("l11", {
-        db: [{ ...behind(proxy), connect_timeout: 2 }],
+        db: [{ ...viaProxy(proxy), connect_timeout: 2 }],
         health_check_interval_ms: 0,
         listen_heartbeat_ms: 300,
         probe_timeout_ms: 500,
@@ -404,7 +400,7 @@ describe("pool.listen", () => {
     const realSet = globalThis.setTimeout;
     const realClear = globalThis.clearTimeout;
     try {
-      const p = pool("l12", { db: [behind(proxy)] });
+      const p = pool("l12", { db: [viaProxy(proxy)] });
       await p.listen("t", () => {});
       const cut = stallListen(proxy, "t");
       await cluster.primary.query(

@@ -4,7 +4,7 @@ import process from "node:process";
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { closedPort } from "./harness/closed_port.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
-import { startProxy, type TcpProxy } from "./harness/proxy.ts";
+import { behind, startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { sleep, waitFor } from "./harness/wait.ts";
 import { followPrimary, waitReplayed, waitStreaming } from "./harness/faults.ts";
 import {
@@ -42,8 +42,8 @@ function pool(app: string, groups: PoolConfig["groups"], extra: Partial<PoolConf
 }
 
 /** The first server's settings, dialled through `proxy` (the proxy's server answers). */
-function behind(proxy: TcpProxy): EndpointConfig {
-  return { ...cluster.endpoints()[0], host: proxy.host, port: proxy.port };
+function viaProxy(proxy: TcpProxy): EndpointConfig {
+  return behind(proxy, cluster.endpoints()[0]);
 }
 
 async function portOf(
@@ -418,7 +418,7 @@ describe("replica lag", () => {
     try {
       await using p = pool("lagdown", {
         read: { connection_count: 2, role: "replica", max_replica_lag_ms: 300 },
-      }, { db: [cluster.endpoints()[0], behind(proxy)] });
+      }, { db: [cluster.endpoints()[0], viaProxy(proxy)] });
       const events: string[] = [];
       for (
         const type of ["replicalagging", "replicacaughtup", "endpointdown", "endpointup"] as const
@@ -486,7 +486,11 @@ describe("replica lag", () => {
       await using p = pool("recvstop", {
         read: { connection_count: 2, role: "replica", max_replica_lag_ms: 1000 },
       }, {
-        db: [behind(proxy), { ...cluster.endpoints()[0], host: replica.host, port: replica.port }],
+        db: [viaProxy(proxy), {
+          ...cluster.endpoints()[0],
+          host: replica.host,
+          port: replica.port,
+        }],
       });
       await waitFor(async () => (await portOf(p, "read")) === replica.port, {
         message: "the replica routed",
@@ -675,7 +679,7 @@ describe("read-your-writes", () => {
         application_name: "ryw-moved-writer",
       });
       await using p = new Pool({
-        db: [behind(proxy), cluster.endpoints()[0]],
+        db: [viaProxy(proxy), cluster.endpoints()[0]],
         groups: {
           touch: { connection_count: 1, endpoints: [0] },
           read: { connection_count: 1, role: "replica", read_your_writes_timeout_ms: 300 },
@@ -822,7 +826,7 @@ describe("hung hosts", () => {
     const proxy = await startProxy(replica);
     try {
       await using p = new Pool({
-        db: [cluster.endpoints()[0], behind(proxy)],
+        db: [cluster.endpoints()[0], viaProxy(proxy)],
         groups: { read: { connection_count: 1, role: "replica" } },
         application_name: "hung1",
         health_check_interval_ms: 200,
@@ -944,7 +948,7 @@ describe("hung hosts", () => {
     const proxy = await startProxy(replica);
     try {
       await using p = new Pool({
-        db: [cluster.endpoints()[0], behind(proxy)],
+        db: [cluster.endpoints()[0], viaProxy(proxy)],
         groups: {
           write: { connection_count: 1, role: "primary" },
           read: { connection_count: 2, role: "prefer-replica", read_your_writes_timeout_ms: 300 },
@@ -982,7 +986,7 @@ describe("hung hosts", () => {
         db: [
           cluster.endpoints()[0],
           { ...cluster.endpoints()[0], host: healthy.host, port: healthy.port },
-          behind(proxy),
+          viaProxy(proxy),
         ],
         groups: {
           write: { connection_count: 1, role: "primary" },
@@ -1023,7 +1027,7 @@ describe("hung hosts", () => {
     const proxy = await startProxy(cluster.primary);
     try {
       const p = new Pool({
-        db: [behind(proxy)],
+        db: [viaProxy(proxy)],
         groups: { g: { connection_count: 1, acquire_timeout_ms: 20_000 } },
         application_name: "hung6",
         health_check_interval_ms: 200,
@@ -1062,7 +1066,7 @@ describe("hung hosts", () => {
     const proxy = await startProxy(replica);
     try {
       const p = new Pool({
-        db: [cluster.endpoints()[0], behind(proxy)],
+        db: [cluster.endpoints()[0], viaProxy(proxy)],
         groups: {
           write: { connection_count: 1, role: "primary" },
           read: { connection_count: 2, role: "replica", read_your_writes_timeout_ms: 8000 },

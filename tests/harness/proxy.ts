@@ -281,3 +281,8 @@ function reset(s: Socket): void {
   }
   s.destroy();
 }
+
+/** `endpoint` (a server's config entry) reached through `proxy` instead. */
+export function behind<E extends { host: string; port: number }>(proxy: TcpProxy, endpoint: E): E {
+  return { ...endpoint, host: proxy.host, port: proxy.port };
+}
