@@ -1,7 +1,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
-import { followPrimary, pauseReplay, waitReplayed, waitStreaming } from "./harness/faults.ts";
+import { followPrimary, stopStreaming, waitReplayed, waitStreaming } from "./harness/faults.ts";
 import { startProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
@@ -278,8 +278,11 @@ describe("split brain", () => {
         });
       }
       await p.refresh();
-      await pauseReplay(replica);
-      // Keep writing so that received WAL waits for replay and the lag grows.
+      // Not paused replay: a promotion replays what was received first, and the replica could
+      // then be seen caught up for a moment before it is primary (which is true, and was told:
+      // a flaky failure on Bun and PostgreSQL 15). Without streaming, nothing is left to replay.
+      await stopStreaming(replica);
+      // Keep writing so that the lag grows.
       const writer = setInterval(() => {
         primary.query("INSERT INTO brain VALUES ('lag')").catch(() => {});
       }, 50);
@@ -290,7 +293,7 @@ describe("split brain", () => {
       } finally {
         clearInterval(writer);
       }
-      // Promoted with its replay paused: both groups take it as their primary.
+      // Promoted while behind: both groups take it as their primary.
       await replica.promote();
       const port = async () =>
         (await p.query<{ port: number }>("prefer", "SELECT inet_server_port() AS port"))[0].port;

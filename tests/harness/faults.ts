@@ -151,6 +151,16 @@ function conninfo(cluster: PgCluster, primary: PgServer, name: string): string {
 }
 
 /**
+ * Stops a running standby's streaming (an empty primary_conninfo, reloaded): it falls behind
+ * with nothing received left to replay, so a promotion then does not catch it up first (with
+ * replay paused instead, PostgreSQL 14+ replays what it received before it promotes).
+ */
+export async function stopStreaming(standby: PgServer): Promise<void> {
+  await standby.query("alter system set primary_conninfo = ''");
+  await standby.query("select pg_reload_conf()");
+}
+
+/**
  * Points a running standby's walreceiver at `primary` (ALTER SYSTEM + reload; PostgreSQL 13+
  * re-reads primary_conninfo without a restart). With the default recovery_target_timeline
  * ('latest') it follows a promoted sibling's new timeline.
