@@ -32,13 +32,17 @@ export function mayWrite(text: string): boolean {
   return known !== undefined ? known : learnWrites(text);
 }
 
-/** Texts already judged by `mayWrite`; bounded (texts built per call would grow it for good). */
+/**
+ * Texts already judged by `mayWrite`; bounded in count (texts built per call would grow it for
+ * good) and in length (a long text is judged again rather than kept alive).
+ */
 const writes = new Map<string, boolean>();
 const MAX_WRITES = 1024;
+const MAX_KEPT_LENGTH = 2048;
 
 function learnWrites(text: string): boolean {
   const write = !READ_ONLY.test(text) && (!WITH.test(text) || DML.test(text));
-  if (writes.size < MAX_WRITES) writes.set(text, write);
+  if (writes.size < MAX_WRITES && text.length <= MAX_KEPT_LENGTH) writes.set(text, write);
   return write;
 }
 
@@ -66,7 +70,6 @@ export function sendTokenQuery(conn: ServerConnection): Promise<Rows> {
  * Sends a write with the token query pipelined right behind it (one round trip): `sent` is the
  * write's result, `lsn` the position read after it committed.
  */
-/** An autocommit write with the token query pipelined behind it. */
 export function sendWrite(
   conn: ServerConnection,
   text: string,
