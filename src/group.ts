@@ -130,7 +130,7 @@ export class Group {
     this.#sem = new Semaphore(settings.size);
     this.#seats = new SeatQueue(
       settings.acquireTimeoutMs,
-      () => this.#timedOut(settings.acquireTimeoutMs),
+      () => this.timedOut(settings.acquireTimeoutMs),
       () => this.#seatPermitCancel?.(SEATS_GONE),
       // Each one-shot that waited for a seat is a checkout that waited: its own wait counts,
       // in stats() and for the hooks (the permit the queue seeks for it records none).
@@ -468,7 +468,8 @@ export class Group {
     return this.#seats.give(conn, now);
   }
 
-  #timedOut(limitMs: number): AcquireTimeoutError {
+  /** A checkout of this group waited `limitMs` in vain: counted, told, and the error to throw. */
+  timedOut(limitMs: number): AcquireTimeoutError {
     this.counters.timeouts++;
     this.context.events.dispatchEvent(poolEvent("acquiretimeout", { group: this.name }));
     return new AcquireTimeoutError(this.name, limitMs);
@@ -513,7 +514,7 @@ export class Group {
       return this.#afterPermit(after, signal, started, limit, onQueued);
     }, (err: unknown) => {
       if (err instanceof DOMException && err.name === "TimeoutError" && !signal?.aborted) {
-        throw this.#timedOut(limit);
+        throw this.timedOut(limit);
       }
       throw err;
     });
@@ -627,7 +628,7 @@ export class Group {
       if (at >= 0) this.#awaitingRoute.splice(at, 1);
       if (this.#members.length === 0 && !this.closing) {
         if (why === "aborted") throw signal!.reason;
-        if (why === "late") throw this.#timedOut(limitMs!);
+        if (why === "late") throw this.timedOut(limitMs!);
       }
     }
     if (this.closing) throw new PoolClosedError();

@@ -149,10 +149,13 @@ export class Lease {
   readonly #pinned: boolean;
   /** The checkout's signal: it also ends `pool.acquire()`'s wait for the connection's proof. */
   readonly #signal: AbortSignal | undefined;
+  /** The checkout's `timeout_ms`, if given: it also bounds the wait for the connection's proof. */
+  readonly #timeoutMs: number | undefined;
 
   constructor(group: Group, options: ResolvedHandlerOptions) {
     this.group = group;
     this.#signal = options.signal;
+    this.#timeoutMs = options.timeoutMs;
     this.autocommit = options.autocommit ?? group.settings.autocommit;
     this.#pinned = options.after !== undefined && group.settings.role !== "primary";
     const conn = options.after === undefined ? group.tryCheckout() : null;
@@ -208,17 +211,63 @@ export class Lease {
       undo();
       throw err;
     };
-    const ready = (held: ServerConnection): T | Promise<T> => {
+    // The caller waits from here: for the connection (its own deadline, from the checkout),
+    // then for its proof, which gets what is left of timeout_ms.
+    const ready = (held: ServerConnection, from?: number): T | Promise<T> => {
       const proof = this.#readyOn(held);
       if (proof === undefined) return value;
-      return (this.#signal === undefined ? proof : untilAborted(proof, this.#signal)).then(
-        () => value,
-        fail,
-      );
+      return this.#untilProven(proof, from ?? performance.now()).then(() => value, fail);
     };
     const conn = this.#conn;
     if (conn !== null) return ready(conn);
-    return this.#connection().then(ready, fail);
+    const from = performance.now();
+    return this.#connection().then((held) => ready(held, from), fail);
+  }
+
+  /**
+   * `proof` (the ping, and the move off a dead connection, that `pool.acquire()` or a
+   * checkout's first statement waits for), or sooner the signal's reason or, once the caller
+   * has waited the checkout's timeout since `from`, `AcquireTimeoutError`: a ping on a host
+   * gone silent takes `connect_timeout`, then the move waits for routing, and both used to be
+   * waited out whatever the caller asked. The proof runs on under its own count of statements
+   * in flight (`#prove`, `#proving`), so a release that follows the rejection checks the
+   * connection in once it has settled, never while the ping is out.
+   */
+  #untilProven<T>(proof: Promise<T>, from: number): Promise<T> {
+    const limitMs = this.#timeoutMs ?? this.group.settings.acquireTimeoutMs;
+    const signal = this.#signal;
+    // Aborted before the proof began: a checkout that waited for nothing ignores its signal (a
+    // free connection is taken synchronously), and one whose connection needs a proof must not
+    // fail where one that needs none would go on.
+    const listening = signal !== undefined && !signal.aborted;
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      const settle = () => {
+        settled = true;
+        clearTimeout(timer);
+        if (listening) signal.removeEventListener("abort", onAbort);
+      };
+      const onAbort = () => {
+        if (settled) return;
+        settle();
+        reject(signal!.reason);
+      };
+      const timer = setTimeout(() => {
+        if (settled) return;
+        settle();
+        reject(this.group.timedOut(limitMs));
+      }, Math.max(0, from + limitMs - performance.now()));
+      if (listening) signal.addEventListener("abort", onAbort, { once: true });
+      proof.then((value) => {
+        if (settled) return;
+        settle();
+        resolve(value);
+      }, (err) => {
+        if (settled) return;
+        settle();
+        reject(err);
+      });
+    });
   }
 
   #readyOn(conn: ServerConnection): Promise<void> | undefined {
@@ -303,15 +352,14 @@ export class Lease {
     arrays: boolean,
   ): Promise<Rows> {
     this.#inflight++;
+    const from = performance.now();
     try {
       let conn = this.#conn ?? await this.#connection();
       if (!this.#used && !this.#validated && this.#stale(conn)) {
         // Concurrent first statements share one validation: one swap at most. The checkout's
-        // signal ends the wait for it, as it ends the wait for the connection (the statement
-        // is not sent); the validation itself runs on, counted in flight on its own.
-        const validating = this.#validating ??= this.#proving(conn);
-        conn =
-          await (this.#signal === undefined ? validating : untilAborted(validating, this.#signal));
+        // signal and timeout end the wait for it, as they end the wait for the connection (the
+        // statement is not sent); the validation itself runs on, counted in flight on its own.
+        conn = await this.#untilProven(this.#validating ??= this.#proving(conn), from);
       }
       return await this.#send(conn, text, params, arrays, 1);
     } finally {
@@ -920,24 +968,4 @@ export class Lease {
       `Handler of group ${JSON.stringify(this.group.name)} was used after release`,
     );
   }
-}
-
-/**
- * `proof` (the ping, and the move off a dead connection, that `pool.acquire()` or a checkout's
- * first statement waits for), or the signal's reason as soon as it aborts: the caller was still
- * waiting for its checkout, and a ping on a host gone silent takes `connect_timeout`, then the
- * move waits for routing (the abort used to be heard only after both). The proof runs on under
- * its own count of statements in flight (`#prove`, `#proving`), so a release that follows the
- * rejection checks the connection in once it has settled, never while the ping is out.
- */
-function untilAborted<T>(proof: Promise<T>, signal: AbortSignal): Promise<T> {
-  // Aborted before the proof began: a checkout that waited for nothing ignores its signal (a
-  // free connection is taken synchronously), and one whose connection needs a proof must not
-  // fail where one that needs none would go on.
-  if (signal.aborted) return proof;
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    proof.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
 }

@@ -56,7 +56,10 @@ async function timeoutDuringPing(
     const started = performance.now();
     await assert.rejects(start(p), (e: unknown) => e instanceof AcquireTimeoutError);
     const ms = performance.now() - started;
-    assert.ok(ms < 1_500, `rejected ${Math.round(ms)} ms after the checkout began (timeout_ms 300)`);
+    assert.ok(
+      ms < 1_500,
+      `rejected ${Math.round(ms)} ms after the checkout began (timeout_ms 300)`,
+    );
     proxy.mode = "pass";
     await waitFor(() => p.stats().groups.g.busy === 0, {
       timeoutMs: 10_000,
@@ -76,20 +79,25 @@ describe("a checkout's timeout_ms while its connection is being proven", () => {
   // move after it waited for routing, with the checkout's timeout_ms (300 ms) ignored for all
   // of it: a caller's deadline outlived by ten times.
   it("pool.acquire rejects with AcquireTimeoutError at its deadline", async () => {
-    await timeoutDuringPing("a18-ping-acquire", (p) => p.acquire("g", { timeout_ms: 300 }), async (p) => {
-      await using db = await p.acquire("g", { timeout_ms: 5_000 });
-      assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
-    });
+    await timeoutDuringPing(
+      "a18-ping-acquire",
+      (p) => p.acquire("g", { timeout_ms: 300 }),
+      async (p) => {
+        await using db = await p.acquire("g", { timeout_ms: 5_000 });
+        assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
+      },
+    );
   });
 
   it("pool.transaction rejects with AcquireTimeoutError at its deadline, its callback never run", async () => {
     let ran = 0;
     await timeoutDuringPing(
       "a18-ping-tx",
-      (p) => p.transaction("g", async (db) => {
-        await db.query("SELECT 1");
-        ran++;
-      }, { timeout_ms: 300 }),
+      (p) =>
+        p.transaction("g", async (db) => {
+          await db.query("SELECT 1");
+          ran++;
+        }, { timeout_ms: 300 }),
       async (p) => {
         assert.equal(ran, 0);
         await p.transaction("g", async (db) => {
