@@ -1,12 +1,12 @@
 // Defects found by audit 16 (LISTEN, leak detection, abort signals and deadlines, close()
-// races), each proven against real servers.
+// races) and audit 18 (a checkout's timeout during a ping), each proven against real servers.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { behind, startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
-import { Pool, type PoolConfig, type PoolEventDetailMap } from "../mod.ts";
+import { AcquireTimeoutError, Pool, type PoolConfig, type PoolEventDetailMap } from "../mod.ts";
 
 await setTestTimeout(180_000);
 
@@ -71,14 +71,14 @@ describe("pool.listen channel names", () => {
 });
 
 /**
- * A pool whose one connection sat idle past validate_after_ms on a host that then went silent:
- * `start(signal)` begins a checkout that waits on the connection's ping; it is aborted 100 ms
- * later and must reject with the signal's reason at once. Then the host answers again, the
- * permit must come back once the ping settles, and `afterwards(p)` must get a working checkout.
+ * A pool whose one connection sat idle past validate_after_ms on a host that then went silent
+ * (connect_timeout 3 s): `interrupt(p)` runs a checkout that waits on the connection's ping and
+ * checks how it ends. Then the host answers again, the permit must come back once the ping
+ * settles, and `afterwards(p)` must get a working checkout.
  */
-async function abortDuringPing(
+async function duringSilentPing(
   app: string,
-  start: (p: Pool, signal: AbortSignal) => Promise<unknown>,
+  interrupt: (p: Pool) => Promise<void>,
   afterwards: (p: Pool) => Promise<void>,
 ): Promise<void> {
   const proxy = await startProxy(cluster.primary);
@@ -90,17 +90,7 @@ async function abortDuringPing(
     await p.query("g", "SELECT 1");
     await sleep(100);
     proxy.mode = "blackhole";
-    const ctl = new AbortController();
-    const reason = new Error("client went away");
-    const checkout = start(p, ctl.signal);
-    await sleep(100);
-    const aborted = performance.now();
-    ctl.abort(reason);
-    await assert.rejects(checkout, (e: unknown) => e === reason);
-    const ms = performance.now() - aborted;
-    assert.ok(ms < 500, `rejected ${Math.round(ms)} ms after the abort`);
-    // The ping is still out on the connection: the checkout holds it until that settles.
-    assert.equal(p.stats().groups.g.busy, 1);
+    await interrupt(p);
     proxy.mode = "pass";
     await waitFor(() => p.stats().groups.g.busy === 0, {
       timeoutMs: 10_000,
@@ -112,6 +102,50 @@ async function abortDuringPing(
     proxy.mode = "pass";
     await proxy.close();
   }
+}
+
+/**
+ * `start(p, signal)` begins a checkout that waits on a silent host's ping; it is aborted 100 ms
+ * later and must reject with the signal's reason at once, the ping still out.
+ */
+function abortDuringPing(
+  app: string,
+  start: (p: Pool, signal: AbortSignal) => Promise<unknown>,
+  afterwards: (p: Pool) => Promise<void>,
+): Promise<void> {
+  return duringSilentPing(app, async (p) => {
+    const ctl = new AbortController();
+    const reason = new Error("client went away");
+    const checkout = start(p, ctl.signal);
+    await sleep(100);
+    const aborted = performance.now();
+    ctl.abort(reason);
+    await assert.rejects(checkout, (e: unknown) => e === reason);
+    const ms = performance.now() - aborted;
+    assert.ok(ms < 500, `rejected ${Math.round(ms)} ms after the abort`);
+    // The ping is still out on the connection: the checkout holds it until that settles.
+    assert.equal(p.stats().groups.g.busy, 1);
+  }, afterwards);
+}
+
+/**
+ * `start(p)` begins a checkout with `timeout_ms: 300` that waits on a silent host's ping: it
+ * must reject with AcquireTimeoutError near its deadline, not after the ping's connect_timeout.
+ */
+function timeoutDuringPing(
+  app: string,
+  start: (p: Pool) => Promise<unknown>,
+  afterwards: (p: Pool) => Promise<void>,
+): Promise<void> {
+  return duringSilentPing(app, async (p) => {
+    const started = performance.now();
+    await assert.rejects(start(p), (e: unknown) => e instanceof AcquireTimeoutError);
+    const ms = performance.now() - started;
+    assert.ok(
+      ms < 1_500,
+      `rejected ${Math.round(ms)} ms after the checkout began (timeout_ms 300)`,
+    );
+  }, afterwards);
 }
 
 describe("pool.acquire while the connection it took is being proven", () => {
@@ -139,6 +173,41 @@ describe("a checkout's first statement while its connection is being proven", ()
           await db.query("SELECT 1");
           ran++;
         }, { signal }),
+      async (p) => {
+        assert.equal(ran, 0);
+        await p.transaction("g", async (db) => {
+          assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
+        }, { timeout_ms: 5_000 });
+      },
+    );
+  });
+});
+
+describe("a checkout's timeout_ms while its connection is being proven", () => {
+  // Found by audit 18. acquire() resolves only with a proven connection: one idle past
+  // validate_after_ms is pinged first. The ping waited out connect_timeout (3 s here) on a silent
+  // host and the move after it waited for routing, the checkout's timeout_ms (300 ms) ignored
+  // for all of it: 5 s, then NoEndpointAvailableError.
+  it("pool.acquire rejects with AcquireTimeoutError at its deadline", async () => {
+    await timeoutDuringPing(
+      "a18-ping-acquire",
+      (p) => p.acquire("g", { timeout_ms: 300 }),
+      async (p) => {
+        await using db = await p.acquire("g", { timeout_ms: 5_000 });
+        assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
+      },
+    );
+  });
+
+  it("pool.transaction rejects with AcquireTimeoutError at its deadline, its callback never done", async () => {
+    let ran = 0;
+    await timeoutDuringPing(
+      "a18-ping-tx",
+      (p) =>
+        p.transaction("g", async (db) => {
+          await db.query("SELECT 1");
+          ran++;
+        }, { timeout_ms: 300 }),
       async (p) => {
         assert.equal(ran, 0);
         await p.transaction("g", async (db) => {
