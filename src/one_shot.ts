@@ -54,7 +54,9 @@ export function oneShot(
     return Promise.reject(err);
   }
   if (held instanceof Promise) {
-    return held.then((conn) => send(group, conn, text, params, arrays, attempt, false));
+    // The statement's wait began here: a proof of its connection gets what is left of it.
+    const from = performance.now();
+    return held.then((conn) => send(group, conn, text, params, arrays, attempt, false, from));
   }
   return send(group, held, text, params, arrays, attempt, false);
 }
@@ -67,9 +69,10 @@ function send(
   arrays: boolean,
   attempt: number,
   validated: boolean,
+  from?: number,
 ): Promise<Rows> {
   if (!validated && conn.users === 1 && isStale(group, conn)) {
-    return revalidate(group, conn).then((fresh) =>
+    return revalidate(group, conn, from ?? performance.now()).then((fresh) =>
       send(group, fresh, text, params, arrays, attempt, true)
     );
   }
@@ -152,7 +155,35 @@ function isStale(group: Group, conn: ServerConnection): boolean {
 // A connection of our own that sat idle: prove it alive before writing anything on it. While
 // it is being pinged (users === 1), other one-shots may already join it; they are covered by the
 // same rule as any statement on a connection that dies: not-executed moves, unknown reports.
-async function revalidate(group: Group, conn: ServerConnection): Promise<ServerConnection> {
+function revalidate(
+  group: Group,
+  conn: ServerConnection,
+  from: number,
+): Promise<ServerConnection> {
+  const limitMs = group.settings.acquireTimeoutMs;
+  const proven = proveOrMove(group, conn);
+  // The caller waits for a connection it can use: acquire_timeout_ms bounds the ping (on a host
+  // gone silent it takes connect_timeout) and the move after it, as it bounds a wait for a seat.
+  // Past it the proof runs on, and a hold it ends with is given up once it has one.
+  return new Promise((resolve, reject) => {
+    let late = false;
+    const timer = setTimeout(() => {
+      late = true;
+      reject(group.timedOut(limitMs));
+    }, Math.max(0, from + limitMs - performance.now()));
+    proven.then((next) => {
+      if (late) return group.checkin(next, false);
+      clearTimeout(timer);
+      resolve(next);
+    }, (err) => {
+      if (late) return;
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
+async function proveOrMove(group: Group, conn: ServerConnection): Promise<ServerConnection> {
   if (!conn.dead) {
     try {
       await conn.ping(conn.endpoint.connectTimeoutS * 1000);

@@ -80,12 +80,14 @@ async function duringSilentPing(
   app: string,
   interrupt: (p: Pool) => Promise<void>,
   afterwards: (p: Pool) => Promise<void>,
+  extra: Partial<PoolConfig> = {},
 ): Promise<void> {
   const proxy = await startProxy(cluster.primary);
   try {
     const p = pool(app, {
       db: [{ ...viaProxy(proxy), connect_timeout: 3 }],
       validate_after_ms: 50,
+      ...extra,
     });
     await p.query("g", "SELECT 1");
     await sleep(100);
@@ -136,16 +138,22 @@ function timeoutDuringPing(
   app: string,
   start: (p: Pool) => Promise<unknown>,
   afterwards: (p: Pool) => Promise<void>,
+  extra: Partial<PoolConfig> = {},
 ): Promise<void> {
-  return duringSilentPing(app, async (p) => {
-    const started = performance.now();
-    await assert.rejects(start(p), (e: unknown) => e instanceof AcquireTimeoutError);
-    const ms = performance.now() - started;
-    assert.ok(
-      ms < 1_500,
-      `rejected ${Math.round(ms)} ms after the checkout began (timeout_ms 300)`,
-    );
-  }, afterwards);
+  return duringSilentPing(
+    app,
+    async (p) => {
+      const started = performance.now();
+      await assert.rejects(start(p), (e: unknown) => e instanceof AcquireTimeoutError);
+      const ms = performance.now() - started;
+      assert.ok(
+        ms < 1_500,
+        `rejected ${Math.round(ms)} ms after the checkout began (timeout_ms 300)`,
+      );
+    },
+    afterwards,
+    extra,
+  );
 }
 
 describe("pool.acquire while the connection it took is being proven", () => {
@@ -196,6 +204,20 @@ describe("a checkout's timeout_ms while its connection is being proven", () => {
         await using db = await p.acquire("g", { timeout_ms: 5_000 });
         assert.equal((await db.query("SELECT 1 AS one"))[0].one, 1);
       },
+    );
+  });
+
+  // The same for a one-shot: pool.query pings a connection idle past validate_after_ms before
+  // its statement goes out, and that ping waited out connect_timeout whatever the group's
+  // acquire_timeout_ms.
+  it("pool.query rejects with AcquireTimeoutError at the group's acquire_timeout_ms", async () => {
+    await timeoutDuringPing(
+      "a18-ping-oneshot",
+      (p) => p.query("g", "SELECT 1"),
+      async (p) => {
+        assert.equal((await p.query("g", "SELECT 1 AS one"))[0].one, 1);
+      },
+      { groups: { g: { connection_count: 1, acquire_timeout_ms: 300 } } },
     );
   });
 
