@@ -122,6 +122,8 @@ export class Group {
   #seekingSeats = false;
   /** Withdraws that permit wait while it sits in the semaphore's queue. */
   #seatPermitCancel: ((reason: unknown) => void) | undefined;
+  /** Whether that permit wait still sits in the semaphore's queue. */
+  #seatPermitQueued: (() => boolean) | undefined;
 
   constructor(settings: ResolvedGroup, endpoints: readonly Endpoint[], context: GroupContext) {
     this.name = settings.name;
@@ -172,7 +174,9 @@ export class Group {
 
   /** Checkouts waiting in the semaphore's queue for a connection of their own. */
   get #exclusiveWaiting(): number {
-    return this.#sem.waiting - (this.#seatPermitCancel !== undefined ? 1 : 0);
+    // Asked of the semaphore, not of #seatPermitCancel: that is forgotten only once the
+    // settled wait's callbacks run, a microtask after the semaphore stopped counting it.
+    return this.#sem.waiting - (this.#seatPermitQueued?.() ? 1 : 0);
   }
 
   /** Server connections open (idle or busy). */
@@ -436,9 +440,13 @@ export class Group {
     if (!this.#sem.tryAcquire()) {
       if (!this.context.threaded) throw new PoolExhaustedError(this.name, this.settings.size);
       try {
-        await this.#sem.wait(undefined, undefined, (cancel) => this.#seatPermitCancel = cancel);
+        await this.#sem.wait(undefined, undefined, (cancel, queued) => {
+          this.#seatPermitCancel = cancel;
+          this.#seatPermitQueued = queued;
+        });
       } finally {
         this.#seatPermitCancel = undefined;
+        this.#seatPermitQueued = undefined;
       }
     }
     return this.#afterPermit(undefined, undefined, FOR_SEATS);

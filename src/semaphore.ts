@@ -104,12 +104,14 @@ export class Semaphore {
 
   /**
    * Like `acquire()` but resolves to nothing; the caller must call `release()` exactly once.
-   * `onQueued` receives a function that withdraws the wait (cheaper than an `AbortSignal`).
+   * `onQueued` receives a function that withdraws the wait (cheaper than an `AbortSignal`) and
+   * one that tells whether it is still queued (false from the moment it is settled, before its
+   * promise's callbacks run).
    */
   wait(
     signal?: AbortSignal,
     timeoutMs?: number,
-    onQueued?: (cancel: (reason: unknown) => void) => void,
+    onQueued?: (cancel: (reason: unknown) => void, queued: () => boolean) => void,
   ): Promise<void> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.#free > 0) {
@@ -131,7 +133,7 @@ export class Semaphore {
       }
       this.#queue.push(waiter);
       this.#live++;
-      onQueued?.((reason) => this.#settle(waiter, reason));
+      onQueued?.((reason) => this.#settle(waiter, reason), () => !waiter.done);
       if (waiter.deadline < this.#timerAt) this.#arm(waiter.deadline);
     });
   }

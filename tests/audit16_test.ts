@@ -240,6 +240,27 @@ describe("a checkout's timeout_ms while its connection is being proven", () => {
   });
 });
 
+describe("stats while a one-shot waits for a seat", () => {
+  // Found by the property test once it had acquire steps (seed 20261129, its 5th program). The
+  // group derived its waiting checkouts as the semaphore's waiters minus one while a one-shot's
+  // wait for a permit of seats was registered, and forgot that registration a microtask after
+  // the semaphore had settled the wait: stats read right after close() said `waiting: -1`.
+  it("never counts fewer than zero waiting, also right after close()", async () => {
+    const p = pool("a18-seatwait");
+    const held = await p.acquire("g");
+    await held.query("SELECT 1");
+    const oneShot = p.query("g", "SELECT 1");
+    oneShot.catch(() => {});
+    await waitFor(() => p.stats().groups.g.waiting === 1, { message: "the one-shot waits" });
+    const closing = p.close();
+    const stats = p.stats().groups.g;
+    assert.equal(stats.waiting, 0, JSON.stringify(stats));
+    held.release();
+    await closing;
+    await assert.rejects(oneShot);
+  });
+});
+
 describe("leak detection of a checkout that waits", () => {
   // The leak clock started when the handler was made, not when it got its connection: under
   // load every checkout that waited longer than leak_detection_ms for a permit was reported as

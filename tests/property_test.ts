@@ -48,6 +48,12 @@ const RUNS = Number(process.env.PGDBPOOL_FC_RUNS ?? 25);
 const TIME_LIMIT_MS = Number(process.env.PGDBPOOL_FC_TIME_LIMIT_MS ?? 90_000);
 /** Any single operation taking longer than this is a hang. */
 const OP_DEADLINE_MS = Number(process.env.PGDBPOOL_FC_DEADLINE_MS ?? 15_000);
+/**
+ * How far past its timeout (`timeout_ms`, else the groups' `acquire_timeout_ms` of 300 ms) a
+ * `pool.acquire()` may settle: room for a loaded 2-core machine, far below the connect_timeout a
+ * wait on a silent host's ping would take.
+ */
+const ACQUIRE_SLACK_MS = 1_500;
 const VERBOSE = process.env.PGDBPOOL_FC_VERBOSE === "1";
 /** Development: log violations and carry on instead of failing (nothing is shrunk). */
 const SURVEY = process.env.PGDBPOOL_FC_SURVEY === "1";
@@ -149,6 +155,8 @@ type Cmd =
   | { op: "release"; slot: number; how: "now" | "sync" | "async"; wait: boolean }
   | { op: "abort"; slot: number }
   | { op: "oneshot"; group: GroupName; write: boolean; wait: boolean }
+  /** `pool.acquire()`, released at once: it must settle within its timeout (see ACQUIRE_SLACK_MS). */
+  | { op: "acquire"; group: GroupName; timeoutMs: number | null; wait: boolean }
   /**
    * A one-shot with a value that cannot be sent: `undefined` (refused before anything is sent)
    * or "infinity" for a timestamptz (postgres.js cannot encode it; Bun's SQL sends NULL).
@@ -252,6 +260,15 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
       op: fc.constant("oneshot" as const),
       group: groupArb,
       write: fc.boolean(),
+      wait: fc.boolean(),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant("acquire" as const),
+      group: groupArb,
+      timeoutMs: fc.constantFrom(null, 30, 300),
       wait: fc.boolean(),
     }),
   },
@@ -740,6 +757,20 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
     }
   };
 
+  const doAcquire = async (group: GroupName, timeoutMs: number | null) => {
+    const limitMs = timeoutMs ?? 300;
+    const what = `acquire(${group}, ${limitMs} ms)`;
+    const started = performance.now();
+    const r = await guard(
+      pool.acquire(group, timeoutMs === null ? {} : { timeout_ms: timeoutMs }),
+      what,
+    );
+    const ms = Math.round(performance.now() - started);
+    log(`${what}: ${r.ok ? "ok" : describeErr(r.err)} after ${ms} ms`);
+    if (r.ok) r.value.release();
+    if (ms > limitMs + ACQUIRE_SLACK_MS) violate(`${what} settled after ${ms} ms`);
+  };
+
   const doBad = async (group: GroupName, kind: "undefined" | "unparseable") => {
     const what = `one-shot with an ${kind} value on ${group}`;
     // Its own error, or what any statement may meet under faults; never a server's ERROR,
@@ -1095,6 +1126,11 @@ async function runProgram(cfg: Config, cmds: readonly Cmd[]): Promise<void> {
         }
         case "oneshot": {
           const p = track(doOneShot(cmd.group, cmd.write));
+          if (cmd.wait) await p;
+          break;
+        }
+        case "acquire": {
+          const p = track(doAcquire(cmd.group, cmd.timeoutMs));
           if (cmd.wait) await p;
           break;
         }
