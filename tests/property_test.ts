@@ -1,11 +1,13 @@
-// Model-free property test: random programs of checkouts, statements, commits, rollbacks,
-// releases, aborts, timeouts, one-shots, blocks opened through db.sql (`` db.sql`BEGIN` ``,
-// which the pool's own tracking cannot see) and close, interleaved with faults (backend kills, a
+// Model-free property test: random programs of checkouts (handlers and `pool.acquire()`),
+// statements, commits, rollbacks, releases, aborts, timeouts, one-shots, blocks opened through
+// db.sql (`` db.sql`BEGIN` ``, which the pool's own tracking cannot see) and close, interleaved with faults (backend kills, a
 // blackholed primary, connection resets, a role connection limit), run against ONE pool on a real
 // primary + replica. Nothing models what the pool should answer; after every step, at barriers
 // and at the end, invariants that must hold whatever happened are checked:
 //
-// - every operation settles within OP_DEADLINE_MS (a hang is a failure);
+// - every operation settles within OP_DEADLINE_MS (a hang is a failure), and `pool.acquire()`
+//   within its timeout plus ACQUIRE_SLACK_MS (its wait for a permit, for a routable server and
+//   for the proof of a stale connection are all bounded by it);
 // - stats: busy <= size, idle <= open <= size, waiting >= 0; busy == 0 once nothing is held;
 // - server: after a barrier no pool session is idle in transaction, and the pool's sessions
 //   (by application_name) are no more than the groups' `open`; after close() there are none;
