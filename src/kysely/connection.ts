@@ -138,8 +138,9 @@ export class PgdbpoolConnection implements DatabaseConnection {
         if (done) this.#router.record(await this.#noting(db.commit()));
         else if (!this.#lost) await db.rollback();
       } else if (!failed) {
-        // Left early inside a transaction: the cursor goes, the transaction stays.
-        await db.query(`CLOSE ${cursor}`);
+        // Left early inside a transaction: the cursor goes, the transaction stays. A loss the
+        // CLOSE meets is noted: Kysely's rollback must not carry the connection to a new session.
+        await this.#noting(db.query(`CLOSE ${cursor}`));
       }
     }
   }
