@@ -8,6 +8,7 @@ import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { Pool, SessionLostError } from "../mod.ts";
 import { PgdbpoolDialect } from "../kysely.ts";
+import { drizzle } from "../drizzle.ts";
 
 await setTestTimeout(180_000);
 
@@ -83,5 +84,30 @@ describe("kysely: streams under faults", () => {
       `went on with ${JSON.stringify(outcome.later)}`,
     );
     await waitFor(() => p.stats().groups.write.busy === 0, { message: "permit back" });
+  });
+});
+
+describe("integration options: no password in their errors", () => {
+  it("a connection URL passed where the pool goes is named without its password", () => {
+    // Drizzle's own drivers take drizzle(url): passing the URL here was refused with a
+    // TypeError that quoted it whole, password included.
+    const secret = "s3cr3t-audit19";
+    const url = `postgres://app:${secret}@db.example:5432/app`;
+    const attempts: [string, () => unknown][] = [
+      ["drizzle()", () => drizzle(url as unknown as Pool, { group: "write" })],
+      [
+        "PgdbpoolDialect",
+        () => new PgdbpoolDialect({ pool: url as unknown as Pool, group: "write" }),
+      ],
+    ];
+    for (const [caller, attempt] of attempts) {
+      assert.throws(attempt, (err: Error) => {
+        assert.ok(err instanceof TypeError, String(err));
+        assert.ok(err.message.startsWith(caller), err.message);
+        assert.ok(!err.message.includes(secret), `password in ${err.message}`);
+        assert.ok(err.message.includes("db.example"), `the value is still named: ${err.message}`);
+        return true;
+      });
+    }
   });
 });

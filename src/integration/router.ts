@@ -9,6 +9,7 @@
  */
 
 import { type Handler, Pool, type Rows, type ValueRows } from "../../mod.ts";
+import { redactUrl } from "../config.ts";
 import { parseLsn } from "../lsn.ts";
 import { quote } from "../quote.ts";
 import { mayWrite } from "../token.ts";
@@ -56,7 +57,9 @@ export class Router {
    */
   constructor(pool: Pool, options: RouterOptions, caller: string, otherKeys: readonly string[]) {
     if (!(pool instanceof Pool)) {
-      throw new TypeError(`${caller} needs a Pool of @x/pgdbpool (got ${quote(pool)})`);
+      // Drizzle's own drivers take a connection URL here: it is named without its password.
+      const given = typeof pool === "string" ? redactUrl(pool) : pool;
+      throw new TypeError(`${caller} needs a Pool of @x/pgdbpool (got ${quote(given)})`);
     }
     if (typeof options !== "object" || options === null) {
       throw new TypeError(`${caller} needs options with a group (got ${quote(options)})`);
