@@ -9,6 +9,7 @@ import { waitFor } from "./harness/wait.ts";
 import { Pool, SessionLostError } from "../mod.ts";
 import { PgdbpoolDialect } from "../kysely.ts";
 import { drizzle } from "../drizzle.ts";
+import { instrument, type MeterProvider } from "../otel.ts";
 
 await setTestTimeout(180_000);
 
@@ -108,6 +109,36 @@ describe("integration options: no password in their errors", () => {
         assert.ok(err.message.includes("db.example"), `the value is still named: ${err.message}`);
         return true;
       });
+    }
+  });
+});
+
+describe("otel: instrument() of something that is not a pool", () => {
+  it("is refused before anything is registered, naming the value without a password", () => {
+    // instrument(url) registered its metrics callback, then failed assigning the hooks to a
+    // string: Deno's TypeError quoted the URL whole, password included, and the callback stayed
+    // registered (calling stats() of a string at every collection). An object was accepted
+    // without a word, with the same callback.
+    const secret = "s3cr3t-audit19";
+    const url = `postgres://app:${secret}@db.example:5432/app`;
+    for (const notAPool of [url, { db: url }, undefined]) {
+      let meters = 0;
+      const meterProvider = {
+        getMeter() {
+          meters++;
+          throw new Error("a meter was asked for");
+        },
+      } as unknown as MeterProvider;
+      assert.throws(
+        () => instrument(notAPool as unknown as Pool, { meterProvider }),
+        (err: Error) => {
+          assert.ok(err instanceof TypeError, String(err));
+          assert.match(err.message, /^instrument\(\) needs a Pool/);
+          assert.ok(!err.message.includes(secret), `password in ${err.message}`);
+          return true;
+        },
+      );
+      assert.equal(meters, 0, "nothing registered for a value that is not a pool");
     }
   });
 });

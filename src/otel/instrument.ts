@@ -9,6 +9,7 @@ import { type Histogram, metrics, trace } from "@opentelemetry/api";
 import type * as api from "@opentelemetry/api";
 import { type PoolHooks, poolHooks } from "../hooks.ts";
 import type { Pool } from "../pool.ts";
+import { quote } from "../quote.ts";
 import { GroupAttributeCache, ServerAttributeCache } from "./attributes.ts";
 import { createHistograms, observePool } from "./metrics.ts";
 import { SpanNames } from "./span_name.ts";
@@ -126,6 +127,19 @@ export interface Instrumentation extends Disposable {
  * ```
  */
 export function instrument(pool: Pool, options: InstrumentOptions = {}): Instrumentation {
+  // Refused before anything is registered: a URL or a config object passed by mistake used to
+  // register the metrics callback and then fail (Deno's TypeError quoting the URL, password
+  // included) or be instrumented without a word. Told by the pool's observer slot, not by
+  // `instanceof`: importing the Pool class would load the driver into this entry, which must
+  // run without Node modules (workerd without nodejs_compat). A string may be a URL with its
+  // password: only its kind is named.
+  if (
+    typeof pool !== "object" || pool === null || !(poolHooks in pool) ||
+    typeof (pool as { stats?: unknown }).stats !== "function"
+  ) {
+    const given = typeof pool === "string" ? "a string" : quote(pool);
+    throw new TypeError(`instrument() needs a Pool of @x/pgdbpool (got ${given})`);
+  }
   if (pool[poolHooks] !== undefined) {
     throw new TypeError(
       "pool is already instrumented: call the function the first instrument() returned before instrumenting it again",
