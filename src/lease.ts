@@ -427,7 +427,7 @@ export class Lease {
   ): Promise<Rows> {
     if (begin !== undefined) await begin;
     this.#ran(conn, rows, text, done);
-    if (lsn !== undefined) await this.#record(lsn);
+    if (lsn !== undefined) await this.#record(lsn, conn);
     return rows;
   }
 
@@ -546,7 +546,7 @@ export class Lease {
     this.#tx = false;
     conn.lastUsed = performance.now();
     if (result.command === "ROLLBACK") throw new TransactionAbortedError(this.group.name);
-    return lsn === undefined ? undefined : await this.#record(lsn);
+    return lsn === undefined ? undefined : await this.#record(lsn, conn);
   }
 
   /**
@@ -879,8 +879,8 @@ export class Lease {
     else if (mayHideBlock(text)) this.#untracked = true;
   }
 
-  async #record(lsn: Promise<Rows>): Promise<string | undefined> {
-    const token = await readToken(lsn);
+  async #record(lsn: Promise<Rows>, conn: ServerConnection): Promise<string | undefined> {
+    const token = await readToken(lsn, conn, this.group.context.topology);
     if (token !== undefined) {
       this.#token = token;
       this.group.context.onToken(token);

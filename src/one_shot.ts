@@ -107,7 +107,7 @@ function send(
     // Its text was found clean before it was sent (pool.ts): only the tag can tell more.
     group.checkin(conn, false, residueOfCommand(rows.command, text));
     if (lsn === undefined) return rows;
-    return readToken(lsn).then((token) => {
+    return readToken(lsn, conn, group.context.topology).then((token) => {
       if (token !== undefined) group.context.onToken(token);
       return rows;
     });

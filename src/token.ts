@@ -9,6 +9,7 @@
 import type { StatementOptions } from "./driver/postgres.ts";
 import type { Rows } from "./rows.ts";
 import type { ServerConnection } from "./server_connection.ts";
+import type { Topology } from "./topology.ts";
 
 const noop = () => {};
 
@@ -46,14 +47,25 @@ function learnWrites(text: string): boolean {
   return write;
 }
 
-/** The token from a pipelined `LSN_SQL`, or `undefined` when it failed or ran on a replica. */
-export async function readToken(lsn: Promise<Rows>): Promise<string | undefined> {
+/**
+ * The token from a pipelined `LSN_SQL` sent on `conn`, or `undefined` when it ran on a replica.
+ * When that query was lost (the connection cut between the write's acknowledgement and the
+ * query's answer), the write stands acknowledged all the same: its token is then the position
+ * read now on the server's probe session (`undefined` if that fails too).
+ */
+export async function readToken(
+  lsn: Promise<Rows>,
+  conn: ServerConnection,
+  topology: Topology,
+): Promise<string | undefined> {
+  let rows: Rows;
   try {
-    const token = (await lsn)[0]?.lsn;
-    return typeof token === "string" ? token : undefined;
+    rows = await lsn;
   } catch {
-    return undefined;
+    return topology.insertLsn(conn.endpoint);
   }
+  const token = rows[0]?.lsn;
+  return typeof token === "string" ? token : undefined;
 }
 
 /**

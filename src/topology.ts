@@ -12,6 +12,7 @@ import type { Endpoint, EndpointRole } from "./endpoint.ts";
 import { poolEvent, reasonOf } from "./events.ts";
 import { parseLsn } from "./lsn.ts";
 import { withDeadline } from "./deadline.ts";
+import { LSN_SQL } from "./token.ts";
 import {
   isCapacityError,
   isConnectionError,
@@ -328,6 +329,34 @@ export class Topology {
           throw err;
         }
       }
+    }
+  }
+
+  /**
+   * A primary's WAL insert position read now on its probe session (`LSN_SQL`): the token of a
+   * write whose own token query was lost after the write's acknowledgement, which this position
+   * is past as well. `undefined` when the server is no primary any more, or does not answer
+   * within one probe deadline.
+   */
+  async insertLsn(endpoint: Endpoint): Promise<string | undefined> {
+    if (this.#closed) return undefined;
+    let client = this.#clients.get(endpoint);
+    if (client === undefined || client.dead) {
+      client = endpoint.probeSession();
+      this.#clients.set(endpoint, client);
+    }
+    try {
+      const rows = await withDeadline(
+        client.query(LSN_SQL, undefined, PROBE),
+        this.deadline(endpoint),
+      );
+      const lsn = rows[0]?.lsn;
+      return typeof lsn === "string" ? lsn : undefined;
+    } catch {
+      // A failed probe session may hold a half-dead socket: never reuse it.
+      if (this.#clients.get(endpoint) === client) this.#clients.delete(endpoint);
+      client.end(0);
+      return undefined;
     }
   }
 
