@@ -6,6 +6,7 @@
  */
 
 import { quote } from "./quote.ts";
+import { redactUrl } from "./redact.ts";
 
 /**
  * Base class of every error the pool raises, so callers can tell pool conditions from
@@ -77,7 +78,8 @@ export class UnconfiguredGroupError extends PoolError {
       })`,
     );
     this.name = "UnconfiguredGroupError";
-    this.group = group;
+    // What was asked for, but never a connection string's password (pool.handler(url)).
+    this.group = typeof group === "string" ? redactUrl(group) : group;
   }
 }
 

@@ -112,7 +112,7 @@ export function resolveHandlerOptions(group: string, options: unknown): Resolved
   if (options === undefined) return NO_HANDLER_OPTIONS;
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
     throw new TypeError(
-      `Handler options of group ${JSON.stringify(group)} must be an object (got ${quote(options)})`,
+      `Handler options of group ${quote(group)} must be an object (got ${quote(options)})`,
     );
   }
   const o = options as Record<string, unknown>;
@@ -125,7 +125,7 @@ export function resolveHandlerOptions(group: string, options: unknown): Resolved
     ) {
       throw new TypeError(
         `Handler option ${JSON.stringify(key)} of group ${
-          JSON.stringify(group)
+          quote(group)
         } is not known (known: ${KNOWN})`,
       );
     }
@@ -137,7 +137,7 @@ export function resolveHandlerOptions(group: string, options: unknown): Resolved
   ) return NO_HANDLER_OPTIONS;
   if (signal !== undefined && !isAbortSignal(signal)) {
     throw new TypeError(
-      `Handler option signal of group ${JSON.stringify(group)} must be an AbortSignal (got ${
+      `Handler option signal of group ${quote(group)} must be an AbortSignal (got ${
         quote(signal)
       })`,
     );
@@ -149,13 +149,13 @@ export function resolveHandlerOptions(group: string, options: unknown): Resolved
   ) {
     throw new RangeError(
       `Handler option timeout_ms of group ${
-        JSON.stringify(group)
+        quote(group)
       } must be a number from 0 to ${MAX_TIMER_MS} (got ${quote(timeoutMs)})`,
     );
   }
   if (autocommit !== undefined && typeof autocommit !== "boolean") {
     throw new TypeError(
-      `Handler option autocommit of group ${JSON.stringify(group)} must be true or false (got ${
+      `Handler option autocommit of group ${quote(group)} must be true or false (got ${
         quote(autocommit)
       })`,
     );
@@ -165,9 +165,9 @@ export function resolveHandlerOptions(group: string, options: unknown): Resolved
     lsn = typeof after === "string" && TOKEN.test(after) ? parseLsn(after) : undefined;
     if (lsn === undefined) {
       throw new TypeError(
-        `Handler option after of group ${
-          JSON.stringify(group)
-        } must be a token from commit() (got ${quote(after)})`,
+        `Handler option after of group ${quote(group)} must be a token from commit() (got ${
+          quote(after)
+        })`,
       );
     }
   }

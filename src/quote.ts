@@ -5,10 +5,17 @@
  * @module
  */
 
-/** Quotes `value` for an error message: strings JSON-quoted and cut at 80 characters. */
+import { redactUrl } from "./redact.ts";
+
+/**
+ * Quotes `value` for an error message: strings JSON-quoted, without a connection string's
+ * password (a URL passed where a group name or a statement goes is an easy slip), and cut at
+ * 80 characters.
+ */
 export function quote(value: unknown): string {
   if (typeof value === "string") {
-    return JSON.stringify(value.length > 80 ? value.slice(0, 77) + "..." : value);
+    const shown = redactUrl(value);
+    return JSON.stringify(shown.length > 80 ? shown.slice(0, 77) + "..." : shown);
   }
   if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") {
     return String(value);

@@ -261,6 +261,39 @@ describe("stats while a one-shot waits for a seat", () => {
   });
 });
 
+describe("a connection URL passed where a group name goes", () => {
+  // Found by audit 19 (audit 18 round). Drizzle's and postgres.js's own entry points take a URL,
+  // so pool.handler(url) is an easy slip: the group name was quoted as given, and
+  // UnconfiguredGroupError's message and its `group` property held the URL's password, as did
+  // the handler-option and transaction-option errors that name the group.
+  it("is quoted and kept without its password", async () => {
+    await using p = pool("a18-urlgroup");
+    const url = "postgres://app:hunter2@db.example.com:5432/app";
+    const errors: unknown[] = [];
+    const attempt = (fn: () => unknown) => {
+      try {
+        const r = fn();
+        if (r instanceof Promise) return r.catch((err) => errors.push(err));
+      } catch (err) {
+        errors.push(err);
+      }
+    };
+    attempt(() => p.handler(url));
+    attempt(() => p.handler(url, { timeout_ms: -1 }));
+    attempt(() => p.handler(url, "x" as never));
+    await attempt(() => p.acquire(url));
+    await attempt(() => p.query(url, "SELECT 1"));
+    await attempt(() => p.transaction(url, async () => {}));
+    await attempt(() => p.transaction(url, async () => {}, "x" as never));
+    assert.equal(errors.length, 7);
+    for (const err of errors) {
+      const e = err as Error & { group?: unknown };
+      assert.doesNotMatch(`${e.message} ${String(e.group)}`, /hunter2/, e.message);
+      assert.match(e.message, /db\.example\.com/, "the host still named");
+    }
+  });
+});
+
 describe("leak detection of a checkout that waits", () => {
   // The leak clock started when the handler was made, not when it got its connection: under
   // load every checkout that waited longer than leak_detection_ms for a permit was reported as

@@ -2,7 +2,8 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { inspect } from "node:util";
 import { ConfigError, Pool, type PoolConfig } from "../mod.ts";
-import { redactUrl, resolveConfig } from "../src/config.ts";
+import { resolveConfig } from "../src/config.ts";
+import { redactUrl } from "../src/redact.ts";
 
 const secret = "s3cr3t-Pa55";
 const good = (): PoolConfig => ({

@@ -9,7 +9,7 @@
  */
 
 import { type Handler, Pool, type Rows, type ValueRows } from "../../mod.ts";
-import { redactUrl } from "../config.ts";
+import { redactUrl } from "../redact.ts";
 import { parseLsn } from "../lsn.ts";
 import { quote } from "../quote.ts";
 import { mayWrite } from "../token.ts";
