@@ -51,3 +51,41 @@ export function withDeadline<T>(promise: PromiseLike<T>, ms: number): Promise<T>
     }),
   ]).finally(() => clearTimeout(timer));
 }
+
+/**
+ * `proof`, or sooner `timedOut()` once the caller's deadline `at` (a `performance.now()` time)
+ * has passed, or `signal`'s reason when it aborts. A caller's deadline, so no grace for stalls:
+ * the caller asked to wait no longer. `proof` runs on past it, and `late` receives what it
+ * resolves to then (nobody else will: a connection held for the caller must be given back).
+ */
+export function untilCallerDeadline<T>(
+  proof: Promise<T>,
+  at: number,
+  timedOut: () => Error,
+  signal?: AbortSignal,
+  late?: (value: T) => void,
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false;
+    const settle = (): boolean => {
+      if (settled) return false;
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      return true;
+    };
+    const onAbort = () => {
+      if (settle()) reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      if (settle()) reject(timedOut());
+    }, Math.max(0, at - performance.now()));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    proof.then((value) => {
+      if (settle()) resolve(value);
+      else late?.(value);
+    }, (err) => {
+      if (settle()) reject(err);
+    });
+  });
+}

@@ -9,6 +9,7 @@
  */
 
 import type { EndpointInfo } from "./endpoint.ts";
+import { untilCallerDeadline } from "./deadline.ts";
 import {
   PoolClosedError,
   SessionLostError,
@@ -239,35 +240,12 @@ export class Lease {
     // Aborted before the proof began: a checkout that waited for nothing ignores its signal (a
     // free connection is taken synchronously), and one whose connection needs a proof must not
     // fail where one that needs none would go on.
-    const listening = signal !== undefined && !signal.aborted;
-    return new Promise<T>((resolve, reject) => {
-      let settled = false;
-      const settle = () => {
-        settled = true;
-        clearTimeout(timer);
-        if (listening) signal.removeEventListener("abort", onAbort);
-      };
-      const onAbort = () => {
-        if (settled) return;
-        settle();
-        reject(signal!.reason);
-      };
-      const timer = setTimeout(() => {
-        if (settled) return;
-        settle();
-        reject(this.group.timedOut(limitMs));
-      }, Math.max(0, from + limitMs - performance.now()));
-      if (listening) signal.addEventListener("abort", onAbort, { once: true });
-      proof.then((value) => {
-        if (settled) return;
-        settle();
-        resolve(value);
-      }, (err) => {
-        if (settled) return;
-        settle();
-        reject(err);
-      });
-    });
+    return untilCallerDeadline(
+      proof,
+      from + limitMs,
+      () => this.group.timedOut(limitMs),
+      signal?.aborted ? undefined : signal,
+    );
   }
 
   #readyOn(conn: ServerConnection): Promise<void> | undefined {

@@ -10,6 +10,7 @@
  * @module
  */
 
+import { untilCallerDeadline } from "./deadline.ts";
 import { SessionLostError } from "./errors.ts";
 import type { Group } from "./group.ts";
 import { MAX_ATTEMPTS, observe } from "./lease.ts";
@@ -161,26 +162,16 @@ function revalidate(
   from: number,
 ): Promise<ServerConnection> {
   const limitMs = group.settings.acquireTimeoutMs;
-  const proven = proveOrMove(group, conn);
   // The caller waits for a connection it can use: acquire_timeout_ms bounds the ping (on a host
   // gone silent it takes connect_timeout) and the move after it, as it bounds a wait for a seat.
   // Past it the proof runs on, and a hold it ends with is given up once it has one.
-  return new Promise((resolve, reject) => {
-    let late = false;
-    const timer = setTimeout(() => {
-      late = true;
-      reject(group.timedOut(limitMs));
-    }, Math.max(0, from + limitMs - performance.now()));
-    proven.then((next) => {
-      if (late) return group.checkin(next, false);
-      clearTimeout(timer);
-      resolve(next);
-    }, (err) => {
-      if (late) return;
-      clearTimeout(timer);
-      reject(err);
-    });
-  });
+  return untilCallerDeadline(
+    proveOrMove(group, conn),
+    from + limitMs,
+    () => group.timedOut(limitMs),
+    undefined,
+    (next) => group.checkin(next, false),
+  );
 }
 
 async function proveOrMove(group: Group, conn: ServerConnection): Promise<ServerConnection> {
