@@ -304,11 +304,7 @@ export class Topology {
   ): Promise<ProbeRow> {
     const until = performance.now() + this.deadline(endpoint);
     for (;;) {
-      let client = this.#clients.get(endpoint);
-      if (client === undefined || client.dead) {
-        client = endpoint.probeSession();
-        this.#clients.set(endpoint, client);
-      }
+      const client = this.#session(endpoint);
       const reused = client.established;
       try {
         const rows = await withDeadline(
@@ -322,9 +318,7 @@ export class Topology {
           endpoint.controlDenied = true;
           continue;
         }
-        // A failed probe session may hold a half-dead socket: never reuse it.
-        this.#clients.delete(endpoint);
-        client.end(0);
+        this.#discard(endpoint, client);
         if (!reused || this.#closed || !isConnectionError(err) || performance.now() >= until) {
           throw err;
         }
@@ -340,11 +334,7 @@ export class Topology {
    */
   async insertLsn(endpoint: Endpoint): Promise<string | undefined> {
     if (this.#closed) return undefined;
-    let client = this.#clients.get(endpoint);
-    if (client === undefined || client.dead) {
-      client = endpoint.probeSession();
-      this.#clients.set(endpoint, client);
-    }
+    const client = this.#session(endpoint);
     try {
       const rows = await withDeadline(
         client.query(LSN_SQL, undefined, PROBE),
@@ -353,11 +343,25 @@ export class Topology {
       const lsn = rows[0]?.lsn;
       return typeof lsn === "string" ? lsn : undefined;
     } catch {
-      // A failed probe session may hold a half-dead socket: never reuse it.
-      if (this.#clients.get(endpoint) === client) this.#clients.delete(endpoint);
-      client.end(0);
+      this.#discard(endpoint, client);
       return undefined;
     }
+  }
+
+  /** The endpoint's probe session, opened afresh when there is none or it died. */
+  #session(endpoint: Endpoint): DriverSession {
+    let client = this.#clients.get(endpoint);
+    if (client === undefined || client.dead) {
+      client = endpoint.probeSession();
+      this.#clients.set(endpoint, client);
+    }
+    return client;
+  }
+
+  /** A failed probe session may hold a half-dead socket: never reuse it. */
+  #discard(endpoint: Endpoint, client: DriverSession): void {
+    if (this.#clients.get(endpoint) === client) this.#clients.delete(endpoint);
+    client.end(0);
   }
 
   /** Checks one replica's replay position right now (read-your-writes waits on it). */
