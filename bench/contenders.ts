@@ -8,7 +8,6 @@
  * @module
  */
 
-import postgres from "postgres";
 import { Pool, type PoolConfig } from "../mod.ts";
 import { tryBunDriver } from "./bun_driver.ts";
 import {
@@ -16,6 +15,7 @@ import {
   bunSqlClass,
   endpoints,
   newPgPool,
+  postgresJs,
   warmBunSql,
   warmGroup,
   warmPg,
@@ -24,7 +24,6 @@ import {
 import { NAME } from "./names.ts";
 
 const APP = "pgdbpool-bench";
-const noop = () => {};
 
 /** One open contender: a call as its users write it, and how to let go of it. */
 export interface Instance {
@@ -79,23 +78,6 @@ function poolContenders(
       },
     },
   ];
-}
-
-/** Builds a raw postgres.js client like env.ts's `rawClient`, without its exit cleanup. */
-export function postgresJs(max: number): postgres.Sql {
-  const e = endpoints[0];
-  return postgres({
-    host: e.host,
-    port: e.port,
-    database: e.name,
-    username: e.user,
-    password: e.pass,
-    max,
-    idle_timeout: 0,
-    max_lifetime: null,
-    onnotice: noop,
-    connection: { application_name: APP },
-  });
 }
 
 /** A Bun `SQL` client like env.ts's `bunSql`, without its exit cleanup; undefined off Bun. */

@@ -146,10 +146,13 @@ export async function warmGroup(pool: Pool, group: string, n: number): Promise<v
   }
 }
 
-/** A raw postgres.js client of `max` connections to one endpoint. */
-export function rawClient(max: number, endpoint = 0): postgres.Sql {
+/**
+ * A postgres.js client of `max` connections to one endpoint, as its users open one, with no exit
+ * cleanup (see `rawClient`).
+ */
+export function postgresJs(max: number, endpoint = 0): postgres.Sql {
   const e = endpoints[endpoint];
-  const sql = postgres({
+  return postgres({
     host: e.host,
     port: e.port,
     database: e.name,
@@ -161,6 +164,11 @@ export function rawClient(max: number, endpoint = 0): postgres.Sql {
     onnotice: noop,
     connection: { application_name: APP },
   });
+}
+
+/** A raw postgres.js client of `max` connections to one endpoint, ended at exit. */
+export function rawClient(max: number, endpoint = 0): postgres.Sql {
+  const sql = postgresJs(max, endpoint);
   cleanup(() => sql.end({ timeout: 1 }));
   return sql;
 }

@@ -17,8 +17,8 @@
 import process from "node:process";
 import { Pool } from "../mod.ts";
 import { tryBunDriver } from "./bun_driver.ts";
-import { bunSqlClient, poolConfig, postgresJs } from "./contenders.ts";
-import { warmBunSql, warmGroup, warmRaw } from "./env.ts";
+import { bunSqlClient, poolConfig } from "./contenders.ts";
+import { postgresJs, warmBunSql, warmGroup, warmRaw } from "./env.ts";
 import { MEMORY_CONNECTIONS, MEMORY_IDLE, NAME } from "./names.ts";
 
 /** One measurement (bytes). */

@@ -12,7 +12,8 @@
 import postgres from "postgres";
 import { ENDPOINTS_VAR } from "../names.ts";
 import { APP, CONNECTIONS, openPool, poolDb, warmPool } from "./pool_db.ts";
-import { type Db, type Fortune, route, updateParams, type World } from "./tfb.ts";
+import { directDb, warmDirect } from "./direct_db.ts";
+import { type Db, route } from "./tfb.ts";
 
 function arg(name: string, fallback: string): string {
   const i = Deno.args.indexOf(`--${name}`);
@@ -43,26 +44,8 @@ if (variant === "pool") {
     max_lifetime: null,
     connection: { application_name: APP },
   });
-  const reserved = await Promise.all(Array.from({ length: CONNECTIONS }, () => sql.reserve()));
-  await Promise.all(reserved.map((r) => r`SELECT 1`));
-  for (const r of reserved) r.release();
-  db = {
-    async world(id) {
-      const rows = await sql<World[]>`
-        SELECT id, randomnumber AS "randomNumber" FROM world WHERE id = ${id}`;
-      return rows[0];
-    },
-    async fortunes() {
-      return await sql<Fortune[]>`SELECT id, message FROM fortune`;
-    },
-    async update(worlds) {
-      const [ids, numbers] = updateParams(worlds);
-      await sql`
-        UPDATE world SET randomnumber = v.r
-        FROM (SELECT unnest(${ids}::int[]) AS id, unnest(${numbers}::int[]) AS r) AS v
-        WHERE world.id = v.id`;
-    },
-  };
+  await warmDirect(sql);
+  db = directDb(sql);
   close = () => sql.end({ timeout: 1 });
 } else {
   throw new Error(`--variant must be pool or direct (got ${variant})`);
