@@ -8,6 +8,7 @@
  * @module
  */
 
+import type { StatementOptions } from "./driver/postgres.ts";
 import type { EndpointInfo } from "./endpoint.ts";
 import { untilCallerDeadline } from "./deadline.ts";
 import {
@@ -39,6 +40,8 @@ import { readToken, sendStatement, sendTokenQuery } from "./token.ts";
 import { asksToCommit, mayHideBlock, mayOpenBlock } from "./transaction_block.ts";
 
 const noop = () => {};
+/** The pool's own statement sent through the simple protocol: nothing named, parsed on the spot. */
+const UNPREPARED: StatementOptions = { prepare: false, simple: true };
 
 /** How many times the first statement of a checkout may move to a fresh connection. */
 export const MAX_ATTEMPTS = 3;
@@ -481,7 +484,11 @@ export class Lease {
     this.#untracked = false;
     const context = this.group.context;
     context.watch?.(conn.endpoint);
-    const commit = conn.session.query("COMMIT", undefined, conn.endpoint.controlOptions);
+    // After the caller dropped prepared statements (DEALLOCATE, DISCARD ALL) the pool's
+    // prepared COMMIT may be gone too: its failed Bind would abort the very transaction it is
+    // to commit. The connection is discarded at check-in all the same.
+    const options = this.#residue === UNRESETTABLE ? UNPREPARED : conn.endpoint.controlOptions;
+    const commit = conn.session.query("COMMIT", undefined, options);
     // Wire order is the order of the first then/catch: COMMIT first, the position after it.
     commit.catch(noop);
     const hooks = context.hooks;

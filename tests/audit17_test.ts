@@ -288,7 +288,7 @@ describe("a backend killed under a pipeline of one-shots", () => {
 });
 
 describe("prepared statements dropped by the caller", () => {
-  it("a commit after DEALLOCATE ALL in the transaction is acknowledged only if it committed", async () => {
+  it("a commit after DEALLOCATE ALL in the transaction commits, and is acknowledged only if it did", async () => {
     await servers();
     await cluster.primary.query("CREATE TABLE IF NOT EXISTS a17_dealloc (v int)");
     await using p = new Pool({
@@ -323,6 +323,9 @@ describe("prepared statements dropped by the caller", () => {
           committed,
           `commit ${committed ? "acknowledged" : "failed"}, rows ${n}`,
         );
+        // The pool's own prepared COMMIT went with the caller's: sent prepared, its failed Bind
+        // aborted the very transaction it was to commit (answered ROLLBACK).
+        assert.ok(committed, `${drop} made the pool's COMMIT roll the transaction back`);
         await cluster.primary.query("DELETE FROM a17_dealloc");
       }
     }

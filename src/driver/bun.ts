@@ -41,7 +41,8 @@
  *   tagged templates do. Other texts without
  *   parameters (seen for the first time, or several statements) go through the simple protocol
  *   (as postgres.js does: one result each, values in text form), as does everything on a
- *   session that does not prepare (`prepare: false`, e.g. behind PgBouncer).
+ *   session that does not prepare (`prepare: false`, e.g. behind PgBouncer) and a text sent
+ *   with `simple: true` (the COMMIT of a checkout that dropped prepared statements).
  * - Values: int8 and numeric as strings, dates as `Date`, json parsed, bytea as `Buffer`, like
  *   postgres.js; but arrays of int2/int4/float4/float8 in binary results (statements with
  *   parameters) come back as typed arrays (`Int32Array`...), `'infinity'` timestamps as
@@ -333,7 +334,9 @@ export class BunSession implements DriverSession {
     try {
       if (params !== undefined && params.length > 0) {
         query = this.#sql.unsafe(text, params as unknown[]);
-      } else if (this.#prepare && (options.simple === false || !options.prepare)) {
+      } else if (
+        this.#prepare && options.simple !== true && (options.simple === false || !options.prepare)
+      ) {
         query = this.#sql(template(text));
       } else {
         query = this.#sql.unsafe(text);

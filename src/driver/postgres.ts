@@ -256,8 +256,9 @@ export interface StatementOptions {
   /** Rows as arrays of column values instead of objects. */
   readonly arrays?: boolean;
   /**
-   * `false`: the extended protocol even without parameters (one statement). Otherwise a text
-   * without parameters goes through the simple protocol (several statements allowed).
+   * `false`: the extended protocol even without parameters (one statement). `true`: the simple
+   * protocol, nothing named, on either driver. Left out, a text without parameters goes through
+   * the simple protocol on postgres.js (several statements allowed); see the Bun driver for its.
    */
   readonly simple?: boolean;
 }
