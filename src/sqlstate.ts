@@ -46,14 +46,21 @@ export function isConnectionError(err: unknown): boolean {
     (connectionCodes.has(code) || code.startsWith("08") || isTlsCode(code));
 }
 
+// PgBouncer refuses a client over its own limits (max_client_conn; later versions also
+// max_db_client_connections, max_user_client_connections) with 08P01, its code for every error
+// of its own, and this message: only the text tells a full bouncer from a broken one.
+const BOUNCER_FULL = "no more connections allowed";
+
 /**
  * True when a server refused a new session for lack of room (53300 too many connections, 53400
- * a role's connection limit): a capacity condition of that one checkout, never a sign of ill
- * health.
+ * a role's connection limit, PgBouncer's `no more connections allowed`): a capacity condition
+ * of that one checkout, never a sign of ill health.
  */
 export function isCapacityError(err: unknown): boolean {
   const code = codeOf(err);
-  return code === "53300" || code === "53400";
+  if (code === "53300" || code === "53400") return true;
+  const message = (err as { message?: unknown }).message;
+  return code === "08P01" && typeof message === "string" && message.startsWith(BOUNCER_FULL);
 }
 
 /** True when a write reached a read-only server (a replica, or a demoted primary). */
