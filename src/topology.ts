@@ -91,6 +91,9 @@ export interface TopologyOptions {
 
 const PROBE = { prepare: false };
 
+/** What a witness session sends to log in (a session dials on its first statement). */
+const WITNESS_SQL = "SELECT 1";
+
 /** Role and health of every endpoint of a pool. */
 export class Topology {
   readonly endpoints: readonly Endpoint[];
@@ -98,6 +101,8 @@ export class Topology {
   readonly #events: EventTarget;
   readonly #clients = new Map<Endpoint, DriverSession>();
   readonly #watchdogs = new Map<Endpoint, ReturnType<typeof setTimeout>>();
+  /** Probe timeouts of a server that logged a session in meanwhile (see `#ask`). */
+  readonly #busy = new WeakSet<object>();
   readonly #listeners: (() => void)[] = [];
   readonly #tickers: ((now: number) => void)[] = [];
   readonly #history: PrimarySample[] = [];
@@ -243,8 +248,11 @@ export class Topology {
     try {
       row = await this.#ask(endpoint);
     } catch (err) {
-      // A server that is full still answers: capacity is not health.
-      if (!this.#closed && !isCapacityError(err)) this.markDown(endpoint, err);
+      // A server that is full still answers: capacity is not health. So does one that logs a
+      // session in but runs nothing in time (see `#ask`): taking an up server down for that
+      // would cut the statements it is running.
+      const busy = this.#busy.has(err as object) && endpoint.state === "up";
+      if (!this.#closed && !isCapacityError(err) && !busy) this.markDown(endpoint, err);
       return;
     } finally {
       endpoint.lastProbeAt = performance.now();
@@ -299,6 +307,15 @@ export class Topology {
   // so a fresh session gets the time left; one that stays silent used the whole deadline, and
   // the server is as silent as it: a second full deadline would double the time a hung host
   // holds the statements stuck on it.
+  //
+  // A query that times out on a session the server logged in is not silence, though: PgBouncer
+  // logs clients in itself and queues their statements while its server connections are all
+  // busy (a long statement of the pool's own is enough), and the probe waits in that queue.
+  // Taking the server down then cut every connection to it, the running statements with it.
+  // A fresh session whose login finished within the deadline proves the host answers (a hung or
+  // cut-off host completes no login): the error is marked busy, and `#probe` leaves an up server
+  // up. A reused session was logged in long ago, so halfway through its wait a witness session
+  // is opened to log in afresh.
   async #ask(
     endpoint: Endpoint,
   ): Promise<ProbeRow> {
@@ -306,6 +323,14 @@ export class Topology {
     for (;;) {
       const client = this.#session(endpoint);
       const reused = client.established;
+      let witness: DriverSession | undefined;
+      const timer = reused
+        ? setTimeout(() => {
+          if (this.#closed) return;
+          witness = endpoint.probeSession();
+          witness.query(WITNESS_SQL, undefined, PROBE).catch(() => {});
+        }, Math.max((until - performance.now()) / 2, 1))
+        : undefined;
       try {
         const rows = await withDeadline(
           client.query(endpoint.controlDenied ? PROBE_BASE_SQL : PROBE_SQL, undefined, PROBE),
@@ -313,6 +338,13 @@ export class Topology {
         );
         return rows[0] as unknown as ProbeRow;
       } catch (err) {
+        const loggedIn = reused ? witness?.established === true : client.established;
+        if (loggedIn && (err as { code?: unknown } | null)?.code === "ETIMEDOUT") {
+          // The deadline is spent (its timer may fire a hair early): no fresh session now.
+          this.#busy.add(err as object);
+          this.#discard(endpoint, client);
+          throw err;
+        }
         // pg_control revoked from this role: probe without the replica's timeline from now on.
         if (!endpoint.controlDenied && isPrivilegeError(err) && performance.now() < until) {
           endpoint.controlDenied = true;
@@ -322,6 +354,9 @@ export class Topology {
         if (!reused || this.#closed || !isConnectionError(err) || performance.now() >= until) {
           throw err;
         }
+      } finally {
+        clearTimeout(timer);
+        witness?.end(0);
       }
     }
   }

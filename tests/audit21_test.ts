@@ -9,6 +9,7 @@ import process from "node:process";
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { chownToServer, freePorts, serverUser, writeServerFile } from "./harness/exec.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
+import { waitFor } from "./harness/wait.ts";
 import { Service } from "./tools.ts";
 import { Pool } from "../mod.ts";
 
@@ -154,4 +155,45 @@ describe("PgBouncer's max_client_conn", () => {
       await bouncer.close();
     }
   });
+});
+
+// PgBouncer logs clients in itself and queues their statements while all its server connections
+// are busy. The pool's probe waited in that queue like any statement, timed out, and the pool
+// took the bouncer down and cut every connection to it: a long statement of the pool's own was
+// enough to kill itself and everything queued behind it (SessionLostError, outcome unknown).
+describe("PgBouncer with every server connection busy", () => {
+  for (const interval of [0, 500]) {
+    it(`is busy, not down: its running and queued statements finish (health_check_interval_ms: ${interval})`, async () => {
+      const bouncer = await Bouncer.start("pool_mode = transaction\ndefault_pool_size = 1\n");
+      const pool = new Pool({
+        db: { ...endpoint(bouncer.port), connect_timeout: 1 },
+        groups: { g: { connection_count: 3 } },
+        health_check_interval_ms: interval,
+        application_name: "audit21",
+      });
+      const down: unknown[] = [];
+      pool.addEventListener("endpointdown", (e) => down.push((e as CustomEvent).detail));
+      try {
+        await pool.query("g", "SELECT 1");
+        // Holds PgBouncer's one server connection for longer than a probe deadline (1 s) and
+        // the watchdog's delay (connect_timeout) together.
+        const long = pool.query<{ done: boolean }>("g", "SELECT true AS done FROM pg_sleep(3)");
+        const probes = pool.stats().endpoints[0].probes;
+        // A probe has started (and waits in PgBouncer's queue) before the short one is sent.
+        await waitFor(() => pool.stats().endpoints[0].probes > probes || down.length > 0, {
+          timeoutMs: 10_000,
+          message: "a probe of the busy bouncer",
+        }).catch(() => {});
+        const short = pool.query<{ n: number }>("g", "SELECT 2 AS n");
+        const [[l], [s]] = await Promise.all([long, short]);
+        assert.equal(l.done, true);
+        assert.equal(s.n, 2);
+        assert.deepEqual(down, [], "a busy PgBouncer was marked down");
+        assert.equal(pool.stats().endpoints[0].state, "up");
+      } finally {
+        await pool.close();
+        await bouncer.close();
+      }
+    });
+  }
 });
