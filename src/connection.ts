@@ -12,6 +12,22 @@ import { Pool } from "./pool.ts";
 let pool: Pool | undefined;
 
 /**
+ * Closes still under way of pools this module let go (replaced by `init()`, or by `close()`):
+ * `close()` waits for all of them, so that once it resolves no session of the module-wide pool
+ * is left, whichever `init()` opened it and whoever else called `close()` first.
+ */
+const closing = new Set<Promise<void>>();
+
+function retire(previous: Pool): void {
+  const done = previous.close();
+  closing.add(done);
+  const forget = () => closing.delete(done);
+  // Handled here so that a close nobody awaits never becomes an unhandled rejection; close()
+  // still hears it through its own await.
+  done.then(forget, forget);
+}
+
+/**
  * The module-wide pool, as in the Python original.
  *
  * @example Module-wide pool with handlers
@@ -35,14 +51,15 @@ export class Connection {
 
   /**
    * Creates the module-wide pool (validating `config`, opening nothing). Calling it again closes
-   * the previous pool in the background instead of leaking its connections.
+   * the previous pool in the background instead of leaking its connections (its handlers may
+   * finish within its `close_timeout_ms`); `close()` waits for that too.
    */
   static init(config: PoolConfig): Pool {
     const next = new Pool(config);
     const previous = pool;
     pool = next;
     setDefaultPool(next);
-    previous?.close();
+    if (previous !== undefined) retire(previous);
     return next;
   }
 
@@ -51,11 +68,16 @@ export class Connection {
     return pool;
   }
 
-  /** Closes the module-wide pool; later `new Handler()` calls throw until `init()` again. */
+  /**
+   * Closes the module-wide pool; later `new Handler()` calls throw until `init()` again. Resolves
+   * once every pool `init()` made has closed: also one a later `init()` replaced, and one whose
+   * close an earlier `close()` call began.
+   */
   static async close(): Promise<void> {
     const current = pool;
     pool = undefined;
     setDefaultPool(undefined);
-    await current?.close();
+    if (current !== undefined) retire(current);
+    await Promise.all(closing);
   }
 }
