@@ -526,13 +526,27 @@ export class Session {
   }
 
   /**
-   * Taken statements (a `state` set by the connection) are postgres.js's to settle: they are
-   * dropped now and then, in place. Statements nobody dispatched yet stay (weakly) until the
+   * Answered statements are dropped now and then, in place. The one the server is answering
+   * stays, and so does every statement taken after it (a `state` set by the connection, waiting
+   * on the socket): one of those is the one running when the server ends the session, which
+   * `#rejectRunning` must find, or every statement in flight reads as unknown and none that
+   * provably never started is re-sent. Statements nobody dispatched yet stay (weakly) until the
    * checkout that made them ends (see `refuseUnsent`).
    */
   #compact(): void {
     const handed = this.#handed;
     const count = this.#handedCount;
+    // postgres.js answers its statements in the order they were taken, which is the order they
+    // were handed for the pool's own (db.sql's are taken on their first then): taken ones
+    // before the one being answered were answered. With none being answered, none waits.
+    let answering = count;
+    for (let i = 0; i < count; i++) {
+      const q = deref(handed[i]!);
+      if (q !== undefined && q.active) {
+        answering = i;
+        break;
+      }
+    }
     let kept = 0;
     for (let i = 0; i < count; i++) {
       const entry = handed[i]!;
@@ -540,8 +554,7 @@ export class Session {
       if (q === undefined) continue;
       if (q.state !== null) {
         this.#fetchingTypes = false;
-        // The one the server is answering stays, for #rejectRunning.
-        if (q.active) handed[kept++] = entry;
+        if (i >= answering) handed[kept++] = entry;
       } else handed[kept++] = entry;
     }
     for (let i = kept; i < count; i++) handed[i] = undefined;
