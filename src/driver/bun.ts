@@ -193,8 +193,12 @@ function template(text: string): TemplateStringsArray {
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
-/** A location of Bun's own built-in code (its SQL client is `internal:sql/...`, `bun:sql`). */
-const BUN_CODE = /^(?:internal:|bun:|\[native code\]|native)/;
+/**
+ * A location of Bun's own built-in JavaScript (its SQL client dials from `internal:sql/pool`).
+ * Native frames (`[native code]`) are not Bun's SQL client: a caller reaches any function
+ * through them (`JSON.parse(text, f)`, `[0].map(f)`).
+ */
+const BUN_CODE = /^(?:internal:|bun:)/;
 
 interface CallSite {
   getFileName(): string | null | undefined;
@@ -220,11 +224,11 @@ function calledByBun(): boolean {
     E.prepareStackTrace = prepare;
     E.stackTraceLimit = limit;
   }
-  // [this function, the password callback, its caller]. A frame without a file is native code
-  // (a caller's own code always has one): refusing it could lock every session out.
+  // [this function, the password callback, its caller]. No caller frame at all is a callback
+  // run from a microtask or timer (`Promise.resolve().then(f)`), which a caller can queue.
   if (Array.isArray(stack)) {
     const file = (stack[2] as CallSite | undefined)?.getFileName?.();
-    return typeof file !== "string" || file === "" || BUN_CODE.test(file);
+    return typeof file === "string" && BUN_CODE.test(file);
   }
   const frame = typeof stack === "string" ? stack.split("\n").slice(1)[2] : undefined;
   const at = frame?.match(/\(([^()]*)\)\s*$/)?.[1] ?? frame?.replace(/^\s*at\s+/, "");
