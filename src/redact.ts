@@ -36,8 +36,11 @@ export function redactUrl(url: string): string {
   return `${url.slice(0, colon + 1)}***${url.slice(at)}`;
 }
 
-/** A libpq keyword string's password (`password=pw`, `password = 'p w'`). */
-const LIBPQ_PASSWORD = /(\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s]*)/gi;
+/**
+ * A libpq keyword string's password (`password=pw`, `password = 'p w'`, `password=p\ w`: libpq
+ * takes a backslash as an escape in unquoted values too, so an escaped space does not end one).
+ */
+const LIBPQ_PASSWORD = /(\bpassword\s*=\s*)(?:'(?:[^'\\]|\\[\s\S])*'?|(?:\\[\s\S]|[^\s\\])*\\?)/gi;
 
 // An authority without `@` (`//host:port/...`): what follows its first `:` is a port, or a
 // password written without a host after it.

@@ -348,6 +348,9 @@ describe("config validation", () => {
         `host=db.internal dbname=app user=app password=${secret}`,
         `db.internal,password=${secret}`,
         `password=${secret}`,
+        // libpq unescapes a backslash in an unquoted value: the password runs past the space.
+        `host=db.internal password=${secret.slice(0, 4)}\\ ${secret.slice(4)} user=app`,
+        `host=db.internal password='${secret.slice(0, 4)}\\' ${secret.slice(4)}' user=app`,
       ]
     ) {
       const config = good();
@@ -357,7 +360,7 @@ describe("config validation", () => {
         assert.equal(err.path, "db[0].host", err.message);
         assert.ok(err.message.includes("password=***"), err.message);
         for (const text of [String(err), String(err.stack), inspect(err)]) {
-          assert.ok(!text.includes(secret), `leaks the password: ${text}`);
+          assert.ok(!text.includes(secret.slice(4)), `leaks the password: ${text}`);
         }
         return true;
       });
