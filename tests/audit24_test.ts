@@ -30,7 +30,9 @@ describe("a terminated backend with a deep pipeline", () => {
   // Bun's driver is not told which statement was running: every one in flight is unknown there
   // by design (integrity case 6); this is about the postgres.js driver's bookkeeping.
   it("re-sends the statements that never started, also after the driver compacted its books", {
-    skip: testDriver().driver === "bun" ? "Bun's driver reports every statement in flight unknown" : false,
+    skip: testDriver().driver === "bun"
+      ? "Bun's driver reports every statement in flight unknown"
+      : false,
   }, async () => {
     await using p = new Pool({
       db: cluster.endpoints(),
@@ -74,7 +76,10 @@ describe("a terminated backend with a deep pipeline", () => {
     );
     assert.deepEqual(
       queued.map((r) => (r as PromiseFulfilledResult<Rows>).value[0].n),
-      [...Array.from({ length: 30 }, (_, i) => i), ...Array.from({ length: 40 }, (_, i) => 100 + i)],
+      [
+        ...Array.from({ length: 30 }, (_, i) => i),
+        ...Array.from({ length: 40 }, (_, i) => 100 + i),
+      ],
     );
   });
 });
