@@ -1,7 +1,6 @@
 // Defects found by audit 22 (the Python-compatible module-wide pool: Connection.init and
 // Connection.close), each proven against a real server.
 import { after, before, describe, it } from "node:test";
-import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
