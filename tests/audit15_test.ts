@@ -10,6 +10,7 @@ import {
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { poolSessions, terminate } from "./harness/faults.ts";
 import { startProxy } from "./harness/proxy.ts";
+import { passwordFunctions, walkReachable } from "./harness/reachable.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { Kysely, sql } from "kysely";
@@ -141,30 +142,16 @@ describe("the password is not readable through db.sql", () => {
    */
   function reachable(root: unknown): unknown[] {
     const out: unknown[] = [];
-    const seen = new Set<unknown>();
-    const walk = (o: unknown, depth: number) => {
-      if (o === null || (typeof o !== "object" && typeof o !== "function")) return;
-      if (seen.has(o) || depth > 6) return;
-      seen.add(o);
-      for (const key of Reflect.ownKeys(o as object)) {
-        let value: unknown;
-        try {
-          value = (o as Record<PropertyKey, unknown>)[key];
-        } catch {
-          continue;
-        }
-        if (typeof value === "string") out.push(value);
-        else if (typeof value === "function" && /pass/i.test(String(key))) {
-          try {
-            out.push((value as () => unknown)());
-          } catch (err) {
-            out.push(err);
-          }
-        }
-        walk(value, depth + 1);
+    walkReachable(root, (_key, value) => {
+      if (typeof value === "string") out.push(value);
+    });
+    for (const f of passwordFunctions(root)) {
+      try {
+        out.push(f());
+      } catch (err) {
+        out.push(err);
       }
-    };
-    walk(root, 0);
+    }
     return out;
   }
 

@@ -2,6 +2,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
+import { passwordFunctions } from "./harness/reachable.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { Pool } from "../mod.ts";
 
@@ -16,31 +17,6 @@ before(async () => {
 after(async () => {
   await cluster?.close();
 }, { timeout: 60_000 });
-
-/** Every function reachable from `root` (symbols and hidden keys too) under a key naming a password. */
-function passwordFunctions(root: unknown): (() => unknown)[] {
-  const out: (() => unknown)[] = [];
-  const seen = new Set<unknown>();
-  const walk = (o: unknown, depth: number) => {
-    if (o === null || (typeof o !== "object" && typeof o !== "function")) return;
-    if (seen.has(o) || depth > 6) return;
-    seen.add(o);
-    for (const key of Reflect.ownKeys(o as object)) {
-      let value: unknown;
-      try {
-        value = (o as Record<PropertyKey, unknown>)[key];
-      } catch {
-        continue;
-      }
-      if (typeof value === "function" && /pass/i.test(String(key))) {
-        out.push(value as () => unknown);
-      }
-      walk(value, depth + 1);
-    }
-  };
-  walk(root, 0);
-  return out;
-}
 
 /** Calls `f` from frames that are not the caller's own code: built-ins, microtasks. */
 async function callFromNativeFrames(f: () => unknown): Promise<unknown[]> {
