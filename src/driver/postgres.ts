@@ -608,7 +608,7 @@ export class Session {
   outcomeOf(err: unknown, text: string): Outcome {
     if (err instanceof SessionEndedError) return "not-executed";
     const fatal = (err as { severity?: unknown } | null)?.severity === "FATAL";
-    if (!fatal && !isConnectionError(err)) return "failed";
+    if (!fatal && !isConnectionError(err) && !isForeignRequest(err)) return "failed";
     // Nothing is written before the start-up exchange has finished.
     if (!this.#established) return "not-executed";
     // Written statements are rejected the moment the connection closes; what postgres.js still
@@ -627,7 +627,8 @@ export class Session {
    */
   isRefusal(err: unknown): boolean {
     return !this.#established && !(err instanceof SessionEndedError) &&
-      (err as { code?: unknown } | null)?.code !== "CONNECTION_DESTROYED";
+      (err as { code?: unknown } | null)?.code !== "CONNECTION_DESTROYED" &&
+      !isForeignRequest(err);
   }
 
   /**
@@ -792,6 +793,20 @@ export class Session {
     const buf = before === undefined ? tail : concat(before, tail);
     return this.#fatal = trailingFatal(buf);
   }
+}
+
+const FOREIGN_REQUEST = "Cannot perform I/O on behalf of a different request";
+
+/**
+ * workerd's refusal of a socket write made outside the request that opened the socket (a pool
+ * kept at module scope). The server said nothing: it is no statement's failure, and postgres.js
+ * closes the connection over it, rejecting with it what it had already written too, so it reads
+ * as a lost connection (`unknown` once the session was established, never re-sent). workerd
+ * gives it no code: its message is all there is.
+ */
+function isForeignRequest(err: unknown): boolean {
+  const message = (err as { message?: unknown } | null)?.message;
+  return typeof message === "string" && message.startsWith(FOREIGN_REQUEST);
 }
 
 function concat(a: Uint8Array, b: Uint8Array): Uint8Array {

@@ -1,0 +1,145 @@
+// An edge Pool kept at module scope in real workerd, used by more than one request. workerd
+// binds a socket to the request that opened it ("Cannot perform I/O on behalf of a different
+// request"): a one-shot of a second request pipelined onto the first request's connection never
+// settled (concurrent requests), or failed with workerd's raw error, read as a statement the
+// server ran and refused (sequential requests), though nothing had been sent. Whatever the pool
+// does with such a connection, every request must answer within a deadline: with its rows, or
+// with an error of the pool's that says what happened.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { freePorts } from "./harness/exec.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { waitFor } from "./harness/wait.ts";
+import { esbuildBin, http, ROOT, runCommand, Service, workerdBin } from "./tools.ts";
+
+await setTestTimeout(180_000);
+
+let cluster: PgCluster;
+let dir: string;
+let workerd: Service | undefined;
+let base: string;
+
+function capnpConfig(port: number, endpoints: unknown): string {
+  // JSON string literals are valid capnp string literals.
+  const text = (s: string) => JSON.stringify(s);
+  return `using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "main", worker = .worker),
+    # The tests' PostgreSQL servers listen on 127.0.0.1, which workers may not reach by default.
+    (name = "internet", network = (allow = ["public", "private", "local"])),
+  ],
+  sockets = [(name = "http", address = "127.0.0.1:${port}", http = (), service = "main")],
+);
+
+const worker :Workerd.Worker = (
+  modules = [(name = "worker.js", esModule = embed "worker.js")],
+  compatibilityDate = "2025-09-01",
+  compatibilityFlags = ["nodejs_compat"],
+  bindings = [(name = "DB_ENDPOINTS", text = ${text(JSON.stringify(endpoints))})],
+);
+`;
+}
+
+before(async () => {
+  cluster = await startCluster({ replicas: 0 });
+  dir = mkdtempSync(join(tmpdir(), "pgdbpool-audit23-"));
+  const build = await runCommand(esbuildBin(), [
+    join(ROOT, "tests", "fixtures", "module_pool_worker.ts"),
+    "--bundle",
+    "--conditions=workerd",
+    "--platform=neutral",
+    "--format=esm",
+    "--external:cloudflare:sockets",
+    "--external:node:*",
+    `--outfile=${join(dir, "worker.js")}`,
+    "--log-level=warning",
+  ]);
+  assert.equal(build.code, 0, `esbuild failed:\n${build.stdout}${build.stderr}`);
+  const [port] = await freePorts(1);
+  base = `http://127.0.0.1:${port}`;
+  writeFileSync(join(dir, "config.capnp"), capnpConfig(port, cluster.endpoints()), {
+    mode: 0o600,
+  });
+  workerd = new Service("workerd", workerdBin(), ["serve", join(dir, "config.capnp")], {
+    cwd: dir,
+  });
+  await waitFor(async () => (await http(`${base}/`, { timeoutMs: 2000 })).status === 404, {
+    timeoutMs: 30_000,
+    message: `workerd answering on ${base}`,
+  }).catch((err) => {
+    throw new Error(`${err.message}\n--- workerd output ---\n${workerd?.output}`, { cause: err });
+  });
+}, { timeout: 120_000 });
+
+after(async () => {
+  if (workerd) {
+    workerd.kill("SIGTERM");
+    await workerd.waitExit(10_000).catch(() => workerd?.stop());
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+type Answer = { tag?: string; error?: { name: string; message: string; outcome?: string } };
+
+/** One request's one-shot; the worker answers "HUNG" when the statement has not settled. */
+async function query(pool: string, tag: string, sleepS: number): Promise<Answer | "HUNG"> {
+  const res = await http(
+    `${base}/query?pool=${pool}&tag=${tag}&sleep=${sleepS}&deadline_ms=15000`,
+    { timeoutMs: 25_000 },
+  );
+  assert.equal(res.status, 200, `${tag}: ${res.status} ${res.body}\n${workerd?.output}`);
+  return JSON.parse(res.body);
+}
+
+/** The request's rows, or an error of the pool's own: never a hang, never workerd's raw error. */
+function assertAnswered(tag: string, answer: Answer | "HUNG"): void {
+  assert.notEqual(answer, "HUNG", `${tag}: the one-shot neither resolved nor rejected in 15 s`);
+  const { error } = answer as Answer;
+  if (error === undefined) {
+    assert.equal((answer as Answer).tag, tag);
+    return;
+  }
+  // workerd's own refusal is a bare Error: the pool's errors have names of their own.
+  assert.notEqual(error.name, "Error", `${tag}: a bare Error: ${error.message}`);
+  // Nothing ran that the server refused: only outcomes that say so are acceptable.
+  if (error.outcome !== undefined) assert.notEqual(error.outcome, "failed");
+}
+
+describe("a module-scope edge Pool in workerd", () => {
+  // Still hangs: the second request's statement is written on the first request's socket and
+  // the server runs it (its log shows it), but neither its answer nor the write's settlement
+  // reaches the second request, and the socket is reset when the first request ends without
+  // the pool being told (the close is delivered to the first request, which is gone). Its
+  // outcome is unknown to the pool, and nothing bounds the wait: the probe a statement arms
+  // after connect_timeout was armed in the first request (and a probe finds the server up).
+  // Telling requests apart needs something the edge entry does not have yet.
+  it("answers two concurrent requests, the second pipelined onto the first's connection", {
+    skip: "known defect: a module-scope edge pool hangs the second of two concurrent requests",
+  }, async () => {
+    const first = query("concurrent", "A", 1);
+    // The second request arrives while the first one's statement runs on the only connection.
+    await waitFor(
+      async () =>
+        (await cluster.primary.query(
+          "SELECT 1 FROM pg_stat_activity WHERE application_name = 'audit23' AND state = 'active'",
+        )).length > 0,
+      { timeoutMs: 10_000, message: "the first request's statement running" },
+    );
+    const second = query("concurrent", "B", 0);
+    assertAnswered("A", await first);
+    assertAnswered("B", await second);
+  });
+
+  it("answers a request after the one that opened the connection has ended", async () => {
+    assertAnswered("C", await query("sequential", "C", 0));
+    assertAnswered("D", await query("sequential", "D", 0));
+    assertAnswered("E", await query("sequential", "E", 0));
+  });
+});
