@@ -79,7 +79,7 @@ export class PgdbpoolConnection implements DatabaseConnection {
       if (alone) this.#router.record(await db.commit());
     } catch (err) {
       this.#noteLoss(err);
-      if (alone && !this.#lost) await db.rollback();
+      if (alone && !this.#lost) await this.#noting(db.rollback());
       throw err;
     }
     if (!this.#transaction && !alone) this.#router.record(db.token);
@@ -136,7 +136,10 @@ export class PgdbpoolConnection implements DatabaseConnection {
       this.#cursors.delete(cursor);
       if (own) {
         if (done) this.#router.record(await this.#noting(db.commit()));
-        else if (!this.#lost) await db.rollback();
+        // A rollback that finds the session gone (the stream was left after its backend died)
+        // is a loss like any other: noted, so that Kysely's later rollback cannot move
+        // db.connection() to a new session.
+        else if (!this.#lost) await this.#noting(db.rollback());
       } else if (!failed) {
         // Left early inside a transaction: the cursor goes, the transaction stays. A loss the
         // CLOSE meets is noted: Kysely's rollback must not carry the connection to a new session.
