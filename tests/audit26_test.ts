@@ -20,11 +20,12 @@ interface DB {
 let cluster: PgCluster;
 let starting: Promise<PgCluster> | undefined;
 const servers = () =>
-  starting ??= startCluster({ replicas: 0 }).then(async (c) => {
+  starting ??= startCluster({ replicas: 1 }).then(async (c) => {
     cluster = c;
     await c.primary.query("CREATE TABLE numbers (n int PRIMARY KEY)");
     await c.primary.query("INSERT INTO numbers SELECT generate_series(1, 100)");
     await c.primary.query("CREATE TABLE marks (n int NOT NULL)");
+    await c.waitForReplication();
     return c;
   });
 
@@ -37,7 +38,10 @@ const APP = "audit26";
 function pool(): Pool {
   return new Pool({
     db: cluster.endpoints(),
-    groups: { write: { connection_count: 2, role: "primary", autocommit: false } },
+    groups: {
+      write: { connection_count: 2, role: "primary", autocommit: false },
+      read: { connection_count: 2, role: "replica" },
+    },
     application_name: APP,
     health_check_interval_ms: 100,
   });
@@ -93,5 +97,37 @@ describe("kysely: a stream's own transaction under faults", () => {
       } (stream: ${outcome.left}; rollback: ${outcome.rolledBack})`,
     );
     await waitFor(() => p.stats().groups.write.busy === 0, { message: "permit back" });
+  });
+});
+
+describe("kysely: routing of SELECTs that lock rows", () => {
+  it("a lock clause in a subquery keeps the SELECT on group", async () => {
+    // Only the outermost SELECT's (and its CTEs') lock clauses were looked at: a SELECT whose
+    // subquery locks rows went to the read group and failed on a replica with 25006 ("cannot
+    // execute SELECT FOR UPDATE in a read-only transaction").
+    await servers();
+    await using p = pool();
+    const db = new Kysely<DB>({
+      dialect: new PgdbpoolDialect({ pool: p, group: "write", read: "read" }),
+    });
+    const port = sql<number>`inet_server_port()`.as("port");
+    const inFrom = db.selectFrom(db.selectFrom("numbers").selectAll().forUpdate().as("s"))
+      .select(port).limit(1);
+    const inWhere = db.selectFrom("numbers")
+      .where("n", "in", db.selectFrom("numbers").select("n").where("n", "<", 3).forShare())
+      .select(port).limit(1);
+    const inSelection = db.selectFrom("numbers")
+      .select((eb) => [
+        port,
+        eb.selectFrom("numbers as m").select("m.n").limit(1).forNoKeyUpdate().as("m"),
+      ])
+      .limit(1);
+    for (const query of [inFrom, inWhere, inSelection]) {
+      const rows = await query.execute();
+      assert.equal(rows[0].port, cluster.primary.port, query.compile().sql);
+    }
+    // A plain SELECT still reads on the replica.
+    const [plain] = await db.selectFrom("numbers").select(port).limit(1).execute();
+    assert.equal(plain.port, cluster.replicas[0].port);
   });
 });
