@@ -3,11 +3,14 @@
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { Kysely, sql } from "kysely";
+import { sql as dsql } from "drizzle-orm";
+import { integer, pgTable } from "drizzle-orm/pg-core";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { Pool, SessionLostError, TransactionLostError } from "../mod.ts";
 import { PgdbpoolDialect } from "../kysely.ts";
+import { drizzle } from "../drizzle.ts";
 
 await setTestTimeout(180_000);
 
@@ -15,6 +18,8 @@ interface DB {
   numbers: { n: number };
   marks: { n: number };
 }
+
+const marks = pgTable("marks", { n: integer().notNull() });
 
 // Started by the first test that needs servers.
 let cluster: PgCluster;
@@ -56,6 +61,15 @@ async function kill(backend: number): Promise<void> {
         .length === 0,
     { message: `backend ${backend} gone` },
   );
+}
+
+/** The backends of this test's pools the server still has. */
+async function backends(): Promise<number> {
+  const rows = await cluster.primary.query(
+    "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1",
+    [APP],
+  );
+  return rows[0].n as number;
 }
 
 describe("kysely: a stream's own transaction under faults", () => {
@@ -129,5 +143,138 @@ describe("kysely: routing of SELECTs that lock rows", () => {
     // A plain SELECT still reads on the replica.
     const [plain] = await db.selectFrom("numbers").select(port).limit(1).execute();
     assert.equal(plain.port, cluster.replicas[0].port);
+  });
+});
+
+describe("drizzle: transactions under faults", () => {
+  it("a session lost in a nested savepoint fails the commit, nothing applied, nothing moved", async () => {
+    // Sound when audited (kept as a guard): the savepoint's ROLLBACK TO finds the session lost
+    // and is swallowed, the outer callback goes on, and nothing of it may run on a new backend
+    // or commit there.
+    await servers();
+    await using p = pool();
+    const db = drizzle(p, { group: "write" });
+    const pids: number[] = [];
+    const result = await db.transaction(async (tx) => {
+      const [{ pid }] = await tx.execute<{ pid: number }>(
+        dsql`SELECT pg_backend_pid() AS pid`,
+      );
+      pids.push(pid);
+      await tx.insert(marks).values({ n: 1 });
+      // The README's pattern: a savepoint whose failure the outer transaction survives.
+      await tx.transaction(async (sp) => {
+        await sp.insert(marks).values({ n: 2 });
+        await kill(pid);
+        await sp.insert(marks).values({ n: 3 });
+      }).catch(() => {});
+      const after = await tx.execute<{ pid: number }>(
+        dsql`SELECT pg_backend_pid() AS pid`,
+      )
+        .then((r) => r[0].pid, (err: Error) => err);
+      if (typeof after === "number") pids.push(after);
+      await tx.insert(marks).values({ n: 4 }).catch(() => {});
+      return after;
+    }).then((r) => r, (err: Error) => err);
+    assert.ok(
+      result instanceof Error,
+      `committed, returning ${JSON.stringify(result)}`,
+    );
+    assert.ok(
+      (result as Error).cause instanceof TransactionLostError,
+      `cause: ${(result as Error).cause}`,
+    );
+    assert.deepEqual(pids.length, 1, `ran on backends ${pids}`);
+    assert.deepEqual(await cluster.primary.query("SELECT n FROM marks"), []);
+    await waitFor(() => p.stats().groups.write.busy === 0, {
+      message: "permit back",
+    });
+  });
+});
+
+describe("kysely: transactions under faults", () => {
+  it("a session lost mid-transaction: later statements refused, nothing applied", async () => {
+    // Sound when audited (kept as a guard): statements the callback sends after catching the
+    // loss are refused unsent, and the transaction reports TransactionLostError.
+    await servers();
+    await using p = pool();
+    const db = new Kysely<DB>({
+      dialect: new PgdbpoolDialect({ pool: p, group: "write" }),
+    });
+    const seen: unknown[] = [];
+    const result = await db.transaction().execute(async (trx) => {
+      const { rows } = await sql<
+        { pid: number }
+      >`SELECT pg_backend_pid() AS pid`.execute(trx);
+      await trx.insertInto("marks").values({ n: 10 }).execute();
+      await kill(rows[0].pid);
+      await trx.insertInto("marks").values({ n: 11 }).execute().catch((e) => seen.push(e));
+      await trx.insertInto("marks").values({ n: 12 }).execute().catch((e) => seen.push(e));
+      return "done";
+    }).then((r) => r, (err: Error) => err);
+    assert.ok(result instanceof TransactionLostError, `result: ${result}`);
+    assert.ok(seen.every((e) => e instanceof SessionLostError), `${seen}`);
+    assert.deepEqual(
+      await cluster.primary.query("SELECT n FROM marks WHERE n >= 10"),
+      [],
+    );
+    await waitFor(() => p.stats().groups.write.busy === 0, {
+      message: "permit back",
+    });
+  });
+});
+
+describe("close under in-flight ORM work", () => {
+  it("pool.close() during a Drizzle transaction and a Kysely stream: no hang, no backend left", async () => {
+    // Sound when audited (kept as a guard): close() ends the sessions of checkouts held past
+    // close_timeout_ms; the transaction's later statements and the stream fail, nothing commits.
+    await servers();
+    const p = new Pool({
+      db: cluster.endpoints(),
+      groups: {
+        write: { connection_count: 2, role: "primary", autocommit: false },
+      },
+      application_name: APP,
+      health_check_interval_ms: 100,
+      close_timeout_ms: 500,
+    });
+    const d = drizzle(p, { group: "write" });
+    const k = new Kysely<DB>({
+      dialect: new PgdbpoolDialect({ pool: p, group: "write" }),
+    });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => release = r);
+    let inTx!: () => void;
+    const started = new Promise<void>((r) => inTx = r);
+    let streaming!: () => void;
+    const streamed = new Promise<void>((r) => streaming = r);
+    const tx = d.transaction(async (t) => {
+      await t.insert(marks).values({ n: 20 });
+      inTx();
+      await gate;
+      await t.insert(marks).values({ n: 21 });
+    }).then(() => "committed", (err: Error) => err);
+    const stream = (async () => {
+      for await (const _ of k.selectFrom("numbers").selectAll().stream(5)) {
+        streaming();
+        await gate;
+      }
+    })().then(() => "done", (err: Error) => err);
+    await started;
+    await streamed;
+    // Both hold their checkouts past close_timeout_ms: close() ends their sessions.
+    const t0 = Date.now();
+    await p.close();
+    assert.ok(Date.now() - t0 < 5_000, `close() took ${Date.now() - t0} ms`);
+    release();
+    const [txOutcome, streamOutcome] = await Promise.all([tx, stream]);
+    assert.ok(txOutcome instanceof Error, `transaction: ${txOutcome}`);
+    assert.ok(streamOutcome instanceof Error, `stream: ${streamOutcome}`);
+    assert.deepEqual(
+      await cluster.primary.query("SELECT n FROM marks WHERE n >= 20"),
+      [],
+    );
+    await waitFor(async () => await backends() === 0, {
+      message: "no backend of the pool",
+    });
   });
 });
