@@ -53,11 +53,11 @@ function pool(): Pool {
 }
 
 /** Terminates `backend` from another connection and waits until the server has let it go. */
-async function kill(backend: number): Promise<void> {
-  await cluster.primary.query("SELECT pg_terminate_backend($1)", [backend]);
+async function kill(backend: number, server = cluster.primary): Promise<void> {
+  await server.query("SELECT pg_terminate_backend($1)", [backend]);
   await waitFor(
     async () =>
-      (await cluster.primary.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", [backend]))
+      (await server.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", [backend]))
         .length === 0,
     { message: `backend ${backend} gone` },
   );
@@ -276,5 +276,38 @@ describe("close under in-flight ORM work", () => {
     await waitFor(async () => await backends() === 0, {
       message: "no backend of the pool",
     });
+  });
+});
+
+describe("kysely: a stream whose backend dies", () => {
+  it("reports the loss once and re-sends nothing: no row twice, no backend left", async () => {
+    // Sound when audited (kept as a guard): a stream on the read group whose replica backend is
+    // terminated between chunks ends with the loss; its cursor is not declared again elsewhere,
+    // which would hand the caller the rows it already had.
+    await servers();
+    await using p = pool();
+    const db = new Kysely<DB>({
+      dialect: new PgdbpoolDialect({ pool: p, group: "write", read: "read" }),
+    });
+    const replica = cluster.replicas[0];
+    const seen: number[] = [];
+    const pid = sql<number>`pg_backend_pid()`.as("pid");
+    const ended = await (async () => {
+      for await (
+        const row of db.selectFrom("numbers").select(["n", pid]).orderBy("n").stream(10)
+      ) {
+        seen.push(row.n);
+        if (seen.length === 10) await kill(row.pid, replica);
+      }
+    })().then(() => undefined, (err: Error) => err);
+    assert.ok(ended instanceof TransactionLostError, String(ended));
+    assert.deepEqual(seen, Array.from({ length: 10 }, (_, i) => i + 1));
+    await waitFor(() => p.stats().groups.read.busy === 0, { message: "permit back" });
+    await waitFor(async () =>
+      (await replica.query(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state <> 'idle'",
+        [APP],
+      ))[0].n === 0
+    );
   });
 });
