@@ -144,6 +144,21 @@ describe("kysely: routing of SELECTs that lock rows", () => {
     const [plain] = await db.selectFrom("numbers").select(port).limit(1).execute();
     assert.equal(plain.port, cluster.replicas[0].port);
   });
+
+  it("a CTE of raw SQL still keeps the SELECT on group", async () => {
+    // The first version of the walk above looked into a raw CTE's nodes (none of them a write)
+    // and sent `WITH x AS (INSERT ... RETURNING ...) SELECT` to a replica (25006).
+    await servers();
+    await using p = pool();
+    const db = new Kysely<DB>({
+      dialect: new PgdbpoolDialect({ pool: p, group: "write", read: "read" }),
+    });
+    const insert = sql<{ n: number }>`(INSERT INTO marks VALUES (99) RETURNING n)`;
+    const rows = await db.with("x", () => insert as never).selectFrom("x" as never)
+      .select(sql<number>`inet_server_port()`.as("port")).execute();
+    assert.equal(rows[0].port, cluster.primary.port);
+    await p.query("write", "DELETE FROM marks WHERE n = 99");
+  });
 });
 
 describe("drizzle: transactions under faults", () => {

@@ -7,7 +7,12 @@
  * @module
  */
 
-import type { OperationNode, RootOperationNode, SelectQueryNode } from "kysely";
+import type {
+  CommonTableExpressionNode,
+  OperationNode,
+  RootOperationNode,
+  SelectQueryNode,
+} from "kysely";
 
 const LOCKS = new Set(["ForUpdate", "ForNoKeyUpdate", "ForShare", "ForKeyShare"]);
 const VALUES = new Set(["ValueNode", "PrimitiveValueListNode"]);
@@ -24,6 +29,11 @@ function readsOnly(node: OperationNode): boolean {
   // The caller's values: no query inside, and not the pool's to walk (any shape, even cyclic).
   if (VALUES.has(node.kind)) return true;
   if (WRITES.has(node.kind)) return false;
+  // A CTE that is not a SELECT (raw SQL: sql`INSERT ... RETURNING ...`) may write.
+  if (node.kind === "CommonTableExpressionNode") {
+    const { expression } = node as CommonTableExpressionNode;
+    if (expression.kind !== "SelectQueryNode") return false;
+  }
   if (node.kind === "SelectQueryNode") {
     for (const modifier of (node as SelectQueryNode).endModifiers ?? []) {
       // A raw end modifier (modifyEnd(sql`...`)) may be a lock clause as well.
