@@ -10,7 +10,8 @@ import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { freePorts } from "./harness/exec.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
-import { esbuildBin, http, ROOT, runCommand, Service, workerdBin } from "./tools.ts";
+import { bundleWorker, startWorkerd, stopWorkerd } from "./harness/workerd.ts";
+import { http, ROOT, type Service } from "./tools.ts";
 
 await setTestTimeout(180_000);
 
@@ -60,30 +61,17 @@ const listeners :Workerd.Worker = (
 `;
 }
 
-/** Bundles a worker with esbuild as workerd runs it (postgres.js's cloudflare:sockets build). */
-async function bundle(entry: string, outfile: string): Promise<void> {
-  const build = await runCommand(esbuildBin(), [
-    entry,
-    "--bundle",
-    "--conditions=workerd",
-    "--platform=neutral",
-    "--format=esm",
-    "--external:cloudflare:sockets",
-    "--external:node:*",
-    `--outfile=${outfile}`,
-    "--log-level=warning",
-  ]);
-  assert.equal(build.code, 0, `esbuild failed for ${entry}:\n${build.stdout}${build.stderr}`);
-}
-
 before(async () => {
   cluster = await startCluster({ replicas: 1 });
   await cluster.primary.query("CREATE TABLE worker_items (id serial PRIMARY KEY, v text NOT NULL)");
   await cluster.waitForReplication();
 
   dir = mkdtempSync(join(tmpdir(), "pgdbpool-workerd-"));
-  await bundle(join(ROOT, "examples", "worker.ts"), join(dir, "worker.js"));
-  await bundle(join(ROOT, "tests", "fixtures", "listener_worker.ts"), join(dir, "listeners.js"));
+  await bundleWorker(join(ROOT, "examples", "worker.ts"), join(dir, "worker.js"));
+  await bundleWorker(
+    join(ROOT, "tests", "fixtures", "listener_worker.ts"),
+    join(dir, "listeners.js"),
+  );
 
   const [port, listenersPort] = await freePorts(2);
   base = `http://127.0.0.1:${port}`;
@@ -91,25 +79,11 @@ before(async () => {
   writeFileSync(join(dir, "config.capnp"), capnpConfig(port, listenersPort, cluster.endpoints()), {
     mode: 0o600,
   });
-  workerd = new Service(
-    "workerd",
-    workerdBin(),
-    ["serve", join(dir, "config.capnp"), "--verbose"],
-    { cwd: dir },
-  );
-  await waitFor(async () => (await http(`${base}/`, { timeoutMs: 2000 })).status === 404, {
-    timeoutMs: 30_000,
-    message: `workerd answering on ${base}`,
-  }).catch((err) => {
-    throw new Error(`${err.message}\n--- workerd output ---\n${workerd?.output}`, { cause: err });
-  });
+  workerd = await startWorkerd(dir, base, ["--verbose"]);
 }, { timeout: 120_000 });
 
 after(async () => {
-  if (workerd) {
-    workerd.kill("SIGTERM");
-    await workerd.waitExit(10_000).catch(() => workerd?.stop());
-  }
+  await stopWorkerd(workerd);
   if (dir) rmSync(dir, { recursive: true, force: true });
   await cluster?.close();
 }, { timeout: 60_000 });
