@@ -54,6 +54,13 @@ const RELEASED = 2;
 const STAYS_IN_TRANSACTION =
   /^\s*(?:rollback\s+(?:(?:work|transaction)\s+)?to\b|(?:commit|end|rollback|abort)\b[^;]*\band\s+chain\s*;?\s*$)/i;
 
+/** A lost session, as `Lease.#lost` keeps it: how to tell the statements refused after it. */
+interface Loss {
+  readonly Lost: typeof SessionLostError;
+  readonly detail: string;
+  readonly options: ErrorOptions | undefined;
+}
+
 /** Tells a `statement` hook how its statement ended. */
 type Done = (error: unknown) => void;
 
@@ -115,8 +122,14 @@ export class Lease {
   #untracked = false;
   /** Session state this checkout's statements left (`session_state.ts`): cleaned at check-in. */
   #residue: Residue = CLEAN;
-  /** Set once the session is lost; every later statement gets it. */
-  #lost: SessionLostError | null = null;
+  /**
+   * Set once the session is lost: what every later statement is refused with. Its description,
+   * not an error object: an error keeps the frames it was made under (V8 keeps their receivers
+   * until its stack is formatted), the handler among them when the loss was found as the caller
+   * called; the leak watch keeps the lease reachable, so a stored error kept a handler dropped
+   * after a loss from ever being collected, and its permit from ever coming back.
+   */
+  #lost: Loss | null = null;
   #token: string | undefined;
   #sql: Sql | undefined;
   /** A statement was made through `sql` (see `release`). */
@@ -821,7 +834,7 @@ export class Lease {
   /** The connection to send on now, or throws when this checkout may not send. */
   #usable(conn: ServerConnection): ServerConnection {
     if (this.group.ended) throw new PoolClosedError();
-    if (this.#lost !== null) throw this.#lost;
+    if (this.#lost !== null) throw this.#lostError(this.#lost);
     if (!conn.dead) {
       // Taken before routing changed (its server was demoted, promoted, fell behind) and not
       // used yet: moving is still unobservable, and the group has somewhere better to go.
@@ -935,17 +948,22 @@ export class Lease {
   ): SessionLostError {
     const options = cause === undefined ? undefined : { cause };
     // Concurrent statements of one checkout learn of one loss: it keeps the kind it had.
-    const Lost = this.#tx || this.#leftOpen(conn) || this.#lost instanceof TransactionLostError
+    const Lost = this.#tx || this.#leftOpen(conn) || this.#lost?.Lost === TransactionLostError
       ? TransactionLostError
       : SessionLostError;
     this.#tx = false;
     this.#untracked = false;
     // Later statements of the checkout are refused unsent: for them the outcome is known.
-    this.#lost ??= new Lost(this.group.name, "not-executed", detail, options);
+    const lost = this.#lost ??= { Lost, detail, options };
     if (!conn.dead) conn.end(0);
     return outcome === "not-executed"
-      ? this.#lost
+      ? this.#lostError(lost)
       : new Lost(this.group.name, outcome, detail, options);
+  }
+
+  /** A refusal after `lost`, made now (see `#lost`): nothing of it was sent. */
+  #lostError(lost: Loss): SessionLostError {
+    return new lost.Lost(this.group.name, "not-executed", lost.detail, lost.options);
   }
 
   #afterRelease(): TypeError {

@@ -6,7 +6,7 @@ import { poolSessions, terminate } from "./harness/faults.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { behind, startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
-import { Pool, type PoolConfig } from "../mod.ts";
+import { Pool, type PoolConfig, type PoolEventDetailMap } from "../mod.ts";
 
 await setTestTimeout(180_000);
 
@@ -110,5 +110,67 @@ describe("pool.listen under faults", () => {
       proxy.releaseClients();
       await proxy.close();
     }
+  });
+});
+
+type Leak = PoolEventDetailMap["leak"];
+
+function collectGarbage(): void {
+  const bun = (globalThis as { Bun?: { gc(sync: boolean): void } }).Bun;
+  if (bun !== undefined) return bun.gc(true);
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc !== undefined) return gc();
+  let junk: unknown[] = [];
+  for (let i = 0; i < 200_000; i++) junk.push({ i, s: `x${i}` });
+  junk = [];
+}
+
+describe("leak detection under faults", () => {
+  // A statement refused because the session was already known lost used to throw the lease's
+  // stored error, made under the caller's frames: V8 keeps a frame's receiver (the handler) with
+  // the error until its stack is formatted, and the leak watch keeps the lease, so the handler
+  // was never collected, never reclaimed, and the group's permit never came back.
+  it("a handler dropped after its session was lost is reclaimed once; its permit comes back", async () => {
+    await using p = pool("a28l", {
+      groups: { g: { connection_count: 1, autocommit: false, leak_detection_ms: 60_000 } },
+    });
+    const leaks: Leak[] = [];
+    p.addEventListener("leak", (e) => leaks.push(e.detail));
+    const forget = async () => {
+      const db = p.handler("g");
+      await db.query("INSERT INTO audit28_rows VALUES (1)"); // a transaction left open
+      const [backend] = await terminate(
+        (await poolSessions(cluster, "a28l")).filter((s) => s.applicationName === "a28l"),
+      );
+      assert.ok(backend !== undefined, "the checkout's backend terminated");
+      await waitFor(async () => {
+        const rows = await cluster.primary.query(
+          "SELECT 1 FROM pg_stat_activity WHERE pid = $1",
+          [backend.pid],
+        );
+        return rows.length === 0;
+      }, { message: "the backend gone" });
+      // Time for the pool to read the close: the next statement is then refused before it is
+      // sent, the loss found as the caller calls (were it read later, the statement would fail
+      // on the closing connection instead, and this test would not tell the defect).
+      await new Promise((r) => setTimeout(r, 300));
+      await assert.rejects(db.query("SELECT 1"), { name: "TransactionLostError" });
+      await assert.rejects(db.query("SELECT 2"), { name: "TransactionLostError" });
+    };
+    await forget();
+    await waitFor(() => {
+      collectGarbage();
+      return leaks.length >= 1;
+    }, { timeoutMs: 30_000, message: "the unreachable handler reclaimed" });
+    assert.equal(leaks[0].reclaimed, true);
+    assert.equal(p.stats().groups.g.busy, 0, "its permit is back");
+    // The group's only connection is usable again, and the lost transaction never committed.
+    await p.transaction("g", async (db) => {
+      await db.query("INSERT INTO audit28_rows VALUES (2)");
+    });
+    const rows = await cluster.primary.query("SELECT id FROM audit28_rows ORDER BY id");
+    assert.deepEqual(rows.map((r) => r.id), [2]);
+    assert.equal(p.stats().groups.g.busy, 0);
+    assert.equal(leaks.length, 1, "reclaimed once");
   });
 });
