@@ -444,7 +444,11 @@ export class Listener {
   #deliver(channel: string, payload: string): void {
     const fns = this.#channels.get(channel);
     if (fns === undefined) return;
-    for (const fn of fns) {
+    // The subscribers of the moment it arrived: one a callback adds now joins the live Set,
+    // which the loop would reach, handing it a notification sent before it subscribed (and a
+    // callback subscribing on each one would loop forever). One unlistened meanwhile is skipped.
+    for (const fn of [...fns]) {
+      if (!fns.has(fn)) continue;
       try {
         fn(payload);
       } catch (err) {

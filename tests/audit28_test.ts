@@ -113,6 +113,35 @@ describe("pool.listen under faults", () => {
   });
 });
 
+describe("pool.listen delivery", () => {
+  // #deliver iterated the channel's live Set: a subscription made by a callback during a
+  // delivery was added to that Set and visited by the same loop, so it got a notification sent
+  // before it existed (before its listen() resolved, let alone before the server listened for
+  // it); a callback that subscribes on every notification looped forever, synchronously.
+  it("a subscription made during a delivery gets only later notifications; one unlistened then gets none", async () => {
+    await using p = pool("a28d");
+    const got: string[] = [];
+    const pending: Promise<unknown>[] = [];
+    let first: { unlisten(): Promise<void> } | undefined;
+    const late = (payload: string) => got.push(`late ${payload}`);
+    await p.listen("d", (payload) => {
+      got.push(`a ${payload}`);
+      if (payload === "one") {
+        pending.push(p.listen("d", late));
+        // An earlier subscription unlistened now must not be called for this notification.
+        if (first !== undefined) pending.push(first.unlisten());
+      }
+    });
+    first = await p.listen("d", (payload) => got.push(`b ${payload}`));
+    await p.query("write", "SELECT pg_notify('d', 'one')");
+    await waitFor(() => got.includes("a one"), { message: "the first delivery" });
+    await Promise.all(pending);
+    await p.query("write", "SELECT pg_notify('d', 'two')");
+    await waitFor(() => got.includes("late two"), { message: "delivery to the late subscription" });
+    assert.deepEqual(got, ["a one", "a two", "late two"]);
+  });
+});
+
 type Leak = PoolEventDetailMap["leak"];
 
 function collectGarbage(): void {
