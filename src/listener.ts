@@ -152,6 +152,8 @@ export class Listener {
   readonly #heartbeatMs: number;
   #heartbeat: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
+  /** Takes a live subscription's abort handler off its signal (see `subscribe`). */
+  readonly #detach = new Set<() => void>();
 
   constructor(topology: Topology, events: EventTarget, heartbeatMs: number) {
     this.#topology = topology;
@@ -191,10 +193,16 @@ export class Listener {
       throw err;
     }
     // The abort handler goes with the subscription: a long-lived signal shared by many
-    // subscriptions must not keep every one of them (and its callback) alive.
-    const onAbort = () => void this.#unlisten(channel, listener);
+    // subscriptions must not keep every one of them (and its callback) alive, nor, once the
+    // pool is closed, the pool itself (close() detaches what is left).
+    const onAbort = () => {
+      this.#detach.delete(detach);
+      void this.#unlisten(channel, listener);
+    };
+    const detach = () => signal?.removeEventListener("abort", onAbort);
     const unlisten = () => {
-      signal?.removeEventListener("abort", onAbort);
+      detach();
+      this.#detach.delete(detach);
       return this.#unlisten(channel, listener);
     };
     if (signal?.aborted) {
@@ -202,7 +210,10 @@ export class Listener {
       await this.#unlisten(channel, listener);
       signal.throwIfAborted();
     }
-    signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal !== undefined && !this.#closed) {
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.#detach.add(detach);
+    }
     return { channel, unlisten, [Symbol.asyncDispose]: unlisten };
   }
 
@@ -527,6 +538,8 @@ export class Listener {
     this.#stopBeating();
     this.#channels.clear();
     this.#pending.clear();
+    for (const detach of this.#detach) detach();
+    this.#detach.clear();
     const session = this.#session;
     this.#session = undefined;
     this.#endpoint = undefined;

@@ -142,6 +142,29 @@ describe("pool.listen delivery", () => {
   });
 });
 
+describe("pool.listen with a long-lived signal", () => {
+  // unlisten() took the subscription's abort handler off its signal, close() did not: a signal
+  // that outlives the pool (an application's shutdown signal) kept every subscription's handler,
+  // and through it the listener, its topology and the whole closed pool, reachable for good.
+  it("close() takes the subscriptions' abort handlers off the signal: the closed pool is collectable", async () => {
+    const shutdown = new AbortController();
+    const collected: string[] = [];
+    const registry = new FinalizationRegistry((name: string) => collected.push(name));
+    const run = async () => {
+      const p = pool("a28s");
+      registry.register(p, "pool");
+      await p.listen("s", () => {}, { signal: shutdown.signal });
+      await p.close();
+    };
+    await run();
+    await waitFor(() => {
+      collectGarbage();
+      return collected.length === 1;
+    }, { timeoutMs: 30_000, message: "the closed pool collected" });
+    assert.equal(shutdown.signal.aborted, false);
+  });
+});
+
 type Leak = PoolEventDetailMap["leak"];
 
 function collectGarbage(): void {
