@@ -63,8 +63,9 @@ describe("pool.listen under faults", () => {
       const started = performance.now();
       await p.close();
       const ms = Math.round(performance.now() - started);
-      // close_timeout_ms, plus the pool's bounded wait for a socket it cut to close.
-      assert.ok(ms < 1_500, `close() took ${ms} ms on a silent path`);
+      // close_timeout_ms, plus the pool's bounded wait (1 s) for a socket it cut to close, with room
+      // for a slow machine: a close() that waited on the silent path would wait until it healed.
+      assert.ok(ms < 2_500, `close() took ${ms} ms on a silent path`);
     } finally {
       proxy.mode = "pass";
       await proxy.close();
