@@ -13,7 +13,8 @@ import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { freePorts } from "./harness/exec.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
-import { esbuildBin, http, ROOT, runCommand, Service, workerdBin } from "./tools.ts";
+import { bundleWorker, startWorkerd, stopWorkerd } from "./harness/workerd.ts";
+import { esbuildBin, http, ROOT, runCommand, type Service } from "./tools.ts";
 
 await setTestTimeout(180_000);
 
@@ -143,18 +144,11 @@ export default {
 before(async () => {
   cluster = await startCluster({ replicas: 1 });
   dir = mkdtempSync(join(tmpdir(), "pgdbpool-workerd-otel-"));
-  const build = await runCommand(esbuildBin(), [
+  await bundleWorker(
     join(ROOT, "tests", "fixtures", "otel_worker.ts"),
-    "--bundle",
-    "--conditions=workerd",
-    "--platform=browser",
-    "--format=esm",
-    "--external:cloudflare:sockets",
-    "--external:node:*",
-    `--outfile=${join(dir, "worker.js")}`,
-    "--log-level=warning",
-  ]);
-  assert.equal(build.code, 0, `esbuild failed:\n${build.stdout}${build.stderr}`);
+    join(dir, "worker.js"),
+    "browser",
+  );
   // No --external:node:* here: a Node module anywhere in the otel entry's graph (or the SDK's
   // browser build) fails this build.
   writeFileSync(join(dir, "bare.js"), bareWorker());
@@ -174,25 +168,11 @@ before(async () => {
   writeFileSync(join(dir, "config.capnp"), capnpConfig(port, barePort, cluster.endpoints()), {
     mode: 0o600,
   });
-  workerd = new Service(
-    "workerd",
-    workerdBin(),
-    ["serve", join(dir, "config.capnp"), "--verbose"],
-    { cwd: dir },
-  );
-  await waitFor(async () => (await http(`${base}/`, { timeoutMs: 2000 })).status === 404, {
-    timeoutMs: 30_000,
-    message: `workerd answering on ${base}`,
-  }).catch((err) => {
-    throw new Error(`${err.message}\n--- workerd output ---\n${workerd?.output}`, { cause: err });
-  });
+  workerd = await startWorkerd(dir, base, ["--verbose"]);
 }, { timeout: 120_000 });
 
 after(async () => {
-  if (workerd) {
-    workerd.kill("SIGTERM");
-    await workerd.waitExit(10_000).catch(() => workerd?.stop());
-  }
+  await stopWorkerd(workerd);
   if (dir) rmSync(dir, { recursive: true, force: true });
   await cluster?.close();
 }, { timeout: 60_000 });
