@@ -3,6 +3,8 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { poolSessions, terminate } from "./harness/faults.ts";
+import { collectGarbage } from "./harness/gc.ts";
+import { listenSessions, stallListen } from "./harness/listen.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { behind, startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
@@ -32,21 +34,6 @@ function pool(app: string, extra: Partial<PoolConfig> = {}): Pool {
 
 const viaProxy = (proxy: TcpProxy) => behind(proxy, cluster.endpoints()[0]);
 
-const listenSessions = async (app: string) =>
-  (await poolSessions(cluster, app)).filter((s) => s.applicationName === `${app}/listen`);
-
-/** Stalls every client's bytes from its `LISTEN "channel"` on; `hit` turns true at the first. */
-function stallListen(proxy: TcpProxy, channel: string): { hit: boolean } {
-  const cut = { hit: false };
-  const needle = `LISTEN ${JSON.stringify(channel)}`;
-  proxy.cutClientChunk = (chunk) => {
-    if (!new TextDecoder().decode(chunk).includes(needle)) return chunk.length;
-    cut.hit = true;
-    return 0;
-  };
-  return cut;
-}
-
 describe("pool.listen under faults", () => {
   it("close() while the LISTEN path is silent returns within close_timeout_ms", async () => {
     const proxy = await startProxy(cluster.primary);
@@ -70,7 +57,7 @@ describe("pool.listen under faults", () => {
       proxy.mode = "pass";
       await proxy.close();
     }
-    await waitFor(async () => (await listenSessions("a28c")).length === 0, {
+    await waitFor(async () => (await listenSessions(cluster, "a28c")).length === 0, {
       message: "no LISTEN session left once the path heals",
     });
   });
@@ -84,7 +71,7 @@ describe("pool.listen under faults", () => {
       p.addEventListener("listenrestored", (e) => events.push(`restored ${e.detail.channels}`));
       const sub = await p.listen("u", () => {});
       const cut = stallListen(proxy, "u");
-      await terminate(await listenSessions("a28u"));
+      await terminate(await listenSessions(cluster, "a28u"));
       await waitFor(() => cut.hit, { message: "the re-subscription's LISTEN in flight" });
       assert.deepEqual(events, ["lost"]);
       const started = performance.now();
@@ -93,19 +80,19 @@ describe("pool.listen under faults", () => {
       assert.ok(ms < 3_000, `unlisten() took ${ms} ms`);
       proxy.cutClientChunk = undefined;
       proxy.releaseClients();
-      await waitFor(async () => (await listenSessions("a28u")).length === 0, {
+      await waitFor(async () => (await listenSessions(cluster, "a28u")).length === 0, {
         message: "no LISTEN session after the last unlisten()",
       });
       // Past the longest retry pause: a retry would have opened a session by now.
       await new Promise((r) => setTimeout(r, 2_500));
-      assert.equal((await listenSessions("a28u")).length, 0, "a retry reopened a session");
+      assert.equal((await listenSessions(cluster, "a28u")).length, 0, "a retry reopened a session");
       assert.deepEqual(events, ["lost"]);
       // A new subscription later is a first one again: it works, and delivers.
       const got: string[] = [];
       await p.listen("u2", (payload) => got.push(payload));
       await p.query("write", "SELECT pg_notify('u2', 'x')");
       await waitFor(() => got.includes("x"), { message: "delivery to the new subscription" });
-      assert.equal((await listenSessions("a28u")).length, 1);
+      assert.equal((await listenSessions(cluster, "a28u")).length, 1);
     } finally {
       proxy.cutClientChunk = undefined;
       proxy.releaseClients();
@@ -167,16 +154,6 @@ describe("pool.listen with a long-lived signal", () => {
 });
 
 type Leak = PoolEventDetailMap["leak"];
-
-function collectGarbage(): void {
-  const bun = (globalThis as { Bun?: { gc(sync: boolean): void } }).Bun;
-  if (bun !== undefined) return bun.gc(true);
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (gc !== undefined) return gc();
-  let junk: unknown[] = [];
-  for (let i = 0; i < 200_000; i++) junk.push({ i, s: `x${i}` });
-  junk = [];
-}
 
 describe("leak detection under faults", () => {
   // A statement refused because the session was already known lost used to throw the lease's

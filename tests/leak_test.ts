@@ -3,6 +3,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { collectGarbage } from "./harness/gc.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { bunBin, denoBin, runCommand } from "./tools.ts";
@@ -22,18 +23,6 @@ after(async () => {
 }, { timeout: 60_000 });
 
 type Leak = PoolEventDetailMap["leak"];
-
-// Bun exposes a synchronous full collection; elsewhere, garbage pressure makes V8 collect (and
-// run finalizers) without flags.
-function collectGarbage(): void {
-  const bun = (globalThis as { Bun?: { gc(sync: boolean): void } }).Bun;
-  if (bun !== undefined) return bun.gc(true);
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (gc !== undefined) return gc();
-  let junk: unknown[] = [];
-  for (let i = 0; i < 200_000; i++) junk.push({ i, s: `x${i}` });
-  junk = [];
-}
 
 describe("leak detection", () => {
   it("reports a handler held longer than leak_detection_ms, with where it was taken", async () => {

@@ -4,6 +4,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { poolSessions } from "./harness/faults.ts";
+import { listenSessions, stallListen } from "./harness/listen.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { behind, startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { waitFor } from "./harness/wait.ts";
@@ -34,24 +35,6 @@ function pool(app: string, extra: Partial<PoolConfig> = {}): Pool {
 
 /** The primary's endpoint, reached through `proxy`. */
 const viaProxy = (proxy: TcpProxy) => behind(proxy, cluster.endpoints()[0]);
-
-const listenSessions = async (app: string) =>
-  (await poolSessions(cluster, app)).filter((s) => s.applicationName === `${app}/listen`);
-
-/**
- * Stalls, from now on, every client's bytes from its `LISTEN "channel"` on (that LISTEN never
- * reaches the server; other clients pass). `hit` turns true at the first stall.
- */
-function stallListen(proxy: TcpProxy, channel: string): { hit: boolean } {
-  const cut = { hit: false };
-  const needle = `LISTEN ${JSON.stringify(channel)}`;
-  proxy.cutClientChunk = (chunk) => {
-    if (!new TextDecoder().decode(chunk).includes(needle)) return chunk.length;
-    cut.hit = true;
-    return 0;
-  };
-  return cut;
-}
 
 type Settled<T> =
   | { state: "resolved"; value: T }
@@ -91,7 +74,11 @@ describe("pool.listen", () => {
       (await cluster.primary.query("SELECT count(*)::int AS n FROM listen_guard"))[0].n,
       0,
     );
-    assert.equal((await listenSessions("l1")).length, 1, "one LISTEN session for every channel");
+    assert.equal(
+      (await listenSessions(cluster, "l1")).length,
+      1,
+      "one LISTEN session for every channel",
+    );
     assert.equal(p.stats().groups.write.open, 1, "the group's own budget is untouched");
 
     await a.unlisten();
@@ -101,7 +88,7 @@ describe("pool.listen", () => {
     assert.deepEqual(got, ["b:again"]);
     await b.unlisten();
     await c[Symbol.asyncDispose]();
-    await waitFor(async () => (await listenSessions("l1")).length === 0, {
+    await waitFor(async () => (await listenSessions(cluster, "l1")).length === 0, {
       message: "the LISTEN session ends with the last subscription",
     });
   });
@@ -205,7 +192,7 @@ describe("pool.listen", () => {
     assert.ok(ms < 9_000, `restored ${ms} ms after the backend hung`);
     await p.query("write", "SELECT pg_notify('hang', 'after')");
     await waitFor(() => got.includes("after"), { message: "delivery on the new session" });
-    await waitFor(async () => (await listenSessions("l3h")).length === 1, {
+    await waitFor(async () => (await listenSessions(cluster, "l3h")).length === 1, {
       message: "the hung backend's session ends",
     });
   });
@@ -462,7 +449,11 @@ describe("pool.listen", () => {
     } finally {
       await p.close();
     }
-    assert.equal((await listenSessions("l4")).length, 0, "close() ends the LISTEN session");
+    assert.equal(
+      (await listenSessions(cluster, "l4")).length,
+      0,
+      "close() ends the LISTEN session",
+    );
     await assert.rejects(p.listen("late", () => {}), { name: "PoolClosedError" });
   });
 });
