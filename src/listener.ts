@@ -186,10 +186,10 @@ export class Listener {
       // A LISTEN may wait up to the probe deadline: an abort must not wait for it.
       await (signal === undefined ? ready : untilAborted(ready, signal));
     } catch (err) {
-      if (signal?.aborted && err === signal.reason) {
-        // The LISTEN may still be answered: undo it then, in the background.
-        this.#unlisten(channel, listener).catch(() => {});
-      } else this.#drop(channel, listener);
+      // Undone in the background, whatever ended the wait: an aborted LISTEN may still be
+      // answered, and one that failed took its session down, whose replacement, opening now,
+      // listens to every channel it knew of, this one included (its caller hears only now).
+      this.#unlisten(channel, listener).catch(() => {});
       throw err;
     }
     // The abort handler goes with the subscription: a long-lived signal shared by many

@@ -297,6 +297,43 @@ describe("pool.listen", () => {
     }
   });
 
+  it("a channel whose listen() failed is not left listened on the session that replaced it", async () => {
+    // The LISTEN of a second channel gets no answer: its session is lost and replaced, and the
+    // replacement listens to every channel known at that moment, the failing one included (its
+    // caller has not heard the failure yet). Its caller is told listen() failed, so nothing may
+    // stay listened on its behalf: the server would go on sending what nobody receives.
+    const proxy = await startProxy(cluster.primary);
+    try {
+      await using p = pool("l8b", { db: [viaProxy(proxy)], probe_timeout_ms: 1000 });
+      let restored = 0;
+      p.addEventListener("listenrestored", () => restored++);
+      const got: string[] = [];
+      await p.listen("kept", (x) => got.push(x));
+      // Every (UN)LISTEN of "gone" the clients send, in order; the first LISTEN is stalled.
+      const sent: string[] = [];
+      let stalled = false;
+      proxy.cutClientChunk = (chunk) => {
+        const text = new TextDecoder().decode(chunk);
+        for (const m of text.matchAll(/(UN)?LISTEN "gone"/g)) sent.push(m[0]);
+        if (stalled || !sent.includes('LISTEN "gone"')) return chunk.length;
+        stalled = true;
+        return 0;
+      };
+      const outcome = await settleWithin(p.listen("gone", () => {}), 8_000);
+      assert.ok(outcome.state === "rejected", `listen("gone") ${outcome.state}`);
+      await waitFor(() => restored === 1, { message: "listenrestored for the kept channel" });
+      await waitFor(() => sent.at(-1) !== 'LISTEN "gone"', {
+        timeoutMs: 5_000,
+        message: `an UNLISTEN after the last LISTEN of the failed channel (sent: ${sent})`,
+      });
+      await cluster.primary.query("SELECT pg_notify('kept', 'still')");
+      await waitFor(() => got.includes("still"), { message: "the kept channel delivers" });
+    } finally {
+      proxy.cutClientChunk = undefined;
+      await proxy.close();
+    }
+  });
+
   it("an aborted signal ends a listen() whose LISTEN is not answered", async () => {
     // A probe deadline longer than the test: only the signal can end the wait.
     const proxy = await startProxy(cluster.primary);
