@@ -19,6 +19,7 @@ import type { ServerConnection } from "./server_connection.ts";
 import { residueOfCommand, residueOfFailure } from "./session_state.ts";
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement } from "./statement_input.ts";
+import { guardJoined } from "./request_bound.ts";
 import { mayWrite, readToken, sendWrite } from "./token.ts";
 
 // A connection of its own (shared from now on), or a seat on one that one-shots share. `again`:
@@ -79,6 +80,12 @@ function send(
   }
   const context = group.context;
   context.watch?.(conn.endpoint);
+  // workerd only: a statement joining a busy connection is written and read by the request that
+  // opened it, and waits for good once that request ends (request_bound.ts).
+  const beacon = conn.beacon;
+  const unguard = beacon !== undefined && conn.users > 1
+    ? guardJoined(beacon, () => cutUnreadable(conn))
+    : undefined;
   const done = context.hooks === undefined
     ? undefined
     : observe(context.hooks, group.name, text, conn);
@@ -101,6 +108,7 @@ function send(
     sent = Promise.reject(err);
   }
   return sent.then((rows) => {
+    unguard?.();
     done?.(undefined);
     // Staleness is judged when a one-shot is a connection's first user: only the last one to
     // leave needs to stamp it (a clock read per statement shows in profiles under load).
@@ -113,6 +121,7 @@ function send(
       return rows;
     });
   }, (failure: unknown) => {
+    unguard?.();
     const err = conn.session.explain(failure);
     done?.(err);
     const outcome = conn.outcomeOf(err, text);
@@ -145,6 +154,13 @@ function send(
       { cause: err },
     );
   });
+}
+
+// The request that reads `conn` has ended: everything in flight on it is cut (the driver rejects
+// what was written as lost, its outcome unknown: the server may have run it; what it never
+// wrote as not executed), and it is discarded when its last user checks it in.
+function cutUnreadable(conn: ServerConnection): void {
+  if (!conn.dead) conn.end(0);
 }
 
 function isStale(group: Group, conn: ServerConnection): boolean {

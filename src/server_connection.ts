@@ -11,6 +11,7 @@ import type { Outcome } from "./driver/postgres.ts";
 import type { DriverSession } from "./driver/session.ts";
 import { withDeadline } from "./deadline.ts";
 import type { Endpoint } from "./endpoint.ts";
+import { Beacon, REQUEST_BOUND_IO } from "./request_bound.ts";
 import { CLEAN, type Residue } from "./session_state.ts";
 
 /** Where an idle connection waits: one list per endpoint of a group. */
@@ -45,6 +46,11 @@ export class ServerConnection {
    * and is cleaned when the last one leaves. Set and cleared by the group only.
    */
   residue: Residue = CLEAN;
+  /**
+   * Where I/O is bound to a request (workerd): beats in the request that opened the connection,
+   * which alone reads its answers (`request_bound.ts`); absent anywhere else.
+   */
+  readonly beacon: Beacon | undefined;
 
   constructor(
     member: Member,
@@ -72,6 +78,9 @@ export class ServerConnection {
         onParameter(this, key, value);
       },
     });
+    this.beacon = REQUEST_BOUND_IO
+      ? new Beacon(member.endpoint.connectTimeoutS * 1000, () => !this.session.dead)
+      : undefined;
   }
 
   /** The endpoint this connection talks to. */
@@ -99,6 +108,7 @@ export class ServerConnection {
    * does not change: a holder keeps a dead connection until it checks it in.
    */
   end(timeoutMs: number): Promise<void> {
+    this.beacon?.stop();
     return this.session.end(timeoutMs);
   }
 }

@@ -95,16 +95,15 @@ function assertAnswered(tag: string, answer: Answer | "HUNG"): void {
 }
 
 describe("a module-scope edge Pool in workerd", () => {
-  // Still hangs: the second request's statement is written on the first request's socket and
-  // the server runs it (its log shows it), but neither its answer nor the write's settlement
-  // reaches the second request, and the socket is reset when the first request ends without
-  // the pool being told (the close is delivered to the first request, which is gone). Its
-  // outcome is unknown to the pool, and nothing bounds the wait: the probe a statement arms
-  // after connect_timeout was armed in the first request (and a probe finds the server up).
-  // Telling requests apart needs something the edge entry does not have yet.
-  it("answers two concurrent requests, the second pipelined onto the first's connection", {
-    skip: "known defect: a module-scope edge pool hangs the second of two concurrent requests",
-  }, async () => {
+  // The second request's statement joins the first's connection: postgres.js queues it and
+  // writes it from the first request (whose read of the answer before it is what sends it), the
+  // server runs it, and its answer is read by the first request, which may have ended by then:
+  // workerd stops a finished request's reads and timers, so neither the answer nor the close
+  // ever reaches the second. A statement that joins a busy connection on workerd therefore arms
+  // a timer of its own request, and each connection beats a timer in the request that opened it
+  // (src/request_bound.ts): once that beat stops, the connection is cut and the second request
+  // hears that its statement may have run (SessionLostError, outcome "unknown").
+  it("answers two concurrent requests, the second pipelined onto the first's connection", async () => {
     const first = query("concurrent", "A", 1);
     // The second request arrives while the first one's statement runs on the only connection.
     await waitFor(
@@ -117,6 +116,9 @@ describe("a module-scope edge Pool in workerd", () => {
     const second = query("concurrent", "B", 0);
     assertAnswered("A", await first);
     assertAnswered("B", await second);
+    // The connection cut under B was discarded and its permit returned (the group has one): a
+    // third request gets a connection of its own.
+    assert.deepEqual(await query("concurrent", "F", 0), { tag: "F" });
   });
 
   it("answers a request after the one that opened the connection has ended", async () => {
