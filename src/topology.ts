@@ -13,6 +13,7 @@ import { poolEvent, reasonOf } from "./events.ts";
 import { parseLsn } from "./lsn.ts";
 import { withDeadline } from "./deadline.ts";
 import { LSN_SQL } from "./token.ts";
+import { REQUEST_BOUND_IO } from "./request_bound.ts";
 import {
   isCapacityError,
   isConnectionError,
@@ -101,6 +102,8 @@ export class Topology {
   readonly #events: EventTarget;
   readonly #clients = new Map<Endpoint, DriverSession>();
   readonly #watchdogs = new Map<Endpoint, ReturnType<typeof setTimeout>>();
+  /** `performance.now()` when each armed watchdog is due (see `watch`). */
+  readonly #watchdogDue = new Map<Endpoint, number>();
   /** Probe timeouts of a server that logged a session in meanwhile (see `#ask`). */
   readonly #busy = new WeakSet<object>();
   readonly #listeners: (() => void)[] = [];
@@ -215,22 +218,36 @@ export class Topology {
    * statement but a map lookup: the timer re-arms itself.
    */
   watch(endpoint: Endpoint): void {
-    if (this.#watchdogs.has(endpoint) || this.#closed) return;
+    if (this.#closed) return;
+    if (this.#watchdogs.has(endpoint) && !(REQUEST_BOUND_IO && this.#lapsed(endpoint))) return;
     this.#arm(endpoint);
   }
 
+  /**
+   * Where I/O is bound to a request (workerd), a watchdog armed by a request that has ended never
+   * fires (its timers stop with it): one overdue by a whole period is armed afresh by the next
+   * statement, else a pool kept at module scope would never watch that server again.
+   */
+  #lapsed(endpoint: Endpoint): boolean {
+    const ms = endpoint.connectTimeoutS * 1000;
+    return performance.now() > (this.#watchdogDue.get(endpoint) ?? Infinity) + ms;
+  }
+
   #arm(endpoint: Endpoint): void {
-    this.#watchdogs.set(
-      endpoint,
-      setTimeout(() => {
-        this.#watchdogs.delete(endpoint);
-        if (this.#closed) return;
-        this.probe(endpoint);
-        // Checked out: statements may be in flight there (also db.sql ones, whose end the pool
-        // cannot see), or be sent without a timer armed in between: watch on.
-        if (this.#options.checkedOut(endpoint)) this.#arm(endpoint);
-      }, endpoint.connectTimeoutS * 1000),
-    );
+    const ms = endpoint.connectTimeoutS * 1000;
+    const timer = setTimeout(() => {
+      // Replaced by a fresh one (see `#lapsed`): one chain per endpoint.
+      if (this.#watchdogs.get(endpoint) !== timer) return;
+      this.#watchdogs.delete(endpoint);
+      this.#watchdogDue.delete(endpoint);
+      if (this.#closed) return;
+      this.probe(endpoint);
+      // Checked out: statements may be in flight there (also db.sql ones, whose end the pool
+      // cannot see), or be sent without a timer armed in between: watch on.
+      if (this.#options.checkedOut(endpoint)) this.#arm(endpoint);
+    }, ms);
+    this.#watchdogs.set(endpoint, timer);
+    this.#watchdogDue.set(endpoint, performance.now() + ms);
   }
 
   /** Probes one endpoint (at most one probe in flight per endpoint). */
@@ -560,6 +577,7 @@ export class Topology {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     for (const timer of this.#watchdogs.values()) clearTimeout(timer);
     this.#watchdogs.clear();
+    this.#watchdogDue.clear();
     this.#timer = undefined;
     const clients = [...this.#clients.values()];
     this.#clients.clear();

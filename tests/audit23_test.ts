@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { freePorts } from "./harness/exec.ts";
+import { behind, startProxy, type TcpProxy } from "./harness/proxy.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { waitFor } from "./harness/wait.ts";
 import { bundleWorker, startWorkerd, stopWorkerd } from "./harness/workerd.ts";
@@ -23,6 +24,7 @@ let cluster: PgCluster;
 let dir: string;
 let workerd: Service | undefined;
 let base: string;
+let proxy: TcpProxy;
 
 function capnpConfig(port: number, endpoints: unknown): string {
   // JSON string literals are valid capnp string literals.
@@ -49,6 +51,7 @@ const worker :Workerd.Worker = (
 
 before(async () => {
   cluster = await startCluster({ replicas: 0 });
+  proxy = await startProxy(cluster.endpoints()[0]);
   dir = mkdtempSync(join(tmpdir(), "pgdbpool-audit23-"));
   await bundleWorker(
     join(ROOT, "tests", "fixtures", "module_pool_worker.ts"),
@@ -56,7 +59,9 @@ before(async () => {
   );
   const [port] = await freePorts(1);
   base = `http://127.0.0.1:${port}`;
-  writeFileSync(join(dir, "config.capnp"), capnpConfig(port, cluster.endpoints()), {
+  // `?via=1`: the same server through the proxy, which a test can silence.
+  const [primary] = cluster.endpoints();
+  writeFileSync(join(dir, "config.capnp"), capnpConfig(port, [primary, behind(proxy, primary)]), {
     mode: 0o600,
   });
   workerd = await startWorkerd(dir, base);
@@ -64,6 +69,7 @@ before(async () => {
 
 after(async () => {
   await stopWorkerd(workerd);
+  await proxy?.close();
   if (dir) rmSync(dir, { recursive: true, force: true });
   await cluster?.close();
 }, { timeout: 60_000 });
@@ -71,9 +77,14 @@ after(async () => {
 type Answer = { tag?: string; error?: { name: string; message: string; outcome?: string } };
 
 /** One request's one-shot; the worker answers "HUNG" when the statement has not settled. */
-async function query(pool: string, tag: string, sleepS: number): Promise<Answer | "HUNG"> {
+async function query(
+  pool: string,
+  tag: string,
+  sleepS: number,
+  extra = "",
+): Promise<Answer | "HUNG"> {
   const res = await http(
-    `${base}/query?pool=${pool}&tag=${tag}&sleep=${sleepS}&deadline_ms=15000`,
+    `${base}/query?pool=${pool}&tag=${tag}&sleep=${sleepS}&deadline_ms=15000${extra}`,
     { timeoutMs: 25_000 },
   );
   assert.equal(res.status, 200, `${tag}: ${res.status} ${res.body}\n${workerd?.output}`);
@@ -128,5 +139,38 @@ describe("a module-scope edge Pool in workerd", () => {
     // The dead connection is not kept: E opens one of its own (which fails the request after
     // it in turn, as D's did: a connection serves only the request that opened it).
     assert.deepEqual(await query("sequential", "E", 0), { tag: "E" });
+  });
+
+  it("cuts off a later request's statement when its host goes silent", async () => {
+    // G's statement arms the server's watchdog (background probing is off on the edge) in G's
+    // request, which ends before it fires: that timer never fires, and it used to stay armed for
+    // good, so no later statement armed one and a server gone silent under it was never probed.
+    const armedAt = performance.now();
+    assert.deepEqual(await query("silent", "G", 0, "&via=1"), { tag: "G" });
+    // A watchdog is armed afresh once the dead one is overdue by a whole period (2 x the
+    // worker's connect_timeout of 2 s after G's statement); time itself is the condition here.
+    await waitFor(() => performance.now() - armedAt > 4_500, {
+      timeoutMs: 10_000,
+      message: "the dead watchdog overdue",
+    });
+    // H's statement runs on a connection of its own (another group: G's connection serves only
+    // G's request), and its host goes silent under it.
+    const h = query("silent", "H", 30, "&via=1&group=other");
+    await waitFor(
+      async () =>
+        (await cluster.primary.query(
+          "SELECT 1 FROM pg_stat_activity WHERE application_name = 'audit23' AND state = 'active' AND query LIKE '%pg_sleep%'",
+        )).length > 0,
+      { timeoutMs: 10_000, message: "H's statement running" },
+    );
+    proxy.mode = "blackhole";
+    try {
+      const answer = await h;
+      assertAnswered("H", answer);
+      // Its statement was running: cut off, its outcome unknown (never its rows: the host is silent).
+      assert.equal((answer as Answer).error?.name, "SessionLostError", JSON.stringify(answer));
+    } finally {
+      proxy.mode = "pass";
+    }
   });
 });
