@@ -80,10 +80,11 @@ function send(
   }
   const context = group.context;
   context.watch?.(conn.endpoint);
-  // workerd only: a statement joining a busy connection is written and read by the request that
-  // opened it, and waits for good once that request ends (request_bound.ts).
+  // workerd only: a statement joining a busy connection, or one still connecting (a replacement
+  // warmed by another request), is written and read by the request that opened it, and waits for
+  // good once that request ends (request_bound.ts).
   const beacon = conn.beacon;
-  const unguard = beacon !== undefined && conn.users > 1
+  const unguard = beacon !== undefined && (conn.users > 1 || !conn.session.established)
     ? guardJoined(beacon, () => cutUnreadable(conn))
     : undefined;
   const done = context.hooks === undefined
