@@ -140,6 +140,22 @@ describe("a module-scope edge Pool in workerd", () => {
     }
   });
 
+  it("cuts nothing while the request that opened the connection runs", async () => {
+    // A's statement outlives the guard B's statement arms (connect_timeout, 2 s) twice over; A's
+    // connection beats in A's request all along, so nothing is cut under A: its rows come back.
+    const first = query("long", "A", 5);
+    await waitFor(
+      async () =>
+        (await cluster.primary.query(
+          "SELECT 1 FROM pg_stat_activity WHERE application_name = 'audit23' AND state = 'active'",
+        )).length > 0,
+      { timeoutMs: 10_000, message: "the first request's statement running" },
+    );
+    const second = query("long", "B", 0);
+    assert.deepEqual(await first, { tag: "A" });
+    assertAnswered("B", await second);
+  });
+
   it("answers a request after the one that opened the connection has ended", async () => {
     // C opens the connection; D finds it, its request gone; E comes after D's answer.
     assert.deepEqual(await query("sequential", "C", 0), { tag: "C" });
