@@ -7,10 +7,11 @@
  * statement's answer, and the socket's close, reach nobody, and its caller waits for good.
  *
  * A {@linkcode Beacon} per connection, a timer chain in the request that opened it, shows
- * whether that request still runs; a statement that joined a busy connection arms a
- * {@linkcode guardJoined} timer in its own request, which reports the connection unreadable once
- * the beacon has stopped (its outcome is unknown then: it may have run). Anywhere else nothing
- * of this exists: `REQUEST_BOUND_IO` is false and no connection has a beacon.
+ * whether that request still runs; a statement that joined a busy connection (or one still
+ * connecting) arms a {@linkcode guardJoined} timer in its own request, which reports the
+ * connection unreadable once the beacon has stopped (its outcome is unknown then: it may have
+ * run). Anywhere else nothing of this exists: `REQUEST_BOUND_IO` is false and no connection has
+ * a beacon.
  *
  * @module
  */

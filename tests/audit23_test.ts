@@ -191,7 +191,8 @@ describe("a module-scope edge Pool in workerd", () => {
     try {
       const answer = await h;
       assertAnswered("H", answer);
-      // Its statement was running: cut off, its outcome unknown (never its rows: the host is silent).
+      // Its statement was running: cut off, its outcome unknown (never its rows: the host is
+      // silent).
       assert.equal((answer as Answer).error?.name, "SessionLostError", JSON.stringify(answer));
     } finally {
       proxy.mode = "pass";
