@@ -153,6 +153,14 @@ export class Lease {
    * gave up on), though the check-in still does.
    */
   #proofs = 0;
+  /**
+   * Statements called and not yet handed to the driver (waiting for the connection, for its
+   * proof, or for the move off a dead one), each settled once it is (or failed unsent): a
+   * `commit()` or `rollback()` called after them waits for them to go out first. It found no
+   * transaction open yet (the pipelined BEGIN still held back) and resolved as a success; the
+   * statement then ran in a transaction the check-in rolled back.
+   */
+  #unsent: Set<Promise<void>> | undefined;
   /** `#leave()` as settle callbacks, made once per lease on its first statement. */
   #leaveWith: ((rows: Rows) => Rows) | undefined;
   #leaveThrowing: ((err: unknown) => never) | undefined;
@@ -347,6 +355,7 @@ export class Lease {
   ): Promise<Rows> {
     this.#inflight++;
     const from = performance.now();
+    const handed = this.#holdBack();
     try {
       let conn = this.#conn ?? await this.#connection();
       if (!this.#used && !this.#validated && this.#stale(conn)) {
@@ -355,8 +364,11 @@ export class Lease {
         // statement is not sent); the validation itself runs on, counted in flight on its own.
         conn = await this.#untilProven(this.#validating ??= this.#proving(conn), from);
       }
-      return await this.#send(conn, text, params, arrays, 1);
+      const rows = this.#send(conn, text, params, arrays, 1);
+      handed();
+      return await rows;
     } finally {
+      handed();
       this.#leave();
     }
   }
@@ -372,7 +384,17 @@ export class Lease {
     if (this.#state === RELEASED) return Promise.reject(this.#afterRelease());
     // Unused and dead with nothing routable: moving waits for routing (see #move).
     if (!this.#used && conn.dead && !this.#pinned && !this.group.routable) {
-      return this.#move(conn).then((next) => this.#send(next, text, params, arrays, attempt));
+      const handed = this.#holdBack();
+      return this.#move(conn).then((next) => {
+        try {
+          return this.#send(next, text, params, arrays, attempt);
+        } finally {
+          handed();
+        }
+      }, (err) => {
+        handed();
+        throw err;
+      });
     }
     try {
       conn = this.#usable(conn);
@@ -466,7 +488,14 @@ export class Lease {
     ) {
       this.#tx = false;
       this.#used = false;
-      return await this.#send(await this.#move(conn), text, params, arrays, attempt + 1);
+      const handed = this.#holdBack();
+      try {
+        const rows = this.#send(await this.#move(conn), text, params, arrays, attempt + 1);
+        handed();
+        return await rows;
+      } finally {
+        handed();
+      }
     }
     if (refusal !== undefined) throw this.group.refusalError(conn, refusal);
     throw this.#lose(conn, err, outcome, "its connection was lost during a statement");
@@ -479,6 +508,8 @@ export class Lease {
   async commit(): Promise<string | undefined> {
     this.#inflight++;
     try {
+      const ahead = this.#ahead();
+      if (ahead !== undefined) await ahead;
       const held = this.#conn ?? await this.#connection();
       if (this.#state === RELEASED) throw this.#afterRelease();
       return await this.#commit(this.#usable(held));
@@ -554,6 +585,8 @@ export class Lease {
   async rollback(): Promise<void> {
     this.#inflight++;
     try {
+      const ahead = this.#ahead();
+      if (ahead !== undefined) await ahead;
       const conn = this.#conn ?? await this.#connection();
       if (this.#state === RELEASED) throw this.#afterRelease();
       await this.#rollback(conn);
@@ -829,6 +862,30 @@ export class Lease {
       file: forward("file"),
     });
     return sql;
+  }
+
+  /**
+   * Counts a statement among `#unsent` until the returned function is called (once it is handed
+   * to the driver, or fails unsent; later calls do nothing).
+   */
+  #holdBack(): () => void {
+    let mark!: () => void;
+    const handed = new Promise<void>((resolve) => mark = resolve);
+    const unsent = this.#unsent ??= new Set();
+    unsent.add(handed);
+    return () => {
+      if (unsent.delete(handed)) mark();
+    };
+  }
+
+  /**
+   * Settles once every statement called so far has been handed to the driver (those called
+   * later are not waited for); `undefined` when all have been (the common case: no await).
+   */
+  #ahead(): Promise<unknown> | undefined {
+    const unsent = this.#unsent;
+    if (unsent === undefined || unsent.size === 0) return undefined;
+    return Promise.all(unsent);
   }
 
   /** The connection to send on now, or throws when this checkout may not send. */

@@ -1,0 +1,84 @@
+// Defects found by audit 29 (transactions and db.sql statements under faults, statements still in
+// flight at commit or release), each proven against real servers and real faults.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { type PgCluster, startCluster } from "./harness/cluster.ts";
+import { setTestTimeout } from "./harness/runtime.ts";
+import { poolSessions, terminate } from "./harness/faults.ts";
+import { waitFor } from "./harness/wait.ts";
+import { Pool } from "../mod.ts";
+
+await setTestTimeout(120_000);
+
+let cluster: PgCluster;
+
+before(async () => {
+  cluster = await startCluster({ replicas: 0 });
+  await cluster.primary.query("CREATE TABLE writes (id serial PRIMARY KEY, v text NOT NULL)");
+}, { timeout: 120_000 });
+
+after(async () => {
+  await cluster?.close();
+}, { timeout: 60_000 });
+
+const count = async (v: string): Promise<number> =>
+  (await cluster.primary.query("SELECT count(*)::int AS n FROM writes WHERE v = $1", [v]))[0].n;
+
+describe("commit() pipelined behind the transaction's first statement", () => {
+  // A transaction's first statement on a connection idle past validate_after_ms waits for the
+  // connection's ping (and for the move to a fresh one when the ping finds it dead) before its
+  // pipelined BEGIN goes out. A commit() called meanwhile found no transaction open and
+  // resolved at once as a success; the INSERT then ran in the transaction its BEGIN opened,
+  // which the check-in rolled back: an acknowledged commit of a write that never became durable.
+  for (const fault of ["none", "terminated"] as const) {
+    it(`commits the statement it follows (idle connection, backend ${fault})`, async () => {
+      const app = `audit29-pipelined-commit-${fault}`;
+      await using p = new Pool({
+        db: cluster.endpoints(),
+        groups: { tx: { connection_count: 1, autocommit: false } },
+        application_name: app,
+        health_check_interval_ms: 0,
+        // Every connection used before is pinged before a checkout's first statement.
+        validate_after_ms: 0,
+      });
+      await p.transaction("tx", (db) => db.query("SELECT 1"));
+      const v = `${app}-w`;
+      {
+        // Checked out first: the backend dies under a connection the checkout already holds,
+        // so its first statement finds it dead (or its ping fails) and moves.
+        await using db = p.handler("tx");
+        if (fault === "terminated") {
+          assert.equal((await terminate(await poolSessions(cluster, app))).length, 1);
+          await waitFor(async () => (await poolSessions(cluster, app)).length === 0, {
+            message: "the terminated backend to exit",
+          });
+        }
+        const insert = db.query("INSERT INTO writes (v) VALUES ($1)", [v]);
+        const commit = db.commit();
+        await Promise.all([insert, commit]);
+      }
+      assert.equal(await count(v), 1, "the write whose commit was acknowledged is durable");
+    });
+  }
+
+  // The same for rollback(): it found nothing open, and a commit() after it then committed the
+  // statement the caller had rolled back.
+  it("rollback() rolls back the statement it follows (idle connection)", async () => {
+    const app = "audit29-pipelined-rollback";
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { tx: { connection_count: 1, autocommit: false } },
+      application_name: app,
+      health_check_interval_ms: 0,
+      validate_after_ms: 0,
+    });
+    await p.transaction("tx", (db) => db.query("SELECT 1"));
+    const v = `${app}-w`;
+    {
+      await using db = p.handler("tx");
+      await Promise.all([db.query("INSERT INTO writes (v) VALUES ($1)", [v]), db.rollback()]);
+      await db.commit();
+    }
+    assert.equal(await count(v), 0, "the write rolled back stays rolled back");
+  });
+});
