@@ -76,10 +76,11 @@ export function observe(
 }
 
 /**
- * Observes a statement made through `db.sql` from its dispatch to its end. Such statements are
- * lazy (sent on their first `then`, which `await`, `catch` and `finally` go through; a fragment
- * embedded in another statement is never sent on its own): the observation starts on that first
- * `then`, never earlier, and never sends anything itself.
+ * Follows a statement made through `db.sql` from its dispatch to its end: `start` is called on
+ * its dispatch, what it returns once it settles. Such statements are lazy (sent on their first
+ * `then`, which `await`, `catch` and `finally` go through; a fragment embedded in another
+ * statement is never sent on its own): the following starts on that first `then`, never
+ * earlier, and never sends anything itself.
  */
 function observeWhenSent(statement: Promise<unknown>, start: () => Done): void {
   const then = statement.then;
@@ -806,13 +807,27 @@ export class Lease {
       this.group.context.watch?.(conn.endpoint);
       return conn;
     };
-    // A statement (not a helper's or fragment's value) is observed once it is sent.
-    const observed = (result: unknown, conn: ServerConnection, text: string): void => {
+    // A statement (not a helper's or fragment's value) counts in flight from its dispatch until
+    // it settles, as db.query()'s do: a release meanwhile keeps the connection until then (it
+    // went back to the group with the statement running, and the next checkout got it
+    // mid-statement). It is observed from its dispatch too.
+    const tracked = (
+      result: unknown,
+      conn: ServerConnection,
+      text: () => string,
+    ): void => {
       if (!(result instanceof Promise)) return;
       observeWhenSent(result, () => {
+        this.#inflight++;
         // The observer of the moment it is sent (it may have been removed meanwhile).
         const hooks = this.group.context.hooks;
-        return hooks === undefined ? noop : observe(hooks, this.group.name, text, conn);
+        const done = hooks === undefined
+          ? undefined
+          : observe(hooks, this.group.name, text(), conn);
+        return (error) => {
+          done?.(error);
+          this.#leave();
+        };
       });
     };
     const sql = ((first: unknown, ...rest: unknown[]) => {
@@ -827,10 +842,14 @@ export class Lease {
         ...rest,
       );
       conn.session.adopt(result);
-      if (this.group.context.hooks !== undefined) {
-        const template = Array.isArray((first as { raw?: unknown } | null)?.raw);
-        observed(result, conn, template ? templateText(first as readonly string[]) : "");
-      }
+      tracked(
+        result,
+        conn,
+        () =>
+          Array.isArray((first as { raw?: unknown } | null)?.raw)
+            ? templateText(first as readonly string[])
+            : "",
+      );
       return hold === undefined ? result : hold(result);
     }) as unknown as Sql;
     const forward =
@@ -849,9 +868,7 @@ export class Lease {
         const result = (conn.session.sql[name] as (...args: unknown[]) => unknown)(...args);
         conn.session.adopt(result);
         // unsafe's text is the statement; a file's is not known here.
-        if (this.group.context.hooks !== undefined) {
-          observed(result, conn, name === "unsafe" ? args[0] as string : "");
-        }
+        tracked(result, conn, () => name === "unsafe" ? args[0] as string : "");
         return hold === undefined ? result : hold(result);
       };
     Object.assign(sql, {

@@ -82,3 +82,43 @@ describe("commit() pipelined behind the transaction's first statement", () => {
     assert.equal(await count(v), 0, "the write rolled back stays rolled back");
   });
 });
+
+describe("release() while a db.sql statement is still running", () => {
+  // release() keeps the connection while a statement of db.query() is in flight and checks it
+  // in once it settles, but a db.sql statement was not counted: the connection went back to the
+  // group with the statement still running on it, and the next checkout got it mid-statement
+  // (its own statements queued behind a stranger's, the connection owned twice). A Promise.all
+  // over db.sql statements whose first rejects leaves a `using` block exactly so.
+  it("checks the connection in only once the statement has settled", async () => {
+    const app = "audit29-sql-inflight";
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { g: { connection_count: 1 } },
+      application_name: app,
+      health_check_interval_ms: 0,
+    });
+    const db = await p.acquire("g");
+    let settled = false;
+    const slow = Promise.resolve(db.sql`SELECT pg_sleep(1.5) AS slept`).then((rows) => {
+      settled = true;
+      return rows;
+    }, (err: Error) => {
+      settled = true;
+      return err;
+    });
+    await waitFor(
+      async () => (await poolSessions(cluster, app)).some((s) => s.query.includes("pg_sleep")),
+      { message: "the db.sql statement to run" },
+    );
+    db.release();
+    const next = await p.acquire("g", { timeout_ms: 30_000 });
+    try {
+      assert.ok(settled, "the next checkout got the connection while the statement still ran");
+    } finally {
+      next.release();
+    }
+    const rows = await slow;
+    assert.ok(!(rows instanceof Error), `the statement failed: ${rows}`);
+    assert.equal(rows[0].slept, "");
+  });
+});
