@@ -554,15 +554,17 @@ export class Lease {
     if (conn.endpoint.role !== "replica") {
       lsn = sendTokenQuery(conn);
     }
+    // The transaction ends with the COMMIT, however it is answered (a COMMIT the server refuses
+    // ends it too): a statement called from now on, without waiting for the answer, goes out
+    // behind it with a BEGIN of its own. Marked open until the answer, such a statement got
+    // none and ran outside any transaction, committed at once, beyond a later rollback().
+    this.#tx = false;
     let result: Rows;
     try {
       result = await commit as Rows;
     } catch (err) {
       const outcome = conn.outcomeOf(err, "COMMIT");
-      if (outcome === "failed") {
-        this.#tx = false;
-        throw err;
-      }
+      if (outcome === "failed") throw err;
       this.group.reportFailure(conn, err);
       throw this.#lose(
         conn,
@@ -571,9 +573,9 @@ export class Lease {
         outcome === "unknown"
           ? "the connection closed before COMMIT was acknowledged; its outcome is unknown"
           : "its connection closed before COMMIT ran; nothing was committed",
+        true,
       );
     }
-    this.#tx = false;
     conn.lastUsed = performance.now();
     if (result.command === "ROLLBACK") throw new TransactionAbortedError(this.group.name);
     return lsn === undefined ? undefined : await this.#record(lsn, conn);
@@ -1019,10 +1021,13 @@ export class Lease {
     cause: unknown,
     outcome: StatementOutcome,
     detail: string,
+    committing = false,
   ): SessionLostError {
     const options = cause === undefined ? undefined : { cause };
-    // Concurrent statements of one checkout learn of one loss: it keeps the kind it had.
-    const Lost = this.#tx || this.#leftOpen(conn) || this.#lost?.Lost === TransactionLostError
+    // Concurrent statements of one checkout learn of one loss: it keeps the kind it had. A
+    // COMMIT lost loses the transaction it was to commit (no longer marked open, see #commit).
+    const Lost = committing || this.#tx || this.#leftOpen(conn) ||
+        this.#lost?.Lost === TransactionLostError
       ? TransactionLostError
       : SessionLostError;
     this.#tx = false;

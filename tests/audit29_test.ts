@@ -122,3 +122,28 @@ describe("release() while a db.sql statement is still running", () => {
     assert.equal(rows[0].slept, "");
   });
 });
+
+describe("a statement pipelined behind commit() in a transaction group", () => {
+  // commit() left the transaction marked open until COMMIT was answered, so a statement called
+  // right after it (not awaiting the commit) got no BEGIN of its own and ran after the COMMIT
+  // outside any transaction: committed at once in a group whose statements all run in
+  // transactions, beyond the reach of the rollback() that followed.
+  it("runs in the next transaction, which rollback() undoes", async () => {
+    const app = "audit29-after-commit";
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { tx: { connection_count: 1, autocommit: false } },
+      application_name: app,
+      health_check_interval_ms: 0,
+    });
+    const v = `${app}-w`;
+    {
+      await using db = await p.acquire("tx");
+      await db.query("SELECT 1");
+      await Promise.all([db.commit(), db.query("INSERT INTO writes (v) VALUES ($1)", [v])]);
+      assert.ok(db.inTransaction, "the INSERT opened the next transaction");
+      await db.rollback();
+    }
+    assert.equal(await count(v), 0, "the INSERT rolled back stays rolled back");
+  });
+});
