@@ -37,7 +37,7 @@ import {
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement, checkValues } from "./statement_input.ts";
 import { readToken, sendStatement, sendTokenQuery } from "./token.ts";
-import { asksToCommit, mayHideBlock, mayOpenBlock } from "./transaction_block.ts";
+import { asksToCommit, endsBlock, mayHideBlock, mayOpenBlock } from "./transaction_block.ts";
 
 const noop = () => {};
 /** The pool's own statement sent through the simple protocol: nothing named, parsed on the spot. */
@@ -115,6 +115,11 @@ export class Lease {
   #validated = false;
   /** A transaction is open on the current connection. */
   #tx = false;
+  /**
+   * BEGINs the pool has sent: the answer of a statement that ended a block (COMMIT, ROLLBACK,
+   * ...) no longer says whether one is open once a BEGIN went out behind it (see `#send`).
+   */
+  #txGen = 0;
   /**
    * A statement that may have opened a transaction block (see `transaction_block.ts`) went out
    * where command tags cannot follow it: `db.sql`, a text of several statements. Commit,
@@ -405,24 +410,43 @@ export class Lease {
     const first = !this.#used;
     this.#used = true;
     const begin = !this.autocommit && !this.#tx ? this.#begin(conn) : undefined;
+    // A statement that ends the block (the caller's COMMIT, ROLLBACK, ...) ends it for whatever
+    // is sent behind it before its answer, as commit() does: in a transaction group such a
+    // statement gets a BEGIN of its own (it ran after the COMMIT outside any transaction,
+    // committed at once). Refused or unanswered, the block may still be open: marked so again.
+    const gen = this.#txGen;
+    const ending = this.#tx && endsBlock(text);
+    if (ending) this.#tx = false;
     const context = this.group.context;
     context.watch?.(conn.endpoint);
     const done = context.hooks === undefined
       ? undefined
       : observe(context.hooks, this.group.name, text, conn);
     const { sent, lsn } = sendStatement(conn, text, params, arrays, this.autocommit);
-    const failed = (err: unknown): Promise<Rows> =>
-      this.#failed(conn, err, text, params, arrays, attempt, first, begin, done);
+    const failed = (err: unknown): Promise<Rows> => {
+      if (ending && gen === this.#txGen && !(err instanceof TransactionAbortedError)) {
+        this.#tx = true;
+      }
+      return this.#failed(conn, err, text, params, arrays, attempt, first, begin, done);
+    };
     return sent.then((rows) => {
-      if (begin === undefined && lsn === undefined) return this.#ran(conn, rows, text, done);
-      return this.#settle(conn, rows, text, begin, lsn, done).then(undefined, failed);
+      if (begin === undefined && lsn === undefined) {
+        return this.#ran(conn, rows, text, done, gen);
+      }
+      return this.#settle(conn, rows, text, begin, lsn, done, gen).then(undefined, failed);
     }, failed);
   }
 
-  #ran(conn: ServerConnection, rows: Rows, text: string, done: Done | undefined): Rows {
+  #ran(
+    conn: ServerConnection,
+    rows: Rows,
+    text: string,
+    done: Done | undefined,
+    gen: number,
+  ): Rows {
     conn.lastUsed = performance.now();
     try {
-      this.#trackTransaction(rows.command, text);
+      this.#trackTransaction(rows.command, text, gen);
     } catch (err) {
       // A COMMIT answered ROLLBACK: it fails for the observer as it fails for the caller.
       done?.(err);
@@ -441,9 +465,10 @@ export class Lease {
     begin: Promise<unknown> | undefined,
     lsn: Promise<Rows> | undefined,
     done: Done | undefined,
+    gen: number,
   ): Promise<Rows> {
     if (begin !== undefined) await begin;
-    this.#ran(conn, rows, text, done);
+    this.#ran(conn, rows, text, done, gen);
     if (lsn !== undefined) await this.#record(lsn, conn);
     return rows;
   }
@@ -928,6 +953,7 @@ export class Lease {
     const begin = conn.session.query("BEGIN", undefined, conn.endpoint.controlOptions);
     begin.catch(noop);
     this.#tx = true;
+    this.#txGen++;
     return begin;
   }
 
@@ -935,20 +961,26 @@ export class Lease {
   // ROLLBACK TO SAVEPOINT answers ROLLBACK and COMMIT/ROLLBACK AND CHAIN open the next
   // transaction at once; taking those for an end would skip the commit, or hand the next
   // checkout a connection inside a transaction.
-  #trackTransaction(command: string, text: string): void {
+  // `gen`: `#txGen` when the statement was sent; a BEGIN of the pool's sent since opened the
+  // block that is open now, whatever this answer says of the one before.
+  #trackTransaction(command: string, text: string, gen: number): void {
     if (command === "BEGIN" || command === "START TRANSACTION") this.#tx = true;
     else if (command === "COMMIT" || command === "ROLLBACK") {
-      this.#tx = STAYS_IN_TRANSACTION.test(text);
-      // Whatever block was open, also one opened through db.sql, ended with it.
-      if (!this.#tx) this.#untracked = false;
+      if (gen === this.#txGen) {
+        this.#tx = STAYS_IN_TRANSACTION.test(text);
+        // Whatever block was open, also one opened through db.sql, ended with it.
+        if (!this.#tx) this.#untracked = false;
+      }
       // The caller's own COMMIT, answered ROLLBACK: an earlier statement had failed and nothing
       // was committed. It must not read as success (pool.transaction() would report one).
       if (command === "ROLLBACK" && asksToCommit(text)) {
         throw new TransactionAbortedError(this.group.name);
       }
     } else if (command === "PREPARE TRANSACTION") {
-      this.#tx = false;
-      this.#untracked = false;
+      if (gen === this.#txGen) {
+        this.#tx = false;
+        this.#untracked = false;
+      }
     } // A text of several statements reports its last command (or none): its BEGIN is unseen.
     else if (mayHideBlock(text)) this.#untracked = true;
   }

@@ -123,13 +123,37 @@ describe("release() while a db.sql statement is still running", () => {
   });
 });
 
-describe("a statement pipelined behind commit() in a transaction group", () => {
-  // commit() left the transaction marked open until COMMIT was answered, so a statement called
-  // right after it (not awaiting the commit) got no BEGIN of its own and ran after the COMMIT
-  // outside any transaction: committed at once in a group whose statements all run in
-  // transactions, beyond the reach of the rollback() that followed.
-  it("runs in the next transaction, which rollback() undoes", async () => {
-    const app = "audit29-after-commit";
+describe("a statement pipelined behind the end of a block in a transaction group", () => {
+  // The block stayed marked open until its COMMIT was answered, so a statement called right
+  // after it (not awaiting the commit) got no BEGIN of its own and ran after the COMMIT outside
+  // any transaction: committed at once in a group whose statements all run in transactions,
+  // beyond the reach of the rollback() that followed. So for commit(), and for the caller's
+  // own COMMIT, END or ROLLBACK.
+  for (const via of ["commit()", "COMMIT", "END", "ROLLBACK"] as const) {
+    it(`runs in the next transaction, which rollback() undoes (${via})`, async () => {
+      const app = `audit29-after-${via.replace("()", "")}`;
+      await using p = new Pool({
+        db: cluster.endpoints(),
+        groups: { tx: { connection_count: 1, autocommit: false } },
+        application_name: app,
+        health_check_interval_ms: 0,
+      });
+      const v = `${app}-w`;
+      {
+        await using db = await p.acquire("tx");
+        await db.query("SELECT 1");
+        const end = via === "commit()" ? db.commit() : db.query(via);
+        await Promise.all([end, db.query("INSERT INTO writes (v) VALUES ($1)", [v])]);
+        assert.ok(db.inTransaction, "the INSERT opened the next transaction");
+        await db.rollback();
+      }
+      assert.equal(await count(v), 0, "the INSERT rolled back stays rolled back");
+    });
+  }
+  // The other side of it: a COMMIT refused before it ran (a syntax error) leaves the block open,
+  // aborted; it must stay marked open, so that the check-in rolls it back.
+  it("a COMMIT the server refuses leaves the block marked open", async () => {
+    const app = "audit29-commit-refused";
     await using p = new Pool({
       db: cluster.endpoints(),
       groups: { tx: { connection_count: 1, autocommit: false } },
@@ -139,11 +163,12 @@ describe("a statement pipelined behind commit() in a transaction group", () => {
     const v = `${app}-w`;
     {
       await using db = await p.acquire("tx");
-      await db.query("SELECT 1");
-      await Promise.all([db.commit(), db.query("INSERT INTO writes (v) VALUES ($1)", [v])]);
-      assert.ok(db.inTransaction, "the INSERT opened the next transaction");
-      await db.rollback();
+      await db.query("INSERT INTO writes (v) VALUES ($1)", [v]);
+      await assert.rejects(db.query("COMMIT nonsense"));
+      assert.ok(db.inTransaction, "the block is still open (aborted)");
     }
-    assert.equal(await count(v), 0, "the INSERT rolled back stays rolled back");
+    assert.equal(await count(v), 0);
+    const [row] = await p.transaction("tx", (db) => db.query("SELECT 1 AS one"));
+    assert.equal(row.one, 1, "the connection came back out of the aborted block");
   });
 });
