@@ -121,6 +121,12 @@ export class Lease {
    */
   #txGen = 0;
   /**
+   * Statements ending a block (commit()'s COMMIT, the caller's own) sent and not answered yet:
+   * the block no longer counts as open for what is sent behind them, but a statement lost
+   * meanwhile still lost the transaction (`#lose`).
+   */
+  #ending = 0;
+  /**
    * A statement that may have opened a transaction block (see `transaction_block.ts`) went out
    * where command tags cannot follow it: `db.sql`, a text of several statements. Commit,
    * rollback and check-in then look at the session (`#leftOpen`).
@@ -415,8 +421,11 @@ export class Lease {
     // statement gets a BEGIN of its own (it ran after the COMMIT outside any transaction,
     // committed at once). Refused or unanswered, the block may still be open: marked so again.
     const gen = this.#txGen;
-    const ending = this.#tx && endsBlock(text);
-    if (ending) this.#tx = false;
+    let ending = this.#tx && endsBlock(text);
+    if (ending) {
+      this.#tx = false;
+      this.#ending++;
+    }
     const context = this.group.context;
     context.watch?.(conn.endpoint);
     const done = context.hooks === undefined
@@ -424,12 +433,18 @@ export class Lease {
       : observe(context.hooks, this.group.name, text, conn);
     const { sent, lsn } = sendStatement(conn, text, params, arrays, this.autocommit);
     const failed = (err: unknown): Promise<Rows> => {
-      if (ending && gen === this.#txGen && !(err instanceof TransactionAbortedError)) {
-        this.#tx = true;
+      if (ending) {
+        ending = false;
+        this.#ending--;
+        if (gen === this.#txGen) this.#tx = true;
       }
       return this.#failed(conn, err, text, params, arrays, attempt, first, begin, done);
     };
     return sent.then((rows) => {
+      if (ending) {
+        ending = false;
+        this.#ending--;
+      }
       if (begin === undefined && lsn === undefined) {
         return this.#ran(conn, rows, text, done, gen);
       }
@@ -584,6 +599,7 @@ export class Lease {
     // behind it with a BEGIN of its own. Marked open until the answer, such a statement got
     // none and ran outside any transaction, committed at once, beyond a later rollback().
     this.#tx = false;
+    this.#ending++;
     let result: Rows;
     try {
       result = await commit as Rows;
@@ -598,8 +614,9 @@ export class Lease {
         outcome === "unknown"
           ? "the connection closed before COMMIT was acknowledged; its outcome is unknown"
           : "its connection closed before COMMIT ran; nothing was committed",
-        true,
       );
+    } finally {
+      this.#ending--;
     }
     conn.lastUsed = performance.now();
     if (result.command === "ROLLBACK") throw new TransactionAbortedError(this.group.name);
@@ -1053,12 +1070,11 @@ export class Lease {
     cause: unknown,
     outcome: StatementOutcome,
     detail: string,
-    committing = false,
   ): SessionLostError {
     const options = cause === undefined ? undefined : { cause };
-    // Concurrent statements of one checkout learn of one loss: it keeps the kind it had. A
-    // COMMIT lost loses the transaction it was to commit (no longer marked open, see #commit).
-    const Lost = committing || this.#tx || this.#leftOpen(conn) ||
+    // Concurrent statements of one checkout learn of one loss: it keeps the kind it had. The
+    // end of a block still unanswered loses that block (no longer marked open, see #send).
+    const Lost = this.#tx || this.#ending > 0 || this.#leftOpen(conn) ||
         this.#lost?.Lost === TransactionLostError
       ? TransactionLostError
       : SessionLostError;

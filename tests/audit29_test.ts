@@ -6,7 +6,8 @@ import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { poolSessions, terminate } from "./harness/faults.ts";
 import { waitFor } from "./harness/wait.ts";
-import { Pool } from "../mod.ts";
+import { Pool, TransactionLostError } from "../mod.ts";
+import { inspect } from "node:util";
 
 await setTestTimeout(120_000);
 
@@ -170,5 +171,31 @@ describe("a statement pipelined behind the end of a block in a transaction group
     assert.equal(await count(v), 0);
     const [row] = await p.transaction("tx", (db) => db.query("SELECT 1 AS one"));
     assert.equal(row.one, 1, "the connection came back out of the aborted block");
+  });
+  // And a statement of the transaction lost with its session while the COMMIT behind it was
+  // still on its way lost the transaction, not merely the session.
+  it("a statement lost while the COMMIT behind it is on its way reports a lost transaction", async () => {
+    const app = "audit29-lost-before-commit";
+    await using p = new Pool({
+      db: cluster.endpoints(),
+      groups: { tx: { connection_count: 1, autocommit: false } },
+      application_name: app,
+      health_check_interval_ms: 0,
+    });
+    const v = `${app}-w`;
+    await using db = await p.acquire("tx");
+    await db.query("SELECT 1");
+    const insert = db.query("INSERT INTO writes (v) SELECT $1 FROM pg_sleep(30)", [v])
+      .then(() => "answered", (err: Error) => err);
+    const commit = db.commit().then(() => "committed", (err: Error) => err);
+    await waitFor(
+      async () => (await poolSessions(cluster, app)).some((s) => s.query.includes("pg_sleep")),
+      { message: "the INSERT to run" },
+    );
+    assert.equal((await terminate(await poolSessions(cluster, app))).length, 1);
+    for (const [what, settled] of [["INSERT", await insert], ["COMMIT", await commit]]) {
+      assert.ok(settled instanceof TransactionLostError, `${what}: ${inspect(settled)}`);
+    }
+    assert.equal(await count(v), 0);
   });
 });
