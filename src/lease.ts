@@ -37,7 +37,7 @@ import {
 import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement, checkValues } from "./statement_input.ts";
 import { readToken, sendStatement, sendTokenQuery } from "./token.ts";
-import { asksToCommit, mayHideBlock, mayOpenBlock } from "./transaction_block.ts";
+import { asksToCommit, endsBlock, mayHideBlock, mayOpenBlock } from "./transaction_block.ts";
 
 const noop = () => {};
 /** The pool's own statement sent through the simple protocol: nothing named, parsed on the spot. */
@@ -76,10 +76,11 @@ export function observe(
 }
 
 /**
- * Observes a statement made through `db.sql` from its dispatch to its end. Such statements are
- * lazy (sent on their first `then`, which `await`, `catch` and `finally` go through; a fragment
- * embedded in another statement is never sent on its own): the observation starts on that first
- * `then`, never earlier, and never sends anything itself.
+ * Follows a statement made through `db.sql` from its dispatch to its end: `start` is called on
+ * its dispatch, what it returns once it settles. Such statements are lazy (sent on their first
+ * `then`, which `await`, `catch` and `finally` go through; a fragment embedded in another
+ * statement is never sent on its own): the following starts on that first `then`, never
+ * earlier, and never sends anything itself.
  */
 function observeWhenSent(statement: Promise<unknown>, start: () => Done): void {
   const then = statement.then;
@@ -114,6 +115,17 @@ export class Lease {
   #validated = false;
   /** A transaction is open on the current connection. */
   #tx = false;
+  /**
+   * BEGINs the pool has sent: the answer of a statement that ended a block (COMMIT, ROLLBACK,
+   * ...) no longer says whether one is open once a BEGIN went out behind it (see `#send`).
+   */
+  #txGen = 0;
+  /**
+   * Statements ending a block (commit()'s COMMIT, the caller's own) sent and not answered yet:
+   * the block no longer counts as open for what is sent behind them, but a statement lost
+   * meanwhile still lost the transaction (`#lose`).
+   */
+  #ending = 0;
   /**
    * A statement that may have opened a transaction block (see `transaction_block.ts`) went out
    * where command tags cannot follow it: `db.sql`, a text of several statements. Commit,
@@ -153,6 +165,14 @@ export class Lease {
    * gave up on), though the check-in still does.
    */
   #proofs = 0;
+  /**
+   * Statements called and not yet handed to the driver (waiting for the connection, for its
+   * proof, or for the move off a dead one), each settled once it is (or failed unsent): a
+   * `commit()` or `rollback()` called after them waits for them to go out first. It found no
+   * transaction open yet (the pipelined BEGIN still held back) and resolved as a success; the
+   * statement then ran in a transaction the check-in rolled back.
+   */
+  #unsent: Set<Promise<void>> | undefined;
   /** `#leave()` as settle callbacks, made once per lease on its first statement. */
   #leaveWith: ((rows: Rows) => Rows) | undefined;
   #leaveThrowing: ((err: unknown) => never) | undefined;
@@ -347,6 +367,7 @@ export class Lease {
   ): Promise<Rows> {
     this.#inflight++;
     const from = performance.now();
+    const handed = this.#holdBack();
     try {
       let conn = this.#conn ?? await this.#connection();
       if (!this.#used && !this.#validated && this.#stale(conn)) {
@@ -355,8 +376,11 @@ export class Lease {
         // statement is not sent); the validation itself runs on, counted in flight on its own.
         conn = await this.#untilProven(this.#validating ??= this.#proving(conn), from);
       }
-      return await this.#send(conn, text, params, arrays, 1);
+      const rows = this.#send(conn, text, params, arrays, 1);
+      handed();
+      return await rows;
     } finally {
+      handed();
       this.#leave();
     }
   }
@@ -372,7 +396,17 @@ export class Lease {
     if (this.#state === RELEASED) return Promise.reject(this.#afterRelease());
     // Unused and dead with nothing routable: moving waits for routing (see #move).
     if (!this.#used && conn.dead && !this.#pinned && !this.group.routable) {
-      return this.#move(conn).then((next) => this.#send(next, text, params, arrays, attempt));
+      const handed = this.#holdBack();
+      return this.#move(conn).then((next) => {
+        try {
+          return this.#send(next, text, params, arrays, attempt);
+        } finally {
+          handed();
+        }
+      }, (err) => {
+        handed();
+        throw err;
+      });
     }
     try {
       conn = this.#usable(conn);
@@ -382,24 +416,52 @@ export class Lease {
     const first = !this.#used;
     this.#used = true;
     const begin = !this.autocommit && !this.#tx ? this.#begin(conn) : undefined;
+    // A statement that ends the block (the caller's COMMIT, ROLLBACK, ...) ends it for whatever
+    // is sent behind it before its answer, as commit() does: in a transaction group such a
+    // statement gets a BEGIN of its own (it ran after the COMMIT outside any transaction,
+    // committed at once). Refused or unanswered, the block may still be open: marked so again.
+    const gen = this.#txGen;
+    let ending = this.#tx && endsBlock(text);
+    if (ending) {
+      this.#tx = false;
+      this.#ending++;
+    }
     const context = this.group.context;
     context.watch?.(conn.endpoint);
     const done = context.hooks === undefined
       ? undefined
       : observe(context.hooks, this.group.name, text, conn);
     const { sent, lsn } = sendStatement(conn, text, params, arrays, this.autocommit);
-    const failed = (err: unknown): Promise<Rows> =>
-      this.#failed(conn, err, text, params, arrays, attempt, first, begin, done);
+    const failed = (err: unknown): Promise<Rows> => {
+      if (ending) {
+        ending = false;
+        this.#ending--;
+        if (gen === this.#txGen) this.#tx = true;
+      }
+      return this.#failed(conn, err, text, params, arrays, attempt, first, begin, done);
+    };
     return sent.then((rows) => {
-      if (begin === undefined && lsn === undefined) return this.#ran(conn, rows, text, done);
-      return this.#settle(conn, rows, text, begin, lsn, done).then(undefined, failed);
+      if (ending) {
+        ending = false;
+        this.#ending--;
+      }
+      if (begin === undefined && lsn === undefined) {
+        return this.#ran(conn, rows, text, done, gen);
+      }
+      return this.#settle(conn, rows, text, begin, lsn, done, gen).then(undefined, failed);
     }, failed);
   }
 
-  #ran(conn: ServerConnection, rows: Rows, text: string, done: Done | undefined): Rows {
+  #ran(
+    conn: ServerConnection,
+    rows: Rows,
+    text: string,
+    done: Done | undefined,
+    gen: number,
+  ): Rows {
     conn.lastUsed = performance.now();
     try {
-      this.#trackTransaction(rows.command, text);
+      this.#trackTransaction(rows.command, text, gen);
     } catch (err) {
       // A COMMIT answered ROLLBACK: it fails for the observer as it fails for the caller.
       done?.(err);
@@ -418,9 +480,10 @@ export class Lease {
     begin: Promise<unknown> | undefined,
     lsn: Promise<Rows> | undefined,
     done: Done | undefined,
+    gen: number,
   ): Promise<Rows> {
     if (begin !== undefined) await begin;
-    this.#ran(conn, rows, text, done);
+    this.#ran(conn, rows, text, done, gen);
     if (lsn !== undefined) await this.#record(lsn, conn);
     return rows;
   }
@@ -466,7 +529,14 @@ export class Lease {
     ) {
       this.#tx = false;
       this.#used = false;
-      return await this.#send(await this.#move(conn), text, params, arrays, attempt + 1);
+      const handed = this.#holdBack();
+      try {
+        const rows = this.#send(await this.#move(conn), text, params, arrays, attempt + 1);
+        handed();
+        return await rows;
+      } finally {
+        handed();
+      }
     }
     if (refusal !== undefined) throw this.group.refusalError(conn, refusal);
     throw this.#lose(conn, err, outcome, "its connection was lost during a statement");
@@ -479,6 +549,8 @@ export class Lease {
   async commit(): Promise<string | undefined> {
     this.#inflight++;
     try {
+      const ahead = this.#ahead();
+      if (ahead !== undefined) await ahead;
       const held = this.#conn ?? await this.#connection();
       if (this.#state === RELEASED) throw this.#afterRelease();
       return await this.#commit(this.#usable(held));
@@ -522,15 +594,18 @@ export class Lease {
     if (conn.endpoint.role !== "replica") {
       lsn = sendTokenQuery(conn);
     }
+    // The transaction ends with the COMMIT, however it is answered (a COMMIT the server refuses
+    // ends it too): a statement called from now on, without waiting for the answer, goes out
+    // behind it with a BEGIN of its own. Marked open until the answer, such a statement got
+    // none and ran outside any transaction, committed at once, beyond a later rollback().
+    this.#tx = false;
+    this.#ending++;
     let result: Rows;
     try {
       result = await commit as Rows;
     } catch (err) {
       const outcome = conn.outcomeOf(err, "COMMIT");
-      if (outcome === "failed") {
-        this.#tx = false;
-        throw err;
-      }
+      if (outcome === "failed") throw err;
       this.group.reportFailure(conn, err);
       throw this.#lose(
         conn,
@@ -540,8 +615,9 @@ export class Lease {
           ? "the connection closed before COMMIT was acknowledged; its outcome is unknown"
           : "its connection closed before COMMIT ran; nothing was committed",
       );
+    } finally {
+      this.#ending--;
     }
-    this.#tx = false;
     conn.lastUsed = performance.now();
     if (result.command === "ROLLBACK") throw new TransactionAbortedError(this.group.name);
     return lsn === undefined ? undefined : await this.#record(lsn, conn);
@@ -554,6 +630,8 @@ export class Lease {
   async rollback(): Promise<void> {
     this.#inflight++;
     try {
+      const ahead = this.#ahead();
+      if (ahead !== undefined) await ahead;
       const conn = this.#conn ?? await this.#connection();
       if (this.#state === RELEASED) throw this.#afterRelease();
       await this.#rollback(conn);
@@ -773,13 +851,27 @@ export class Lease {
       this.group.context.watch?.(conn.endpoint);
       return conn;
     };
-    // A statement (not a helper's or fragment's value) is observed once it is sent.
-    const observed = (result: unknown, conn: ServerConnection, text: string): void => {
+    // A statement (not a helper's or fragment's value) counts in flight from its dispatch until
+    // it settles, as db.query()'s do: a release meanwhile keeps the connection until then (it
+    // went back to the group with the statement running, and the next checkout got it
+    // mid-statement). It is observed from its dispatch too.
+    const tracked = (
+      result: unknown,
+      conn: ServerConnection,
+      text: () => string,
+    ): void => {
       if (!(result instanceof Promise)) return;
       observeWhenSent(result, () => {
+        this.#inflight++;
         // The observer of the moment it is sent (it may have been removed meanwhile).
         const hooks = this.group.context.hooks;
-        return hooks === undefined ? noop : observe(hooks, this.group.name, text, conn);
+        const done = hooks === undefined
+          ? undefined
+          : observe(hooks, this.group.name, text(), conn);
+        return (error) => {
+          done?.(error);
+          this.#leave();
+        };
       });
     };
     const sql = ((first: unknown, ...rest: unknown[]) => {
@@ -794,10 +886,14 @@ export class Lease {
         ...rest,
       );
       conn.session.adopt(result);
-      if (this.group.context.hooks !== undefined) {
-        const template = Array.isArray((first as { raw?: unknown } | null)?.raw);
-        observed(result, conn, template ? templateText(first as readonly string[]) : "");
-      }
+      tracked(
+        result,
+        conn,
+        () =>
+          Array.isArray((first as { raw?: unknown } | null)?.raw)
+            ? templateText(first as readonly string[])
+            : "",
+      );
       return hold === undefined ? result : hold(result);
     }) as unknown as Sql;
     const forward =
@@ -816,9 +912,7 @@ export class Lease {
         const result = (conn.session.sql[name] as (...args: unknown[]) => unknown)(...args);
         conn.session.adopt(result);
         // unsafe's text is the statement; a file's is not known here.
-        if (this.group.context.hooks !== undefined) {
-          observed(result, conn, name === "unsafe" ? args[0] as string : "");
-        }
+        tracked(result, conn, () => name === "unsafe" ? args[0] as string : "");
         return hold === undefined ? result : hold(result);
       };
     Object.assign(sql, {
@@ -829,6 +923,30 @@ export class Lease {
       file: forward("file"),
     });
     return sql;
+  }
+
+  /**
+   * Counts a statement among `#unsent` until the returned function is called (once it is handed
+   * to the driver, or fails unsent; later calls do nothing).
+   */
+  #holdBack(): () => void {
+    let mark!: () => void;
+    const handed = new Promise<void>((resolve) => mark = resolve);
+    const unsent = this.#unsent ??= new Set();
+    unsent.add(handed);
+    return () => {
+      if (unsent.delete(handed)) mark();
+    };
+  }
+
+  /**
+   * Settles once every statement called so far has been handed to the driver (those called
+   * later are not waited for); `undefined` when all have been (the common case: no await).
+   */
+  #ahead(): Promise<unknown> | undefined {
+    const unsent = this.#unsent;
+    if (unsent === undefined || unsent.size === 0) return undefined;
+    return Promise.all(unsent);
   }
 
   /** The connection to send on now, or throws when this checkout may not send. */
@@ -852,6 +970,7 @@ export class Lease {
     const begin = conn.session.query("BEGIN", undefined, conn.endpoint.controlOptions);
     begin.catch(noop);
     this.#tx = true;
+    this.#txGen++;
     return begin;
   }
 
@@ -859,20 +978,26 @@ export class Lease {
   // ROLLBACK TO SAVEPOINT answers ROLLBACK and COMMIT/ROLLBACK AND CHAIN open the next
   // transaction at once; taking those for an end would skip the commit, or hand the next
   // checkout a connection inside a transaction.
-  #trackTransaction(command: string, text: string): void {
+  // `gen`: `#txGen` when the statement was sent; a BEGIN of the pool's sent since opened the
+  // block that is open now, whatever this answer says of the one before.
+  #trackTransaction(command: string, text: string, gen: number): void {
     if (command === "BEGIN" || command === "START TRANSACTION") this.#tx = true;
     else if (command === "COMMIT" || command === "ROLLBACK") {
-      this.#tx = STAYS_IN_TRANSACTION.test(text);
-      // Whatever block was open, also one opened through db.sql, ended with it.
-      if (!this.#tx) this.#untracked = false;
+      if (gen === this.#txGen) {
+        this.#tx = STAYS_IN_TRANSACTION.test(text);
+        // Whatever block was open, also one opened through db.sql, ended with it.
+        if (!this.#tx) this.#untracked = false;
+      }
       // The caller's own COMMIT, answered ROLLBACK: an earlier statement had failed and nothing
       // was committed. It must not read as success (pool.transaction() would report one).
       if (command === "ROLLBACK" && asksToCommit(text)) {
         throw new TransactionAbortedError(this.group.name);
       }
     } else if (command === "PREPARE TRANSACTION") {
-      this.#tx = false;
-      this.#untracked = false;
+      if (gen === this.#txGen) {
+        this.#tx = false;
+        this.#untracked = false;
+      }
     } // A text of several statements reports its last command (or none): its BEGIN is unseen.
     else if (mayHideBlock(text)) this.#untracked = true;
   }
@@ -947,8 +1072,10 @@ export class Lease {
     detail: string,
   ): SessionLostError {
     const options = cause === undefined ? undefined : { cause };
-    // Concurrent statements of one checkout learn of one loss: it keeps the kind it had.
-    const Lost = this.#tx || this.#leftOpen(conn) || this.#lost?.Lost === TransactionLostError
+    // Concurrent statements of one checkout learn of one loss: it keeps the kind it had. The
+    // end of a block still unanswered loses that block (no longer marked open, see #send).
+    const Lost = this.#tx || this.#ending > 0 || this.#leftOpen(conn) ||
+        this.#lost?.Lost === TransactionLostError
       ? TransactionLostError
       : SessionLostError;
     this.#tx = false;

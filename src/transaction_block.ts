@@ -111,3 +111,48 @@ export function asksToCommit(text: string): boolean {
   const next = firstWord(text, end);
   return next >= 0 && isWord(text, next, wordEnd(text, next), "TRANSACTION");
 }
+
+/**
+ * Whether `text` is one statement that ends the transaction block it runs in: `COMMIT`, `END`,
+ * `ROLLBACK`, `ABORT` (not `ROLLBACK TO`, not `... AND CHAIN`, not `COMMIT PREPARED` or
+ * `ROLLBACK PREPARED`, which run outside blocks) or `PREPARE TRANSACTION`. A statement sent
+ * behind it, before its answer, runs after the block has ended.
+ *
+ * @example Statements after which a transaction group opens the next transaction
+ * ```ts
+ * import { endsBlock } from "./transaction_block.ts";
+ *
+ * endsBlock("commit"); // true
+ * endsBlock("ROLLBACK TO SAVEPOINT a"); // false: the block stays
+ * endsBlock("COMMIT AND CHAIN"); // false: the next block opens at once
+ * endsBlock("COMMIT; SELECT 1"); // false: not one statement
+ * ```
+ */
+export function endsBlock(text: string): boolean {
+  const start = firstWord(text, 0);
+  if (start < 0) return false;
+  const end = wordEnd(text, start);
+  const next = firstWord(text, end);
+  const nextEnd = next < 0 ? next : wordEnd(text, next);
+  if (isWord(text, start, end, "PREPARE")) {
+    return next >= 0 && isWord(text, next, nextEnd, "TRANSACTION") &&
+      singleStatement(text, nextEnd);
+  }
+  if (
+    !isWord(text, start, end, "COMMIT") && !isWord(text, start, end, "END") &&
+    !isWord(text, start, end, "ROLLBACK") && !isWord(text, start, end, "ABORT")
+  ) {
+    return false;
+  }
+  if (next >= 0) {
+    if (isWord(text, next, nextEnd, "PREPARED") || isWord(text, next, nextEnd, "TO")) return false;
+    // ROLLBACK WORK TO / ROLLBACK TRANSACTION TO.
+    if (isWord(text, next, nextEnd, "WORK") || isWord(text, next, nextEnd, "TRANSACTION")) {
+      const after = firstWord(text, nextEnd);
+      if (after >= 0 && isWord(text, after, wordEnd(text, after), "TO")) return false;
+    }
+  }
+  // AND CHAIN opens the next block at once (AND NO CHAIN does not match).
+  if (/\band\s+chain\b/i.test(text)) return false;
+  return singleStatement(text, end);
+}
