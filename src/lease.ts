@@ -38,6 +38,7 @@ import { isReadOnlyError } from "./sqlstate.ts";
 import { checkStatement, checkValues } from "./statement_input.ts";
 import { readToken, sendStatement, sendTokenQuery } from "./token.ts";
 import { asksToCommit, endsBlock, mayHideBlock, mayOpenBlock } from "./transaction_block.ts";
+import { type CursorBook, type Done, followStatement } from "./sql_dispatch.ts";
 
 const noop = () => {};
 /** The pool's own statement sent through the simple protocol: nothing named, parsed on the spot. */
@@ -61,9 +62,6 @@ interface Loss {
   readonly options: ErrorOptions | undefined;
 }
 
-/** Tells a `statement` hook how its statement ended. */
-type Done = (error: unknown) => void;
-
 /** Tells the observer a statement is sent; returns what to call when it settles. */
 export function observe(
   hooks: PoolHooks,
@@ -73,25 +71,6 @@ export function observe(
 ): Done {
   const endpoint = conn.endpoint;
   return hooks.statement({ group, text, endpoint: endpoint.info, database: endpoint.database });
-}
-
-/**
- * Follows a statement made through `db.sql` from its dispatch to its end: `start` is called on
- * its dispatch, what it returns once it settles. Such statements are lazy (sent on their first
- * `then`, which `await`, `catch` and `finally` go through; a fragment embedded in another
- * statement is never sent on its own): the following starts on that first `then`, never
- * earlier, and never sends anything itself.
- */
-function observeWhenSent(statement: Promise<unknown>, start: () => Done): void {
-  const then = statement.then;
-  let done: Done | undefined;
-  statement.then = function (this: Promise<unknown>, ...args: unknown[]) {
-    if (done === undefined) {
-      const end = done = start();
-      then.call(this, () => end(undefined), end);
-    }
-    return (then as (...args: unknown[]) => Promise<unknown>).apply(this, args);
-  } as typeof statement.then;
 }
 
 /** A tagged template's text as the server gets it: `$1`, `$2`, ... for its values. */
@@ -173,6 +152,8 @@ export class Lease {
    * statement then ran in a transaction the check-in rolled back.
    */
   #unsent: Set<Promise<void>> | undefined;
+  /** The cursors of `db.sql` being read through their iterators: release closes them. */
+  #cursors: CursorBook | undefined;
   /** `#leave()` as settle callbacks, made once per lease on its first statement. */
   #leaveWith: ((rows: Rows) => Rows) | undefined;
   #leaveThrowing: ((err: unknown) => never) | undefined;
@@ -715,6 +696,9 @@ export class Lease {
     // A db.sql statement made here but first awaited after this point would be sent on
     // whichever checkout holds the session by then: it is refused instead, unsent.
     if (this.#sqlMade) this.#conn.session.refuseUnsent(() => this.#afterRelease());
+    // A cursor still being read is closed, not waited for (its reader may never read on): the
+    // release waits for the close, and the reader's next read rejects (`sql_dispatch.ts`).
+    for (const close of this.#cursors?.open ?? []) close();
     // A statement still in flight keeps the connection: it is checked in once it settles. The
     // pool's own proof of it (a ping) also keeps it, but is no one's to wait for.
     if (this.#inflight > this.#proofs) return new Promise((resolve) => this.#drained = resolve);
@@ -851,17 +835,21 @@ export class Lease {
       this.group.context.watch?.(conn.endpoint);
       return conn;
     };
-    // A statement (not a helper's or fragment's value) counts in flight from its dispatch until
-    // it settles, as db.query()'s do: a release meanwhile keeps the connection until then (it
-    // went back to the group with the statement running, and the next checkout got it
-    // mid-statement). It is observed from its dispatch too.
+    // A statement (not a helper's or fragment's value) counts in flight from its dispatch
+    // (then, execute, forEach, cursor: `sql_dispatch.ts`) until it settles, as db.query()'s do:
+    // a release meanwhile keeps the connection until then (it went back to the group with the
+    // statement running, and the next checkout got it mid-statement); a cursor still being read
+    // is closed by the release. It is observed from its dispatch too.
     const tracked = (
       result: unknown,
       conn: ServerConnection,
       text: () => string,
     ): void => {
       if (!(result instanceof Promise)) return;
-      observeWhenSent(result, () => {
+      const cursors = typeof (result as { cursor?: unknown }).cursor === "function"
+        ? this.#cursorsOn(conn)
+        : undefined;
+      followStatement(result, () => {
         this.#inflight++;
         // The observer of the moment it is sent (it may have been removed meanwhile).
         const hooks = this.group.context.hooks;
@@ -872,7 +860,7 @@ export class Lease {
           done?.(error);
           this.#leave();
         };
-      });
+      }, cursors);
     };
     const sql = ((first: unknown, ...rest: unknown[]) => {
       // A template's values, as statement parameters (helpers and fragments pass).
@@ -923,6 +911,17 @@ export class Lease {
       file: forward("file"),
     });
     return sql;
+  }
+
+  /**
+   * The book of this checkout's cursors, for a driver whose statements have them (postgres.js:
+   * its `sql.CLOSE` closes one); `undefined` for another.
+   */
+  #cursorsOn(conn: ServerConnection): CursorBook | undefined {
+    if (this.#cursors !== undefined) return this.#cursors;
+    const close = (conn.session.sql as unknown as { CLOSE?: unknown }).CLOSE;
+    if (close === undefined) return undefined;
+    return this.#cursors = { open: new Set(), close, released: () => this.#afterRelease() };
   }
 
   /**
