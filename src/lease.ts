@@ -324,7 +324,10 @@ export class Lease {
       return Promise.reject(err);
     }
     const conn = this.#conn;
-    if (conn === null || (!this.#used && !this.#validated && this.#stale(conn))) {
+    if (
+      conn === null || (!this.#used && !this.#validated && this.#stale(conn)) ||
+      (this.#unsent !== undefined && this.#unsent.size > 0)
+    ) {
       return this.#queryChecked(text, params, arrays);
     }
     this.#inflight++;
@@ -341,6 +344,10 @@ export class Lease {
   }
 
   // The first statement on a connection still to come, or idle too long: wait for it, prove it.
+  // Any statement called while earlier ones are held back (`#unsent`) goes out after them, in
+  // call order: the first statement's move off a dead connection swaps the lease's connection
+  // before the fresh one is ready, and a statement called meanwhile, seeing it unused, went out
+  // first (the caller's COMMIT before the INSERT it was to commit, behind a BEGIN of its own).
   async #queryChecked(
     text: string,
     params: readonly unknown[] | undefined,
@@ -348,8 +355,10 @@ export class Lease {
   ): Promise<Rows> {
     this.#inflight++;
     const from = performance.now();
+    const ahead = this.#ahead();
     const handed = this.#holdBack();
     try {
+      if (ahead !== undefined) await ahead;
       let conn = this.#conn ?? await this.#connection();
       if (!this.#used && !this.#validated && this.#stale(conn)) {
         // Concurrent first statements share one validation: one swap at most. The checkout's

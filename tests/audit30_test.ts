@@ -1,10 +1,11 @@
-// Defects found by audit 30 (db.sql statements started without an await, cursors still open at
-// release), each proven against real servers and real faults.
+// Defects found by audit 30 (statements called while the first one moves off a dead connection,
+// db.sql statements started without an await, cursors still open at release), each proven
+// against real servers and real faults.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { type PgCluster, startCluster, testDriver } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
-import { poolSessions } from "./harness/faults.ts";
+import { poolSessions, terminate } from "./harness/faults.ts";
 import { waitFor } from "./harness/wait.ts";
 import { Pool } from "../mod.ts";
 
@@ -14,11 +15,15 @@ let cluster: PgCluster;
 
 before(async () => {
   cluster = await startCluster({ replicas: 0 });
+  await cluster.primary.query("CREATE TABLE writes (id serial PRIMARY KEY, v text NOT NULL)");
 }, { timeout: 120_000 });
 
 after(async () => {
   await cluster?.close();
 }, { timeout: 60_000 });
+
+const count = async (v: string): Promise<number> =>
+  (await cluster.primary.query("SELECT count(*)::int AS n FROM writes WHERE v = $1", [v]))[0].n;
 
 /** Resolves to `"stuck"` unless `work` settles within `ms` (a deadline, not a pause). */
 function within<T>(work: Promise<T>, ms: number): Promise<T | "stuck"> {
@@ -28,6 +33,77 @@ function within<T>(work: Promise<T>, ms: number): Promise<T | "stuck"> {
 }
 
 const onBunDriver = testDriver().driver === "bun";
+
+describe("statements called while the checkout's first statement moves off a dead connection", () => {
+  // The first statement of a checkout whose backend died finds its connection dead and moves to
+  // a fresh one, which it first has to wait for; the move swaps the lease's connection at once.
+  // A statement called meanwhile saw a fresh, unused connection and went out at once, ahead of
+  // the first: the caller's own COMMIT or END (behind a BEGIN of its own) committed nothing and
+  // was acknowledged, and the INSERT then ran in a transaction the check-in rolled back; a
+  // ROLLBACK went out before what it was to roll back, which the commit() after it committed;
+  // an UPDATE of the row the INSERT writes ran before it. commit() already waited (audit 29).
+  const connectionOf = async (app: string): Promise<Pool> => {
+    const p = new Pool({
+      db: cluster.endpoints(),
+      groups: { tx: { connection_count: 1, autocommit: false }, auto: { connection_count: 1 } },
+      application_name: app,
+      health_check_interval_ms: 0,
+      validate_after_ms: 0,
+    });
+    await p.transaction("tx", (db) => db.query("SELECT 1"));
+    await p.query("auto", "SELECT 1");
+    return p;
+  };
+  const kill = async (app: string): Promise<void> => {
+    assert.ok((await terminate(await poolSessions(cluster, app))).length >= 1);
+    await waitFor(async () => (await poolSessions(cluster, app)).length === 0, {
+      message: "the terminated backends to exit",
+    });
+  };
+  for (const via of ["COMMIT", "END"] as const) {
+    it(`${via} commits the statement it follows`, async () => {
+      const app = `audit30-moved-${via}`;
+      await using p = await connectionOf(app);
+      const v = `${app}-w`;
+      {
+        await using db = p.handler("tx");
+        await kill(app);
+        await Promise.all([db.query("INSERT INTO writes (v) VALUES ($1)", [v]), db.query(via)]);
+        assert.ok(!db.inTransaction, `${via} ended the transaction the INSERT opened`);
+      }
+      assert.equal(await count(v), 1, "the write whose COMMIT was acknowledged is durable");
+    });
+  }
+  it("ROLLBACK rolls back the statement it follows", async () => {
+    const app = "audit30-moved-ROLLBACK";
+    await using p = await connectionOf(app);
+    const v = `${app}-w`;
+    {
+      await using db = p.handler("tx");
+      await kill(app);
+      await Promise.all([
+        db.query("INSERT INTO writes (v) VALUES ($1)", [v]),
+        db.query("ROLLBACK"),
+      ]);
+      await db.commit();
+    }
+    assert.equal(await count(v), 0, "the write rolled back stays rolled back");
+  });
+  it("a statement runs after the one called before it", async () => {
+    const app = "audit30-moved-order";
+    await using p = await connectionOf(app);
+    const v = `${app}-w`;
+    {
+      await using db = p.handler("auto");
+      await kill(app);
+      await Promise.all([
+        db.query("INSERT INTO writes (v) VALUES ($1)", [v]),
+        db.query("UPDATE writes SET v = v || '-updated' WHERE v = $1", [v]),
+      ]);
+    }
+    assert.equal(await count(`${v}-updated`), 1, "the UPDATE ran before the INSERT it follows");
+  });
+});
 
 describe("release() while a db.sql statement started without an await still runs", () => {
   // A db.sql statement counted in flight from its first then (audit 29), but one started with
