@@ -6,7 +6,7 @@ import { type PgCluster, startCluster } from "./harness/cluster.ts";
 import { setTestTimeout } from "./harness/runtime.ts";
 import { poolSessions, terminate } from "./harness/faults.ts";
 import { waitFor } from "./harness/wait.ts";
-import { Pool, TransactionLostError } from "../mod.ts";
+import { Pool, type PoolConfig, TransactionLostError } from "../mod.ts";
 import { inspect } from "node:util";
 
 await setTestTimeout(120_000);
@@ -22,6 +22,16 @@ after(async () => {
   await cluster?.close();
 }, { timeout: 60_000 });
 
+/** A pool of one transactional connection, background probing off, named `app`. */
+const txPool = (app: string, extra: Partial<PoolConfig> = {}): Pool =>
+  new Pool({
+    db: cluster.endpoints(),
+    groups: { tx: { connection_count: 1, autocommit: false } },
+    application_name: app,
+    health_check_interval_ms: 0,
+    ...extra,
+  });
+
 const count = async (v: string): Promise<number> =>
   (await cluster.primary.query("SELECT count(*)::int AS n FROM writes WHERE v = $1", [v]))[0].n;
 
@@ -34,14 +44,8 @@ describe("commit() pipelined behind the transaction's first statement", () => {
   for (const fault of ["none", "terminated"] as const) {
     it(`commits the statement it follows (idle connection, backend ${fault})`, async () => {
       const app = `audit29-pipelined-commit-${fault}`;
-      await using p = new Pool({
-        db: cluster.endpoints(),
-        groups: { tx: { connection_count: 1, autocommit: false } },
-        application_name: app,
-        health_check_interval_ms: 0,
-        // Every connection used before is pinged before a checkout's first statement.
-        validate_after_ms: 0,
-      });
+      // Every connection used before is pinged before a checkout's first statement.
+      await using p = txPool(app, { validate_after_ms: 0 });
       await p.transaction("tx", (db) => db.query("SELECT 1"));
       const v = `${app}-w`;
       {
@@ -66,13 +70,7 @@ describe("commit() pipelined behind the transaction's first statement", () => {
   // statement the caller had rolled back.
   it("rollback() rolls back the statement it follows (idle connection)", async () => {
     const app = "audit29-pipelined-rollback";
-    await using p = new Pool({
-      db: cluster.endpoints(),
-      groups: { tx: { connection_count: 1, autocommit: false } },
-      application_name: app,
-      health_check_interval_ms: 0,
-      validate_after_ms: 0,
-    });
+    await using p = txPool(app, { validate_after_ms: 0 });
     await p.transaction("tx", (db) => db.query("SELECT 1"));
     const v = `${app}-w`;
     {
@@ -133,12 +131,7 @@ describe("a statement pipelined behind the end of a block in a transaction group
   for (const via of ["commit()", "COMMIT", "END", "ROLLBACK"] as const) {
     it(`runs in the next transaction, which rollback() undoes (${via})`, async () => {
       const app = `audit29-after-${via.replace("()", "")}`;
-      await using p = new Pool({
-        db: cluster.endpoints(),
-        groups: { tx: { connection_count: 1, autocommit: false } },
-        application_name: app,
-        health_check_interval_ms: 0,
-      });
+      await using p = txPool(app);
       const v = `${app}-w`;
       {
         await using db = await p.acquire("tx");
@@ -155,12 +148,7 @@ describe("a statement pipelined behind the end of a block in a transaction group
   // aborted; it must stay marked open, so that the check-in rolls it back.
   it("a COMMIT the server refuses leaves the block marked open", async () => {
     const app = "audit29-commit-refused";
-    await using p = new Pool({
-      db: cluster.endpoints(),
-      groups: { tx: { connection_count: 1, autocommit: false } },
-      application_name: app,
-      health_check_interval_ms: 0,
-    });
+    await using p = txPool(app);
     const v = `${app}-w`;
     {
       await using db = await p.acquire("tx");
@@ -176,12 +164,7 @@ describe("a statement pipelined behind the end of a block in a transaction group
   // still on its way lost the transaction, not merely the session.
   it("a statement lost while the COMMIT behind it is on its way reports a lost transaction", async () => {
     const app = "audit29-lost-before-commit";
-    await using p = new Pool({
-      db: cluster.endpoints(),
-      groups: { tx: { connection_count: 1, autocommit: false } },
-      application_name: app,
-      health_check_interval_ms: 0,
-    });
+    await using p = txPool(app);
     const v = `${app}-w`;
     await using db = await p.acquire("tx");
     await db.query("SELECT 1");
